@@ -1,0 +1,24 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Compiled core of kvmscope: KVM wrappers, vCPU threads, the instrumented global lock, devices and the tracer."""
+from libc.stdint cimport uint8_t, uint16_t, int16_t, uint32_t, int32_t, uint64_t, int64_t, INT64_MIN
+from libc.stdlib cimport calloc, free
+from libc.string cimport memset, memcpy, strlen
+from libc.stdio cimport snprintf
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from includes.posix cimport *
+from includes.kvm cimport *
+from includes.rt cimport *
+from core_types cimport *
+
+import io
+import os
+import numpy as np
+
+include "errors.pxi"    # errno -> Python exceptions, in one place
+include "clock.pxi"     # run clock: TSC calibration against CLOCK_MONOTONIC
+include "tracer.pxi"    # per-thread trace rings and their drain
+include "lock.pxi"      # instrumented mutex (the BQL)
+include "kvm.pxi"       # /dev/kvm: API version and capability checks
+include "devices.pxi"   # bus lookup and device models
+include "vcpu.pxi"      # vCPU threads looping on KVM_RUN without the GIL
+include "machine.pxi"   # Machine: VM, memory, vCPUs, start/stop, statistics

@@ -1,0 +1,223 @@
+"""Record a run: configure the machine, start the vCPUs, drain the tracer into a trace, summarise."""
+import dataclasses
+import os
+import platform
+import socket
+import struct
+import sys
+import time
+
+from . import __version__, guests
+from .tracewriter import FORMAT, FORMAT_VERSION, TraceWriter
+
+PARAMS_MAGIC = 0x534D564B      # "KVMS"
+DRAIN_INTERVAL_S = 0.05        # flush period; a killed run loses at most this much
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Everything that defines a recording; stored in the trace's meta.json."""
+
+    guest: str = "pio-storm"
+    vcpus: int = 1
+    iterations: int = None
+    seed: int = 1
+    memory: int = 16 << 20
+    duration: float = None
+    output: str = None              # trace directory; None with trace=False
+    trace: bool = True
+    lossless: bool = False
+    ring_records: int = 1 << 16
+    clock: str = "auto"
+    kvm_device: str = "/dev/kvm"
+    console: bool = True            # echo the guest console to stdout
+    inject_hold: dict = dataclasses.field(default_factory=dict)   # callsite -> ns
+    lockless: tuple = ()
+
+    def validate(self):
+        g = guests.get(self.guest)
+        if self.iterations is None:
+            self.iterations = g.default_iterations
+        if not 0 <= self.iterations < 2 ** 32:
+            raise ValueError(f"--iterations {self.iterations} out of range: use 0 .. {2 ** 32 - 1}")
+        if self.vcpus < 1:
+            raise ValueError(f"--vcpus {self.vcpus}: need at least 1")
+        if self.duration is not None and self.duration <= 0:
+            raise ValueError(f"--duration {self.duration}: must be > 0 seconds")
+        if self.trace and not self.output:
+            raise ValueError("no trace directory given: use -o DIR, or --no-trace")
+        return g
+
+
+@dataclasses.dataclass
+class RunResult:
+    config: RunConfig
+    stop_reason: str
+    ok: bool
+    elapsed_s: float
+    stats: dict
+    records: dict
+    tables: dict
+    console: bytes
+    clock: dict
+    trace_path: str = None
+    messages: list = dataclasses.field(default_factory=list)
+
+    @property
+    def lost(self):
+        return sum(r["lost"] for r in self.records.values())
+
+    @property
+    def written(self):
+        return sum(r["written"] for r in self.records.values())
+
+
+def host_info():
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"hostname": socket.gethostname(), "kernel": platform.release(),
+            "machine": platform.machine(), "cpu": cpu, "cpus": os.cpu_count()}
+
+
+def versions():
+    import numpy
+    import pyarrow
+    out = {"kvmscope": __version__, "python": platform.python_version(),
+           "numpy": numpy.__version__, "pyarrow": pyarrow.__version__}
+    try:
+        import Cython
+        out["cython"] = Cython.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def record(config, progress=None):
+    """Run a guest under kvmscope and record its trace.
+
+    Parameters
+    ----------
+    config : RunConfig
+    progress : callable, optional
+        Called about every 50 ms with ``(elapsed_s, records_written)``.
+
+    Returns
+    -------
+    RunResult
+
+    Raises
+    ------
+    kvmscope._core.KvmError
+        /dev/kvm missing or unusable, a capability missing, or a KVM set-up call failed.
+
+    Examples
+    --------
+    >>> from kvmscope.runner import RunConfig, record
+    >>> r = record(RunConfig("pio-storm", vcpus=1, iterations=1000, output="/tmp/t"))  # doctest: +SKIP
+    >>> r.stats["vcpus"][0]["by_reason"]["io"]                                          # doctest: +SKIP
+    1001
+    """
+    from . import _core
+
+    guest = config.validate()
+    image = guest.image()
+    kvm = _core.Kvm(config.kvm_device)
+    clock = _core.calibrate_clock(config.clock)
+    tracer = _core.Tracer(config.ring_records, config.lossless, config.trace)
+    machine = _core.Machine(kvm, tracer, config.vcpus, config.memory)
+    machine.load_image(image)
+    machine.write_mem(0x1000, struct.pack("<IIQQQ", PARAMS_MAGIC, config.vcpus, config.iterations,
+                                          config.seed & (2 ** 64 - 1), config.memory))
+    for callsite, ns in config.inject_hold.items():
+        machine.set_inject_hold(callsite, ns)
+    for device in config.lockless:
+        machine.set_lockless(device, True)
+
+    writer = None
+    log_fd = -1
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "kvmscope_version": __version__,
+        "state": "running", "clock": clock,
+        "config": dataclasses.asdict(config), "host": host_info(), "versions": versions(),
+        "devices": list(machine.devices), "callsites": list(machine.callsites),
+        "locks": ["bql"],
+    }
+    meta["config"]["lockless"] = list(config.lockless)
+    if config.trace:
+        writer = TraceWriter(config.output, machine.devices, machine.callsites)
+        log_fd = os.open(os.path.join(config.output, "console.log"),
+                         os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    out_fd = -1
+    if config.console:
+        sys.stdout.flush()
+        out_fd = sys.stdout.fileno()
+    machine.set_console_fds(out_fd, log_fd)
+
+    stop_reason = "guest exit"
+    start_ns = _core.now_ns()
+    meta["start_ns"] = start_ns
+    if writer:
+        writer.write_meta(meta)
+    t0 = time.monotonic()
+    machine.start()
+    try:
+        _wait_for_tids(tracer)
+        if writer:
+            writer.write_threads(tracer.threads_info())
+        while not machine.wait(DRAIN_INTERVAL_S):
+            if writer:
+                writer.write_records(tracer.drain())
+                writer.flush()
+            elapsed = time.monotonic() - t0
+            if progress:
+                progress(elapsed, sum(c["written"] for c in tracer.counts().values()))
+            if config.duration is not None and elapsed >= config.duration:
+                stop_reason = "duration"
+                machine.stop()
+                break
+    except KeyboardInterrupt:
+        stop_reason = "interrupted"
+        machine.stop()
+    machine.join()
+    elapsed = time.monotonic() - t0
+    end_ns = _core.now_ns()
+    machine.flush_console()
+    stats = machine.stats()
+    messages = [v["message"] for v in stats["vcpus"] if v["message"]]
+    if stats["error"]:
+        stop_reason = "error: " + "; ".join(messages)
+    failed_status = [v for v in stats["vcpus"] if v["finished_by_guest"] and v["exit_status"]]
+    if failed_status and stop_reason == "guest exit":
+        stop_reason = "guest exit: " + ", ".join(
+            f"vcpu{v['vcpu']} status {v['exit_status']}" for v in failed_status)
+    ok = not stats["error"] and not failed_status
+    records = tracer.counts()
+    if writer:
+        writer.write_records(tracer.drain())
+        writer.close()
+        os.close(log_fd)
+        meta.update(state="failed" if stats["error"] else
+                    ("stopped" if stop_reason in ("duration", "interrupted") else "complete"),
+                    end_ns=end_ns, stop_reason=stop_reason, records=records,
+                    tables=dict(writer.counts), stats=stats)
+        writer.write_meta(meta)
+    return RunResult(config=config, stop_reason=stop_reason, ok=ok, elapsed_s=elapsed,
+                     stats=stats, records=records, tables=dict(writer.counts) if writer else {},
+                     console=machine.console(), clock=clock,
+                     trace_path=config.output if writer else None, messages=messages)
+
+
+def _wait_for_tids(tracer, timeout=1.0):
+    """vCPU threads publish their OS tid as they start; wait briefly for all of them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(tid for _, tid, _, _ in tracer.threads_info()):
+            return
+        time.sleep(0.001)

@@ -1,0 +1,161 @@
+# Per-thread trace rings (lock-free, written without the GIL) and their drain into numpy records.
+
+RECORD_DTYPE = np.dtype({
+    "names": ["type", "b0", "b1", "b2", "thread", "h0", "w0", "w1", "q0", "q1", "t0", "t1", "t2", "t3"],
+    "formats": ["u1", "u1", "u1", "u1", "<u2", "<i2", "<u4", "<u4", "<u8", "<u8", "<i8", "<i8", "<i8", "<i8"],
+    "offsets": [0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 40, 48, 56],
+    "itemsize": 64,
+})
+
+cdef extern from "<stdlib.h>" nogil:
+    int posix_memalign(void **memptr, size_t alignment, size_t size)
+
+
+cdef inline void trace_lock_record(ks_ring *ring, uint16_t thread, uint32_t lock_id,
+                                   uint32_t callsite, int16_t prev_owner, uint8_t contended,
+                                   int64_t req, int64_t acq, int64_t rel) noexcept nogil:
+    cdef ks_record *r = ks_ring_reserve(ring)
+    if r == NULL:
+        return
+    r.type = KS_REC_LOCK
+    r.b0 = contended
+    r.b1 = 0
+    r.b2 = 0
+    r.thread = thread
+    r.h0 = prev_owner
+    r.w0 = lock_id
+    r.w1 = callsite
+    r.q0 = 0
+    r.q1 = 0
+    r.t0 = req
+    r.t1 = acq
+    r.t2 = rel
+    r.t3 = 0
+    ks_ring_commit(ring)
+
+
+cdef class Tracer:
+    """The set of per-thread trace rings of one run.
+
+    Each traced thread owns one ring of fixed-size 64-byte records that only it
+    writes; :meth:`drain` (called from one thread) moves every committed record
+    out, converting timestamps to ``CLOCK_MONOTONIC`` nanoseconds.
+
+    Parameters
+    ----------
+    capacity : int
+        Records per ring, rounded up to a power of two.
+    lossless : bool
+        Block a thread whose ring is full until the drain makes room, instead
+        of dropping (and counting) the record.
+    enabled : bool
+        False registers threads but gives them no ring: nothing is recorded.
+    """
+    cdef ks_ring *rings[KS_MAX_THREADS]
+    cdef ks_thread *threads[KS_MAX_THREADS]
+    cdef int nthreads
+    cdef readonly uint64_t capacity
+    cdef readonly bint lossless
+    cdef readonly bint enabled
+    cdef readonly list names
+    cdef readonly list roles
+
+    def __cinit__(self, capacity=1 << 16, lossless=False, enabled=True):
+        cdef uint64_t cap = 64
+        if capacity < 64 or capacity > (1 << 26):
+            raise ValueError(f"ring capacity {capacity} out of range: use 64 .. {1 << 26} records")
+        while cap < capacity:
+            cap <<= 1
+        self.capacity = cap
+        self.lossless = lossless
+        self.enabled = enabled
+        self.nthreads = 0
+        self.names = []
+        self.roles = []
+
+    def __dealloc__(self):
+        cdef int i
+        for i in range(self.nthreads):
+            if self.rings[i] != NULL:
+                free(self.rings[i].buf)
+                free(self.rings[i])
+                self.rings[i] = NULL
+
+    cdef int register(self, ks_thread *t, str name, str role) except -1:
+        """Give ``t`` its id and, when recording, its ring."""
+        cdef void *mem = NULL
+        cdef ks_ring *ring = NULL
+        if self.nthreads >= KS_MAX_THREADS:
+            raise KvmscopeError(f"too many traced threads (max {KS_MAX_THREADS})")
+        if self.enabled:
+            if posix_memalign(&mem, 64, sizeof(ks_ring)) != 0:
+                raise MemoryError()
+            ring = <ks_ring *>mem
+            memset(ring, 0, sizeof(ks_ring))
+            if posix_memalign(&mem, 64, self.capacity * sizeof(ks_record)) != 0:
+                free(ring)
+                raise MemoryError()
+            ring.buf = <ks_record *>mem
+            # touch every page now, not on the first exits of the run
+            memset(ring.buf, 0, self.capacity * sizeof(ks_record))
+            ring.mask = self.capacity - 1
+            ring.lossless = self.lossless
+        t.id = self.nthreads
+        t.ring = ring
+        self.rings[self.nthreads] = ring
+        self.threads[self.nthreads] = t
+        self.nthreads += 1
+        self.names.append(name)
+        self.roles.append(role)
+        return 0
+
+    def threads_info(self):
+        """List of ``(thread, tid, name, role)`` for every registered thread."""
+        return [(i, self.threads[i].tid, self.names[i], self.roles[i]) for i in range(self.nthreads)]
+
+    def counts(self):
+        """Per thread name: records ``written``, ``lost`` and lossless ``stalls``."""
+        out = {}
+        cdef int i
+        for i in range(self.nthreads):
+            if self.rings[i] == NULL:
+                out[self.names[i]] = {"written": 0, "lost": 0, "stalls": 0}
+            else:
+                out[self.names[i]] = {
+                    "written": ks_load_relaxed_u64(&self.rings[i].written),
+                    "lost": ks_load_relaxed_u64(&self.rings[i].lost),
+                    "stalls": ks_load_relaxed_u64(&self.rings[i].stalls),
+                }
+        return out
+
+    def drain(self):
+        """Move all committed records out of the rings.
+
+        Returns
+        -------
+        numpy.ndarray
+            Records of :data:`RECORD_DTYPE`; ``t0``..``t3`` converted to
+            nanoseconds, missing timestamps as ``INT64_MIN``.
+        """
+        cdef uint64_t pending = 0, n, got = 0, i
+        cdef int k
+        cdef ks_ring *r
+        for k in range(self.nthreads):
+            r = self.rings[k]
+            if r != NULL:
+                pending += ks_ring_pending(r)
+        out = np.empty(pending, dtype=RECORD_DTYPE)
+        if pending == 0:
+            return out
+        cdef ks_record *buf = <ks_record *><size_t>out.ctypes.data
+        with nogil:
+            for k in range(self.nthreads):
+                r = self.rings[k]
+                if r != NULL and got < pending:
+                    got += ks_ring_pop(r, buf + got, pending - got)
+            for i in range(got):
+                buf[i].t0 = ks_raw_to_ns(&g_clock, buf[i].t0)
+                buf[i].t1 = ks_raw_to_ns(&g_clock, buf[i].t1)
+                buf[i].t2 = ks_raw_to_ns(&g_clock, buf[i].t2)
+                buf[i].t3 = ks_raw_to_ns(&g_clock, buf[i].t3)
+        return out[:got]

@@ -1,0 +1,201 @@
+# vCPU threads: one pthread per vCPU looping on KVM_RUN without the GIL.
+
+cdef extern from "<stdio.h>" nogil:
+    int snprintf(char *buf, size_t n, const char *fmt, ...)
+
+# Callsite ids fixed by the core; devices add theirs after these.
+cdef enum:
+    CALLSITE_VCPU_IO_UNASSIGNED = 0
+    CALLSITE_VCPU_MMIO_UNASSIGNED = 1
+BASE_CALLSITES = ["pio:unassigned", "mmio:unassigned"]
+
+
+cdef inline void vcpu__fatal(ks_vcpu *v, const char *what, uint64_t detail) noexcept nogil:
+    snprintf(v.errmsg, sizeof(v.errmsg), "vcpu%d: %s (0x%llx) at RIP 0x%llx",
+             v.index, what, <unsigned long long>detail,
+             <unsigned long long>v.run.s.regs.regs.rip)
+    v.m.error = 1
+
+
+cdef inline int vcpu__dispatch(ks_vcpu *v, int space, uint64_t addr, uint8_t *data,
+                               uint32_t size, uint32_t count, int is_write,
+                               uint32_t *device) noexcept nogil:
+    """Run the handler of the region at ``addr`` for ``count`` accesses of ``size`` bytes."""
+    cdef ks_machine *m = v.m
+    cdef int idx = bus_find(m, space, addr, size)
+    cdef ks_region *r
+    cdef uint32_t i, callsite
+    cdef int rc = 0
+    if idx < 0:
+        device[0] = UNASSIGNED
+        callsite = CALLSITE_VCPU_IO_UNASSIGNED if space == KS_SPACE_PIO else CALLSITE_VCPU_MMIO_UNASSIGNED
+        lock_acquire(&m.bql, &v.thr, callsite)
+        if not is_write:
+            memset(data, 0xff, <size_t>size * count)
+        lock_release(&m.bql, &v.thr)
+        return 0
+    r = &m.regions[idx]
+    device[0] = idx
+    if not r.lockless:
+        lock_acquire(&m.bql, &v.thr, r.callsite)
+    for i in range(count):
+        rc = r.fn(r.opaque, v, addr - r.base, data + <size_t>i * size, size, is_write)
+        if rc != 0:
+            break
+    if not r.lockless:
+        lock_release(&m.bql, &v.thr)
+    return rc
+
+
+cdef inline int vcpu__handle_io(ks_vcpu *v, ks_record *ex) noexcept nogil:
+    cdef kvm_run *run = v.run
+    cdef uint32_t size = run.io.size, count = run.io.count, device = UNASSIGNED
+    cdef uint64_t off = run.io.data_offset
+    cdef int is_write = run.io.direction == KVM_EXIT_IO_OUT
+    cdef uint8_t *data
+    # the kernel fills these, but a bad value must never make us touch memory
+    # outside the kvm_run mapping
+    if (size != 1 and size != 2 and size != 4) or count == 0 or off >= v.run_size \
+            or <uint64_t>size * count > v.run_size - off:
+        vcpu__fatal(v, "malformed KVM_EXIT_IO (size, count or data offset out of range)", off)
+        return -1
+    data = <uint8_t *>run + off
+    if vcpu__dispatch(v, KS_SPACE_PIO, run.io.port, data, size, count, is_write, &device) != 0:
+        vcpu__fatal(v, "device error on port access", run.io.port)
+        return -1
+    ex.b1 = <uint8_t>size
+    ex.b2 = <uint8_t>is_write
+    ex.w0 = count
+    ex.w1 = device
+    ex.q0 = run.io.port
+    ex.q1 = load_le(data, size)
+    return 0
+
+
+cdef inline int vcpu__handle_mmio(ks_vcpu *v, ks_record *ex) noexcept nogil:
+    cdef kvm_run *run = v.run
+    cdef uint32_t size = run.mmio.len, device = UNASSIGNED
+    cdef int is_write = run.mmio.is_write
+    if size == 0 or size > 8:
+        vcpu__fatal(v, "malformed KVM_EXIT_MMIO (length out of range)", size)
+        return -1
+    if vcpu__dispatch(v, KS_SPACE_MMIO, run.mmio.phys_addr, run.mmio.data, size, 1, is_write, &device) != 0:
+        vcpu__fatal(v, "device error on MMIO access", run.mmio.phys_addr)
+        return -1
+    ex.b1 = <uint8_t>size
+    ex.b2 = <uint8_t>is_write
+    ex.w0 = 1
+    ex.w1 = device
+    ex.q0 = run.mmio.phys_addr
+    ex.q1 = load_le(run.mmio.data, size)
+    return 0
+
+
+cdef void *vcpu__main(void *arg) noexcept nogil:
+    cdef ks_vcpu *v = <ks_vcpu *>arg
+    cdef ks_machine *m = v.m
+    cdef kvm_run *run = v.run
+    cdef ks_ring *ring = v.thr.ring
+    cdef ks_record ex
+    cdef bint pending = False
+    cdef int ret, err, done = 0
+    cdef uint32_t reason
+    cdef int64_t t
+    cdef sigset_t mask
+    # Only the kick reaches this thread; Ctrl-C and friends go to the main thread.
+    sigfillset(&mask)
+    sigdelset(&mask, SIGUSR1)
+    # SEGV, BUS, FPE, ILL, ABRT stay deliverable: they are synchronous faults
+    sigdelset(&mask, 11)
+    sigdelset(&mask, 7)
+    sigdelset(&mask, 8)
+    sigdelset(&mask, 4)
+    sigdelset(&mask, 6)
+    pthread_sigmask(SIG_SETMASK, &mask, NULL)
+    ks_set_tls_kvm_run(run)
+    v.thr.tid = ks_gettid()
+    run.kvm_valid_regs = KVM_SYNC_X86_REGS
+    memset(&ex, 0, sizeof(ex))
+    v.first_entry_ns = ks_mono_ns()
+    while not done:
+        if ks_load_acquire_int(&m.stop):
+            break
+        if ring != NULL:
+            t = ks_now()
+            if pending:
+                ex.t1 = t
+                ks_ring_push(ring, &ex)
+                pending = False
+        ret = ioctl(v.fd, KVM_RUN, 0)
+        if ring != NULL:
+            t = ks_now()
+            ex.type = KS_REC_EXIT
+            ex.thread = v.thr.id
+            ex.h0 = v.index
+            ex.b0 = 0
+            ex.b1 = 0
+            ex.b2 = 0
+            ex.w0 = 0
+            ex.w1 = NOT_IO
+            ex.q0 = 0
+            ex.q1 = 0
+            ex.t0 = t
+            ex.t1 = 0
+            ex.t2 = 0
+            ex.t3 = 0
+            pending = True
+        v.exits_total += 1
+        if ret < 0:
+            err = errno
+            if err == EINTR or err == EAGAIN:
+                # a kick: KVM_RUN returned before or after entering the guest
+                run.immediate_exit = 0
+                v.exits_by_reason[KVM_EXIT_INTR] += 1
+                ex.b0 = KVM_EXIT_INTR
+                continue
+            snprintf(v.errmsg, sizeof(v.errmsg), "vcpu%d: KVM_RUN failed: %s", v.index, strerror(err))
+            m.error = 1
+            break
+        reason = run.exit_reason
+        v.exits_by_reason[reason if reason < KS_EXIT_REASONS else 0] += 1
+        ex.b0 = <uint8_t>(reason if reason < 256 else 0)
+        if reason == KVM_EXIT_IO:
+            if vcpu__handle_io(v, &ex) != 0:
+                break
+            done = v.finished_by_guest
+        elif reason == KVM_EXIT_MMIO:
+            if vcpu__handle_mmio(v, &ex) != 0:
+                break
+            done = v.finished_by_guest
+        elif reason == KVM_EXIT_HLT:
+            snprintf(v.errmsg, sizeof(v.errmsg),
+                     "vcpu%d: guest halted (KVM_EXIT_HLT) with no interrupt source at RIP 0x%llx",
+                     v.index, <unsigned long long>run.s.regs.regs.rip)
+            done = 1
+        elif reason == KVM_EXIT_SHUTDOWN:
+            vcpu__fatal(v, "guest triple fault (KVM_EXIT_SHUTDOWN)", 0)
+            break
+        elif reason == KVM_EXIT_INTERNAL_ERROR:
+            vcpu__fatal(v, "KVM internal error (KVM_EXIT_INTERNAL_ERROR, suberror)", run.internal.suberror)
+            break
+        elif reason == KVM_EXIT_FAIL_ENTRY:
+            vcpu__fatal(v, "VM entry failed (KVM_EXIT_FAIL_ENTRY, hardware reason)",
+                        run.fail_entry.hardware_entry_failure_reason)
+            break
+        elif reason == KVM_EXIT_SYSTEM_EVENT:
+            vcpu__fatal(v, "guest system event (KVM_EXIT_SYSTEM_EVENT, type)", run.system_event.type)
+            break
+        else:
+            vcpu__fatal(v, "unhandled exit reason", reason)
+            break
+    if pending and ring != NULL:
+        ks_ring_push(ring, &ex)     # last exit: never re-entered, entry_ns stays null
+    v.last_exit_ns = ks_mono_ns()
+    if m.error:
+        machine_request_stop(m, v)
+    pthread_mutex_lock(&m.done_mutex)
+    ks_store_release_int(&v.state, KS_VCPU_DONE)
+    m.running -= 1
+    pthread_cond_broadcast(&m.done_cond)
+    pthread_mutex_unlock(&m.done_mutex)
+    return NULL

@@ -1,0 +1,74 @@
+"""Build kvmscope: compile the Cython core in pyx/ and assemble the guest programs."""
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
+
+GUEST_SRC = os.path.join("pyx", "guests")
+GUEST_LOAD_ADDR = "0x10000"    # CODE_ADDR of the board (pyx/devices.pxi)
+
+
+def assemble_guest(src, out_bin):
+    """Assemble one guest .S into a flat binary with the GNU assembler and linker."""
+    for tool in ("as", "ld"):
+        if shutil.which(tool) is None:
+            sys.exit(f"kvmscope build: '{tool}' not found: install GNU binutils (apt-get install binutils)")
+    with tempfile.TemporaryDirectory() as tmp:
+        obj = os.path.join(tmp, "guest.o")
+        subprocess.run(["as", "--32", "-I", GUEST_SRC, "-o", obj, src], check=True)
+        subprocess.run(["ld", "-m", "elf_i386", "-N", "-e", "_start", f"-Ttext={GUEST_LOAD_ADDR}",
+                        "--oformat", "binary", "-o", out_bin, obj], check=True)
+
+
+class BuildPyWithGuests(build_py):
+    """build_py that also assembles pyx/guests/*.S into kvmscope/guests/*.bin."""
+
+    def run(self):
+        super().run()
+        out_dir = os.path.join(self.build_lib, "kvmscope", "guests")
+        os.makedirs(out_dir, exist_ok=True)
+        for src in sorted(glob.glob(os.path.join(GUEST_SRC, "*.S"))):
+            name = os.path.splitext(os.path.basename(src))[0]
+            assemble_guest(src, os.path.join(out_dir, name + ".bin"))
+
+
+def extensions():
+    from Cython.Build import cythonize
+    import numpy
+    ext = Extension(
+        "kvmscope._core",
+        ["pyx/_core.pyx"],
+        include_dirs=["pyx/includes", "pyx", numpy.get_include()],
+        extra_compile_args=["-O2", "-Wno-unused-function", "-Wno-unused-variable"],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    )
+    return cythonize([ext], include_path=["pyx"], language_level=3,
+                     compiler_directives={"embedsignature": True})
+
+
+setup(
+    name="kvmscope",
+    version="0.1.0",
+    description="Trace and replay lock contention inside a KVM virtual machine monitor",
+    python_requires=">=3.9",
+    packages=["kvmscope", "kvmscope.analysis"],
+    package_dir={"kvmscope": "pyx", "kvmscope.analysis": "analysis"},
+    ext_modules=extensions(),
+    cmdclass={"build_py": BuildPyWithGuests},
+    install_requires=[
+        "numpy>=1.24",
+        "pyarrow>=14",
+        "pandas>=2.0",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "test": ["pytest>=7"],
+    },
+    entry_points={"console_scripts": ["kvmscope = kvmscope.cli:main"]},
+    zip_safe=False,
+)

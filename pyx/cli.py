@@ -2,6 +2,7 @@
 import argparse
 import os
 import re
+import signal
 import sys
 
 from . import __version__, guests
@@ -37,12 +38,17 @@ def _fmt_rate(x):
     return f"{x / 1e3:.1f}k" if x >= 1e3 else f"{x:.0f}"
 
 
+_ENDED_BY = {"guest exit": "the guest (exit device)", "duration": "--duration",
+             "interrupted": "an interrupt (Ctrl-C)", "error": "an error"}
+
+
 def format_summary(result):
     """The end-of-run summary printed by `kvmscope run` (a string)."""
     c = result.config
     st = result.stats
+    ended = _ENDED_BY.get(result.stop_reason, result.stop_reason)
     lines = [f"kvmscope: {c.guest} on {c.vcpus} vCPU{'s' if c.vcpus > 1 else ''}, "
-             f"{c.iterations} iterations: {result.elapsed_s:.2f} s, stopped by {result.stop_reason}"]
+             f"{c.iterations} iterations: {result.elapsed_s:.2f} s, ended by {ended}"]
     for v in st["vcpus"]:
         secs = v["run_ns"] / 1e9
         rate = v["exits"] / secs if secs > 0 else 0.0
@@ -87,9 +93,17 @@ def _progress_printer(enabled):
     return show
 
 
+def _sigterm_as_interrupt():
+    """`kill` stops a recording as cleanly as Ctrl-C does: trace flushed, meta written."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
+
+
 def cmd_run(args):
     from .runner import record
     config = _config_from_args(args)
+    _sigterm_as_interrupt()
     show_progress = sys.stderr.isatty() and not args.quiet
     result = record(config, progress=_progress_printer(show_progress))
     if show_progress:

@@ -16,7 +16,10 @@ cdef inline void lock_acquire(ks_lock *l, ks_thread *t, uint32_t callsite) noexc
     if t.ring != NULL:
         req = ks_now()
     if pthread_mutex_trylock(&l.mutex) == 0:
-        acq = req
+        # read the clock again: the previous holder may have released between
+        # our request timestamp and the trylock, and its release must not
+        # appear to overlap our acquisition
+        acq = ks_now() if t.ring != NULL else 0
     else:
         if t.ring == NULL:
             req = ks_now()

@@ -192,7 +192,7 @@ def record(config, progress=None):
     stats = machine.stats()
     messages = [v["message"] for v in stats["vcpus"] if v["message"]]
     if stats["error"]:
-        stop_reason = "error: " + "; ".join(messages)
+        stop_reason = "error"
     failed_status = [v for v in stats["vcpus"] if v["finished_by_guest"] and v["exit_status"]]
     if failed_status and stop_reason == "guest exit":
         stop_reason = "guest exit: " + ", ".join(
@@ -205,7 +205,7 @@ def record(config, progress=None):
         os.close(log_fd)
         meta.update(state="failed" if stats["error"] else
                     ("stopped" if stop_reason in ("duration", "interrupted") else "complete"),
-                    end_ns=end_ns, stop_reason=stop_reason, records=records,
+                    end_ns=end_ns, stop_reason=stop_reason, messages=messages, records=records,
                     tables=dict(writer.counts), stats=stats)
         writer.write_meta(meta)
     return RunResult(config=config, stop_reason=stop_reason, ok=ok, elapsed_s=elapsed,

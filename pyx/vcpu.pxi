@@ -10,10 +10,12 @@ cdef enum:
 BASE_CALLSITES = ["pio:unassigned", "mmio:unassigned"]
 
 
-cdef inline void vcpu__fatal(ks_vcpu *v, const char *what, uint64_t detail) noexcept nogil:
-    snprintf(v.errmsg, sizeof(v.errmsg), "vcpu%d: %s (0x%llx) at RIP 0x%llx",
-             v.index, what, <unsigned long long>detail,
-             <unsigned long long>v.run.s.regs.regs.rip)
+cdef inline void vcpu__fatal(ks_vcpu *v, const char *what_fmt, uint64_t detail) noexcept nogil:
+    """Record why this vCPU cannot go on (``what_fmt`` formats ``detail``) and flag the machine."""
+    cdef char what[160]
+    snprintf(what, sizeof(what), what_fmt, <unsigned long long>detail)
+    snprintf(v.errmsg, sizeof(v.errmsg), "vcpu%d: %s at RIP 0x%llx",
+             v.index, what, <unsigned long long>v.run.s.regs.regs.rip)
     v.m.error = 1
 
 
@@ -57,11 +59,11 @@ cdef inline int vcpu__handle_io(ks_vcpu *v, ks_record *ex) noexcept nogil:
     # outside the kvm_run mapping
     if (size != 1 and size != 2 and size != 4) or count == 0 or off >= v.run_size \
             or <uint64_t>size * count > v.run_size - off:
-        vcpu__fatal(v, "malformed KVM_EXIT_IO (size, count or data offset out of range)", off)
+        vcpu__fatal(v, "malformed KVM_EXIT_IO (size, count or data offset 0x%llx out of range)", off)
         return -1
     data = <uint8_t *>run + off
     if vcpu__dispatch(v, KS_SPACE_PIO, run.io.port, data, size, count, is_write, &device) != 0:
-        vcpu__fatal(v, "device error on port access", run.io.port)
+        vcpu__fatal(v, "device error on port 0x%llx", run.io.port)
         return -1
     ex.b1 = <uint8_t>size
     ex.b2 = <uint8_t>is_write
@@ -77,10 +79,10 @@ cdef inline int vcpu__handle_mmio(ks_vcpu *v, ks_record *ex) noexcept nogil:
     cdef uint32_t size = run.mmio.len, device = UNASSIGNED
     cdef int is_write = run.mmio.is_write
     if size == 0 or size > 8:
-        vcpu__fatal(v, "malformed KVM_EXIT_MMIO (length out of range)", size)
+        vcpu__fatal(v, "malformed KVM_EXIT_MMIO (length %llu out of range)", size)
         return -1
     if vcpu__dispatch(v, KS_SPACE_MMIO, run.mmio.phys_addr, run.mmio.data, size, 1, is_write, &device) != 0:
-        vcpu__fatal(v, "device error on MMIO access", run.mmio.phys_addr)
+        vcpu__fatal(v, "device error on MMIO access at 0x%llx", run.mmio.phys_addr)
         return -1
     ex.b1 = <uint8_t>size
     ex.b2 = <uint8_t>is_write
@@ -173,20 +175,20 @@ cdef void *vcpu__main(void *arg) noexcept nogil:
                      v.index, <unsigned long long>run.s.regs.regs.rip)
             done = 1
         elif reason == KVM_EXIT_SHUTDOWN:
-            vcpu__fatal(v, "guest triple fault (KVM_EXIT_SHUTDOWN)", 0)
+            vcpu__fatal(v, "guest triple fault (KVM_EXIT_SHUTDOWN)%.0llu", 0)
             break
         elif reason == KVM_EXIT_INTERNAL_ERROR:
-            vcpu__fatal(v, "KVM internal error (KVM_EXIT_INTERNAL_ERROR, suberror)", run.internal.suberror)
+            vcpu__fatal(v, "KVM internal error (KVM_EXIT_INTERNAL_ERROR, suberror %llu)", run.internal.suberror)
             break
         elif reason == KVM_EXIT_FAIL_ENTRY:
-            vcpu__fatal(v, "VM entry failed (KVM_EXIT_FAIL_ENTRY, hardware reason)",
+            vcpu__fatal(v, "VM entry failed (KVM_EXIT_FAIL_ENTRY, hardware reason 0x%llx)",
                         run.fail_entry.hardware_entry_failure_reason)
             break
         elif reason == KVM_EXIT_SYSTEM_EVENT:
-            vcpu__fatal(v, "guest system event (KVM_EXIT_SYSTEM_EVENT, type)", run.system_event.type)
+            vcpu__fatal(v, "guest system event (KVM_EXIT_SYSTEM_EVENT, type %llu)", run.system_event.type)
             break
         else:
-            vcpu__fatal(v, "unhandled exit reason", reason)
+            vcpu__fatal(v, "unhandled exit reason %llu", reason)
             break
     if pending and ring != NULL:
         ks_ring_push(ring, &ex)     # last exit: never re-entered, entry_ns stays null

@@ -308,7 +308,10 @@ cdef class Machine:
             pthread_setname_np(v.pthread, f"vcpu{i}".encode())
 
     def wait(self, double timeout):
-        """Wait up to ``timeout`` seconds for every vCPU to finish; True when all have."""
+        """Wait up to ``timeout`` seconds for every vCPU to finish; True when all have.
+
+        Returns early (False) when a thread in lossless mode waits for the drain.
+        """
         cdef int64_t deadline = ks_mono_ns() + <int64_t>(timeout * 1e9)
         cdef timespec ts
         cdef int running
@@ -320,6 +323,9 @@ cdef class Machine:
                 running = self.m.running
                 pthread_mutex_unlock(&self.m.done_mutex)
                 if running == 0 or ks_mono_ns() >= deadline:
+                    break
+                if ks_load_acquire_int(&ks_drain_wanted):
+                    ks_store_release_int(&ks_drain_wanted, 0)
                     break
                 if nanosleep(&ts, NULL) != 0:
                     break           # a signal for the main thread (Ctrl-C)

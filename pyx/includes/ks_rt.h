@@ -42,6 +42,9 @@ static inline long ks_gettid(void) { return syscall(SYS_gettid); }
 /* One translation unit (the extension) includes this header: statics suffice. */
 static int ks_clock_use_tsc = 0;
 static __thread struct kvm_run *volatile ks_tls_kvm_run;
+/* Set by a producer that had to wait for room (lossless mode): the drain
+ * should run now rather than at its next period. */
+static int ks_drain_wanted = 0;
 
 static inline void ks_clock_set_tsc(int on) { ks_clock_use_tsc = on; }
 static inline void ks_set_tls_kvm_run(struct kvm_run *run) { ks_tls_kvm_run = run; }
@@ -138,6 +141,7 @@ static inline ks_record *ks_ring_reserve(ks_ring *r) {
             }
             /* back-pressure: wait for the drain rather than drop */
             ks_add_relaxed_u64(&r->stalls, 1);
+            __atomic_store_n(&ks_drain_wanted, 1, __ATOMIC_RELEASE);
             struct timespec ts = {0, 50000};
             nanosleep(&ts, NULL);
             r->cached_tail = __atomic_load_n(&r->tail, __ATOMIC_ACQUIRE);

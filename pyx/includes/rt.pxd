@@ -13,6 +13,7 @@ cdef extern from "ks_rt.h" nogil:
     long ks_gettid()
 
     int ks_clock_use_tsc
+    int ks_drain_wanted
     void ks_clock_set_tsc(int on)
     void ks_set_tls_kvm_run(kvm_run *run)
     uint64_t ks_rdtsc_ordered()

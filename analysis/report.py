@@ -1,0 +1,290 @@
+"""The ``kvmscope report`` sections and their text, Markdown, JSON and CSV
+renderings.
+
+:func:`build` computes the sections as DataFrames of raw values (integer
+nanoseconds); :func:`render` turns them into one of the output formats.
+Only the rows shown are formatted, so rendering cost does not grow with the
+trace.
+"""
+
+import io
+import json
+import math
+
+import numpy as np
+import pandas as pd
+
+#: Section name -> (title, function of a Trace returning its DataFrame).
+SECTIONS = {
+    "exits": ("Exits by reason (perf kvm stat)",
+              lambda t: t.exit_stats("reason")),
+    "addrs": ("Exits by reason and port/address",
+              lambda t: t.exit_stats(["reason", "addr"])),
+    "locks": ("Locks (lock_stat; wait over contended acquisitions)",
+              lambda t: t.lock_stats("lock")),
+    "callsites": ("Locks by call site",
+                  lambda t: t.lock_stats(["lock", "callsite"])),
+    "blockers": ("Who blocks whom (wait of waiter attributed to holder)",
+                 lambda t: t.blockers()),
+    "bh": ("Bottom halves (delay = schedule to run)", lambda t: t.bh_stats()),
+    "timers": ("Timers (late = fire - expire)", lambda t: t.timer_stats()),
+    "aio": ("AIO latency per stage", lambda t: t.aio_stats()),
+    "loop": ("Main loop", lambda t: t.loop_stats()),
+}
+
+FORMATS = ("text", "markdown", "json", "csv")
+
+# Columns shown in text and Markdown, which must fit a terminal; JSON and
+# CSV carry every column.
+_SHOWN = {
+    "exits": ["reason", "samples", "samples_pct", "time_pct", "min_ns",
+              "max_ns", "mean_ns", "stddev_ns", "p50_ns", "p99_ns"],
+    "addrs": ["reason", "addr", "samples", "samples_pct", "time_pct",
+              "min_ns", "max_ns", "mean_ns", "p50_ns", "p99_ns"],
+    "locks": ["lock", "acquisitions", "contentions", "contention_pct",
+              "handoffs", "held_pct", "wait_total_ns", "wait_mean_ns",
+              "wait_p50_ns", "wait_p99_ns", "wait_max_ns", "hold_total_ns",
+              "hold_mean_ns", "hold_p50_ns", "hold_p99_ns", "hold_max_ns"],
+    "callsites": ["lock", "callsite", "acquisitions", "contentions",
+                  "contention_pct", "handoffs", "wait_total_ns",
+                  "wait_mean_ns", "wait_p99_ns", "wait_max_ns",
+                  "hold_total_ns", "hold_mean_ns", "hold_p99_ns",
+                  "hold_max_ns"],
+    "blockers": ["lock", "waiter_name", "holder_name", "waits", "wait_ns"],
+    "bh": ["name", "runs", "delay_mean_ns", "delay_p50_ns", "delay_p99_ns",
+           "delay_max_ns", "dur_mean_ns", "dur_max_ns", "dur_total_ns"],
+    "timers": ["name", "fires", "late_mean_ns", "late_p50_ns", "late_p99_ns",
+               "late_max_ns", "dur_mean_ns", "dur_max_ns"],
+    "aio": ["op", "stage", "requests", "min_ns", "mean_ns", "p50_ns",
+            "p99_ns", "max_ns", "errors"],
+    "loop": ["thread_name", "iterations", "wakeups_per_s", "timeouts",
+             "poll_pct", "poll_mean_ns", "dispatch_pct", "dispatch_mean_ns",
+             "dispatch_p99_ns", "dispatch_max_ns"],
+}
+
+_HEADERS = {"samples_pct": "samples%", "time_pct": "time%",
+            "contention_pct": "cont%", "held_pct": "held%",
+            "poll_pct": "poll%", "dispatch_pct": "dispatch%",
+            "waiter_name": "waiter", "holder_name": "holder",
+            "thread_name": "thread", "wakeups_per_s": "wakeups/s",
+            "acquisitions": "acquired", "contentions": "contended"}
+
+
+def sections(names=None):
+    """Validate and expand section names (``None`` or ``"all"``: all)."""
+    if names is None or names == "all" or "all" in names:
+        return list(SECTIONS)
+    names = [names] if isinstance(names, str) else list(names)
+    bad = [n for n in names if n not in SECTIONS]
+    if bad:
+        raise ValueError(f"unknown section {bad[0]!r}; one of "
+                         f"{', '.join(SECTIONS)}, all")
+    return names
+
+
+def build(trace, names=None):
+    """Compute report sections.
+
+    Parameters
+    ----------
+    trace : Trace
+    names : str or list of str, optional
+        Sections (see :data:`SECTIONS`); default all.
+
+    Returns
+    -------
+    dict of str to DataFrame
+        Raw values: durations in integer ns, shares in percent.
+
+    Examples
+    --------
+    >>> from kvmscope.analysis import report
+    >>> rep = report.build(trace, ["locks", "blockers"])   # doctest: +SKIP
+    >>> print(report.render(trace, rep, "markdown"))       # doctest: +SKIP
+    >>> print(report.render(trace, fmt="text", top=5))     # doctest: +SKIP
+    """
+    return {n: SECTIONS[n][1](trace) for n in sections(names)}
+
+
+def summary(trace):
+    """One dict describing the trace for report headers and JSON."""
+    cfg = trace.meta.get("config") or {}
+    return {
+        "path": trace.path,
+        "state": trace.meta.get("state"),
+        "guest": cfg.get("guest") if isinstance(cfg, dict) else None,
+        "start_ns": trace.start_ns,
+        "end_ns": trace.end_ns,
+        "duration_ns": trace.duration_ns,
+        "records": {n: trace.arrow(n).num_rows for n in
+                    ("exits", "locks", "bh", "timers", "aio", "loop", "irqs")},
+        "warnings": list(trace.warnings),
+    }
+
+
+# --------------------------------------------------------------------------
+# cell formatting (applied to the shown rows only)
+
+def human_ns(v):
+    """Format a duration in ns with a unit: ``850ns``, ``12.3us``, ``4.56ms``.
+
+    Examples
+    --------
+    >>> human_ns(850), human_ns(12345), human_ns(4_560_000), human_ns(None)
+    ('850ns', '12.3us', '4.56ms', '-')
+    """
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    v = float(v)
+    a = abs(v)
+    if a < 1e3:
+        return f"{v:.0f}ns"
+    for scale, unit in ((1e3, "us"), (1e6, "ms"), (1e9, "s")):
+        x = v / scale
+        if abs(x) < 1000 or unit == "s":
+            digits = 2 if abs(x) < 10 else 1 if abs(x) < 100 else 0
+            return f"{x:.{digits}f}{unit}"
+
+
+def _cell(col, v):
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if col.endswith("_ns"):
+        return human_ns(v)
+    if col.endswith("_pct"):
+        return f"{v:.1f}%"
+    if col == "addr":
+        return f"{int(v):#x}"
+    if isinstance(v, (float, np.floating)):
+        return f"{v:.1f}"
+    return str(v)
+
+
+def _header(col):
+    if col in _HEADERS:
+        return _HEADERS[col]
+    return col[:-3] if col.endswith("_ns") else col
+
+
+def _is_numeric(df, col):
+    return pd.api.types.is_numeric_dtype(df[col]) and col != "thread"
+
+
+def _shown(name, df, top, all_columns):
+    if top:
+        df = df.head(top)
+    if not all_columns:
+        df = df[[c for c in _SHOWN.get(name, df.columns) if c in df.columns]]
+    return df
+
+
+def _cells(df):
+    return [[_cell(c, v) for v in df[c].tolist()] for c in df.columns]
+
+
+# --------------------------------------------------------------------------
+# renderers
+
+def _text_table(df):
+    if df.empty:
+        return "  (no records)\n"
+    cols = _cells(df)
+    heads = [_header(c) for c in df.columns]
+    widths = [max(len(h), *(len(x) for x in col)) for h, col in zip(heads, cols)]
+    right = [_is_numeric(df, c) for c in df.columns]
+
+    def line(values):
+        return "  " + "  ".join(v.rjust(w) if r else v.ljust(w)
+                                for v, w, r in zip(values, widths, right)).rstrip()
+    rows = [line(heads), line(["-" * w for w in widths])]
+    rows += [line(r) for r in zip(*cols)]
+    return "\n".join(rows) + "\n"
+
+
+def _md_table(df):
+    if df.empty:
+        return "_no records_\n"
+    cols = _cells(df)
+    heads = [_header(c) for c in df.columns]
+    align = ["---:" if _is_numeric(df, c) else "---" for c in df.columns]
+    rows = ["| " + " | ".join(heads) + " |", "|" + "|".join(align) + "|"]
+    rows += ["| " + " | ".join(r) + " |" for r in zip(*cols)]
+    return "\n".join(rows) + "\n"
+
+
+def _more(df, top):
+    return f"  ... {len(df) - top} more rows (--top)\n" \
+        if top and len(df) > top else ""
+
+
+def _head_lines(info):
+    rec = ", ".join(f"{v} {k}" for k, v in info["records"].items() if v)
+    return [f"trace {info['path'] or '(in memory)'}: state "
+            f"{info['state']}, guest {info['guest']}, "
+            f"{human_ns(info['duration_ns'])}",
+            f"records: {rec or 'none'}"] + \
+        [f"warning: {w}" for w in info["warnings"]]
+
+
+def render(trace, built=None, fmt="text", top=None, all_columns=False):
+    """Render sections from :func:`build`.
+
+    Parameters
+    ----------
+    trace : Trace
+    built : dict of str to DataFrame, optional
+        Sections from :func:`build`; default: all of them.
+    fmt : {"text", "markdown", "json", "csv"}
+        ``text``: aligned tables, durations with units in each cell.
+        ``markdown``: the same as Markdown tables.  ``json``: one object,
+        ``"trace"`` (a summary) plus one key per section holding a list of
+        records with raw values (ns integers).  ``csv``: one table per
+        section, each preceded by a ``# <section>`` line and followed by a
+        blank line; with a single section, the table alone.
+    top : int, optional
+        At most this many rows per section (``None`` or 0: all).
+    all_columns : bool
+        Text and Markdown show a selection of columns unless this is set.
+
+    Returns
+    -------
+    str
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+    if built is None:
+        built = build(trace)
+    info = summary(trace)
+    if fmt == "json":
+        out = {"trace": info}
+        for name, df in built.items():
+            df = df.head(top) if top else df
+            out[name] = json.loads(df.to_json(orient="records"))
+        return json.dumps(out, indent=1) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        for name, df in built.items():
+            df = df.head(top) if top else df
+            if len(built) > 1:
+                buf.write(f"# {name}\n")
+            df.to_csv(buf, index=False, lineterminator="\n")
+            if len(built) > 1:
+                buf.write("\n")
+        return buf.getvalue()
+    parts = []
+    if fmt == "text":
+        parts.append("\n".join(_head_lines(info)) + "\n")
+        for name, df in built.items():
+            parts.append(f"\n{SECTIONS[name][0]}\n")
+            parts.append(_text_table(_shown(name, df, top, all_columns)))
+            parts.append(_more(df, top))
+    else:
+        lines = _head_lines(info)
+        parts.append(f"# kvmscope report\n\n{lines[0]}  \n"
+                     + "  \n".join(lines[1:]) + "\n")
+        for name, df in built.items():
+            parts.append(f"\n## {SECTIONS[name][0]}\n\n")
+            parts.append(_md_table(_shown(name, df, top, all_columns)))
+            if top and len(df) > top:
+                parts.append(f"\n_{len(df) - top} more rows not shown_\n")
+    return "".join(parts)

@@ -1,0 +1,547 @@
+"""The Trace object: load, validate and select a kvmscope trace directory.
+
+A :class:`Trace` holds one Arrow table per trace table (see
+docs/trace-format.md) and exposes each as a typed pandas DataFrame with a few
+derived columns.  Replay and statistics are methods that return DataFrames.
+"""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+
+from . import replay as _replay
+from . import stats as _stats
+from .schema import (FORMAT_NAME, FORMAT_VERSION, SCHEMAS, SPANS, TABLES,
+                     describe, empty_table, type_matches)
+
+_INT64_MAX = np.iinfo(np.int64).max
+
+# Messages pyarrow gives when a stream ends in the middle of a message, which
+# is what a killed writer leaves behind (as opposed to bytes that are wrong).
+_SHORT_READ = ("Expected to be able to read", "Expected to read",
+               "bytes available", "was null or length 0")
+
+
+class TraceError(ValueError):
+    """A trace directory that cannot be read: the message names the file and
+    the column or problem, on one line."""
+
+
+# --------------------------------------------------------------------------
+# reading
+
+def _read_meta(path):
+    fname = os.path.join(path, "meta.json")
+    try:
+        with open(fname, "rb") as f:
+            meta = json.loads(f.read().decode("utf-8"))
+    except FileNotFoundError:
+        raise TraceError(f"{fname}: missing (not a kvmscope trace?)") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise TraceError(f"{fname}: corrupt JSON: {e}") from None
+    except OSError as e:
+        raise TraceError(f"{fname}: cannot read: {e.strerror}") from None
+    _check_meta(meta, fname)
+    return meta
+
+
+def _check_meta(meta, fname):
+    if not isinstance(meta, dict):
+        raise TraceError(f"{fname}: expected a JSON object, "
+                         f"got {type(meta).__name__}")
+    if meta.get("format") != FORMAT_NAME:
+        raise TraceError(f"{fname}: 'format' is {meta.get('format')!r}, "
+                         f"expected {FORMAT_NAME!r}")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise TraceError(f"{fname}: unsupported format_version {version!r} "
+                         f"(this kvmscope reads {FORMAT_VERSION})")
+
+
+def _read_stream(fname):
+    """Read every complete batch of an Arrow IPC stream file.
+
+    Returns ``(table, warning_or_None)``.  A file cut short by a killed writer
+    keeps its complete batches; any other damage raises TraceError.
+    """
+    base = os.path.basename(fname)
+    try:
+        if os.path.getsize(fname) == 0:
+            return None, (f"{base}: empty file (the run stopped before its "
+                          "first flush)")
+        # Memory-mapped: batches reference the file, nothing is copied.
+        source = pa.memory_map(fname)
+    except OSError as e:
+        raise TraceError(f"{fname}: cannot read: {e.strerror}") from None
+    try:
+        reader = ipc.open_stream(source)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise TraceError(f"{fname}: corrupt Arrow stream: {e}") from None
+    batches = []
+    warning = None
+    while True:
+        try:
+            batches.append(reader.read_next_batch())
+        except StopIteration:
+            break
+        except (pa.ArrowInvalid, OSError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if not any(s in msg for s in _SHORT_READ):
+                raise TraceError(f"{fname}: corrupt Arrow stream after "
+                                 f"{len(batches)} batches: {msg}") from None
+            rows = sum(b.num_rows for b in batches)
+            warning = (f"{base}: truncated final batch dropped; kept "
+                       f"{len(batches)} complete batches ({rows} rows)")
+            break
+    return pa.Table.from_batches(batches, schema=reader.schema), warning
+
+
+def _conform(table, name, where):
+    """Check *table* against the schema of *name*; return it with the
+    documented columns first.  Raises TraceError naming *where*."""
+    schema = SCHEMAS[name]
+    for field in schema:
+        idx = table.schema.get_field_index(field.name)
+        if idx < 0:
+            raise TraceError(f"{where}: missing column {field.name!r} "
+                             f"({describe(field.type)})")
+        actual = table.schema.field(idx).type
+        if not type_matches(actual, field.type):
+            raise TraceError(f"{where}: column {field.name!r} has type "
+                             f"{actual}, expected {describe(field.type)}")
+        if not field.nullable and table.column(idx).null_count:
+            raise TraceError(f"{where}: column {field.name!r} has "
+                             f"{table.column(idx).null_count} nulls but is "
+                             "not nullable")
+    extra = [c for c in table.column_names if c not in schema.names]
+    return table.select(schema.names + extra)
+
+
+# --------------------------------------------------------------------------
+# pandas conversion
+
+def _columns(table, name):
+    """Arrow -> dict of pandas columns: dictionaries become category,
+    nullable ints Int64, the rest numpy (zero-copy where Arrow allows)."""
+    nullable = [f.name for f in SCHEMAS[name] if f.nullable]
+    df = table.drop_columns(nullable).to_pandas(split_blocks=True)
+    cols = {}
+    for col in table.column_names:
+        if col in nullable:
+            arr = table.column(col)
+            values = pc.fill_null(arr, 0).to_numpy().astype(np.int64, copy=False)
+            mask = arr.is_null().to_numpy(zero_copy_only=False)
+            cols[col] = pd.arrays.IntegerArray(values, mask)
+        else:
+            cols[col] = df[col]
+    return cols
+
+
+def _thread_names(thread_ids, threads):
+    """Categorical of thread names for an int array of thread ids."""
+    names = pd.Index(pd.unique(threads["name"].to_numpy()))
+    lut = np.full(1 << 16, -1, dtype=np.int16)
+    lut[threads["thread"].to_numpy().astype(np.int64) + (1 << 15)] = \
+        names.get_indexer(threads["name"].to_numpy())
+    codes = lut[np.asarray(thread_ids).astype(np.int32) + (1 << 15)]
+    return pd.Categorical.from_codes(codes, categories=names)
+
+
+def _derived(cols, name):
+    """Derived columns documented in docs/analysis.md."""
+    def diff(a, b):
+        return np.subtract(np.asarray(cols[a]), np.asarray(cols[b]))
+    out = {}
+    if name == "locks":
+        out["wait_ns"] = diff("acquired_ns", "request_ns")
+        out["hold_ns"] = diff("released_ns", "acquired_ns")
+        prev = np.asarray(cols["prev_owner"])
+        out["handoff"] = (prev != -1) & (prev != np.asarray(cols["thread"]))
+    elif name == "exits":
+        entry = cols["entry_ns"]
+        out["dur_ns"] = pd.arrays.IntegerArray(
+            entry._data - np.asarray(cols["exit_ns"]), entry._mask.copy())
+    elif name == "bh":
+        out["delay_ns"] = diff("run_ns", "scheduled_ns")
+        out["dur_ns"] = diff("done_ns", "run_ns")
+    elif name == "timers":
+        out["late_ns"] = diff("fire_ns", "expire_ns")
+        out["dur_ns"] = diff("done_ns", "fire_ns")
+    elif name == "aio":
+        out["queue_ns"] = diff("start_ns", "submit_ns")
+        out["io_ns"] = diff("done_ns", "start_ns")
+        out["completion_ns"] = diff("complete_ns", "done_ns")
+        out["total_ns"] = diff("complete_ns", "submit_ns")
+    elif name == "loop":
+        out["poll_ns"] = diff("poll_exit_ns", "poll_enter_ns")
+        out["dispatch_ns"] = diff("dispatch_end_ns", "poll_exit_ns")
+    return out
+
+
+# --------------------------------------------------------------------------
+
+class Trace:
+    """A kvmscope trace: typed tables plus replay and statistics.
+
+    Build one with :meth:`Trace.load` (a trace directory) or
+    :meth:`Trace.from_arrow` (a directory or in-memory Arrow tables).
+
+    Attributes
+    ----------
+    meta : dict
+        The parsed ``meta.json``.
+    path : str or None
+        The trace directory, if loaded from disk.
+    warnings : list of str
+        Non-fatal problems found while loading (a truncated table, a run
+        that was killed, lost records).  Never printed by the library.
+
+    Examples
+    --------
+    >>> from kvmscope.analysis import Trace
+    >>> t = Trace.load("traces/pio-storm")                # doctest: +SKIP
+    >>> t.locks.groupby("callsite", observed=True).hold_ns.sum()  # doctest: +SKIP
+    >>> t.window(t.start_ns, t.start_ns + 10_000_000).lock_stats()  # doctest: +SKIP
+    """
+
+    def __init__(self, tables, meta, path=None, warnings=(), complete=True):
+        self._tables = dict(tables)
+        self.meta = meta
+        self.path = path
+        self.warnings = list(warnings)
+        # False once rows were filtered out (window/select): checks that need
+        # every acquisition of a lock (prev_owner) are then skipped.
+        self.complete = complete
+        self._frames = {}
+        self._cache = {}
+
+    # -- constructors -------------------------------------------------------
+
+    @classmethod
+    def load(cls, path):
+        """Load and validate a trace directory.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Directory holding ``meta.json`` and ``<table>.arrows`` files.
+
+        Returns
+        -------
+        Trace
+
+        Raises
+        ------
+        TraceError
+            The directory or ``meta.json`` is missing or corrupt, an Arrow
+            file is corrupt, or a column is missing or has the wrong type.
+
+        Examples
+        --------
+        >>> t = Trace.load("traces/pio-storm")      # doctest: +SKIP
+        >>> t.warnings                               # doctest: +SKIP
+        ['locks.arrows: truncated final batch dropped; kept 41 complete ...']
+        """
+        path = os.fspath(path)
+        if not os.path.isdir(path):
+            what = "not a directory" if os.path.exists(path) else "not found"
+            raise TraceError(f"{path}: trace directory {what}")
+        meta = _read_meta(path)
+        warnings = []
+        tables = {}
+        for name in TABLES:
+            fname = os.path.join(path, name + ".arrows")
+            if not os.path.exists(fname):
+                tables[name] = empty_table(name)
+                continue
+            table, warning = _read_stream(fname)
+            if warning:
+                warnings.append(warning)
+            tables[name] = (empty_table(name) if table is None
+                            else _conform(table, name, fname))
+        warnings.extend(_meta_warnings(meta))
+        return cls(tables, meta, path=path, warnings=warnings)
+
+    @classmethod
+    def from_arrow(cls, source, meta=None):
+        """Build a Trace from a directory or from in-memory Arrow tables.
+
+        Parameters
+        ----------
+        source : str, os.PathLike or mapping of str to pyarrow.Table
+            A trace directory (same as :meth:`load`), or table name ->
+            table; absent tables are empty.
+        meta : dict, optional
+            ``meta.json`` content for in-memory tables (default: minimal).
+
+        Examples
+        --------
+        >>> import pyarrow as pa
+        >>> from kvmscope.analysis.schema import SCHEMAS
+        >>> t = Trace.from_arrow({"locks": SCHEMAS["locks"].empty_table()})
+        >>> len(t.locks)
+        0
+        """
+        if isinstance(source, (str, os.PathLike)):
+            return cls.load(source)
+        unknown = set(source) - set(TABLES)
+        if unknown:
+            raise TraceError(f"unknown tables: {', '.join(sorted(unknown))}")
+        tables = {name: (_conform(source[name], name, name)
+                         if name in source else empty_table(name))
+                  for name in TABLES}
+        meta = dict(meta or {"format": FORMAT_NAME,
+                             "format_version": FORMAT_VERSION})
+        _check_meta(meta, "meta")
+        return cls(tables, meta, warnings=_meta_warnings(meta))
+
+    # -- tables -------------------------------------------------------------
+
+    def arrow(self, name):
+        """The Arrow table *name* as loaded (no derived columns).
+
+        Examples
+        --------
+        >>> t.arrow("locks").num_rows              # doctest: +SKIP
+        """
+        try:
+            return self._tables[name]
+        except KeyError:
+            raise KeyError(f"no table {name!r}; tables are "
+                           f"{', '.join(TABLES)}") from None
+
+    def frame(self, name):
+        """Table *name* as a pandas DataFrame with derived columns (cached;
+        treat it as read-only)."""
+        df = self._frames.get(name)
+        if df is None:
+            cols = _columns(self.arrow(name), name)
+            if name != "threads":
+                cols.update(_derived(cols, name))
+                cols["thread_name"] = _thread_names(cols["thread"],
+                                                    self.threads)
+            # One construction, no per-column insert: pandas would copy.
+            df = pd.DataFrame(cols, copy=False)
+            self._frames[name] = df
+        return df
+
+    threads = property(lambda self: self.frame("threads"),
+                       doc="Threads: id, OS tid, name, role.")
+    exits = property(lambda self: self.frame("exits"),
+                     doc="vCPU exits, plus ``dur_ns`` (Int64) and "
+                         "``thread_name``.")
+    locks = property(lambda self: self.frame("locks"),
+                     doc="Lock acquisitions, plus ``wait_ns``, ``hold_ns``, "
+                         "``handoff`` and ``thread_name``.")
+    bh = property(lambda self: self.frame("bh"),
+                  doc="Bottom-half runs, plus ``delay_ns``, ``dur_ns``.")
+    timers = property(lambda self: self.frame("timers"),
+                      doc="Timer firings, plus ``late_ns``, ``dur_ns``.")
+    aio = property(lambda self: self.frame("aio"),
+                   doc="AIO requests, plus ``queue_ns``, ``io_ns``, "
+                       "``completion_ns``, ``total_ns``.")
+    loop = property(lambda self: self.frame("loop"),
+                    doc="Main-loop iterations, plus ``poll_ns``, "
+                        "``dispatch_ns``.")
+    irqs = property(lambda self: self.frame("irqs"),
+                    doc="Interrupt events.")
+
+    @property
+    def num_records(self):
+        """Rows in all event tables (everything but ``threads``)."""
+        return sum(t.num_rows for n, t in self._tables.items()
+                   if n != "threads")
+
+    def thread_ids(self, threads):
+        """Map thread names or ids to an array of int thread ids.
+
+        Raises ValueError for a name that is not in the threads table.
+        """
+        if isinstance(threads, (str, int, np.integer)):
+            threads = [threads]
+        by_name = dict(zip(self.threads["name"], self.threads["thread"]))
+        ids = []
+        for t in threads:       # a loop over the user's list, not records
+            if isinstance(t, str):
+                if t not in by_name:
+                    raise ValueError(f"unknown thread {t!r}; threads are "
+                                     f"{', '.join(map(str, by_name))}")
+                ids.append(by_name[t])
+            else:
+                ids.append(int(t))
+        return np.asarray(ids, dtype=np.int16)
+
+    # -- time ---------------------------------------------------------------
+
+    def _data_bounds(self):
+        if "bounds" not in self._cache:
+            lo, hi = [], []
+            for name, (a, b) in SPANS.items():
+                t = self._tables[name]
+                if t.num_rows:
+                    lo.append(pc.min(t.column(a)).as_py())
+                    hi.append(max(pc.max(t.column(a)).as_py(),
+                                  pc.max(t.column(b)).as_py() or 0))
+            self._cache["bounds"] = ((min(lo), max(hi)) if lo else (0, 0))
+        return self._cache["bounds"]
+
+    @property
+    def start_ns(self):
+        """Start of the trace: ``meta.json`` ``start_ns`` or the first event."""
+        lo, _ = self._data_bounds()
+        return int(self.meta.get("start_ns") or lo) if self.complete else lo
+
+    @property
+    def end_ns(self):
+        """End of the trace: ``meta.json`` ``end_ns`` or the last event."""
+        _, hi = self._data_bounds()
+        end = self.meta.get("end_ns") if self.complete else None
+        return int(max(end or 0, hi))
+
+    @property
+    def duration_ns(self):
+        """``end_ns - start_ns``."""
+        return self.end_ns - self.start_ns
+
+    # -- selection ----------------------------------------------------------
+
+    def window(self, start_ns=None, end_ns=None):
+        """Rows whose time span overlaps ``[start_ns, end_ns)``.
+
+        Rows are kept whole, not clipped.  Spans are request..release for
+        locks, exit..entry for exits (open-ended when ``entry_ns`` is null),
+        scheduled..done for bottom halves, armed..done for timers,
+        submit..complete for AIO, poll_enter..dispatch_end for the loop.
+
+        Parameters
+        ----------
+        start_ns, end_ns : int, optional
+            Bounds; None means unbounded.
+
+        Returns
+        -------
+        Trace
+
+        Examples
+        --------
+        >>> first_ms = t.window(t.start_ns, t.start_ns + 1_000_000)  # doctest: +SKIP
+        """
+        lo = np.iinfo(np.int64).min if start_ns is None else int(start_ns)
+        hi = _INT64_MAX if end_ns is None else int(end_ns)
+        tables = dict(self._tables)
+        for name, (a, b) in SPANS.items():
+            t = tables[name]
+            if t.num_rows:
+                end = pc.fill_null(t.column(b), _INT64_MAX)
+                keep = pc.and_(pc.less(t.column(a), hi),
+                               pc.greater_equal(end, lo))
+                tables[name] = t.filter(keep)
+        return Trace(tables, self.meta, self.path, self.warnings,
+                     complete=False)
+
+    def select(self, threads=None):
+        """Rows emitted by the given threads (ids or names).
+
+        The ``threads`` table is kept whole so that ids in ``prev_owner``
+        or ``sched_thread`` still resolve to names.
+
+        Examples
+        --------
+        >>> t.select(threads=["vcpu0", "main"]).lock_stats()   # doctest: +SKIP
+        """
+        if threads is None:
+            return self
+        ids = pa.array(self.thread_ids(threads), pa.int16())
+        tables = {name: (t if name == "threads"
+                         else t.filter(pc.is_in(t.column("thread"), ids)))
+                  for name, t in self._tables.items()}
+        return Trace(tables, self.meta, self.path, self.warnings,
+                     complete=False)
+
+    def __repr__(self):
+        where = repr(self.path) if self.path else "in-memory"
+        counts = ", ".join(f"{n}={t.num_rows}" for n, t in self._tables.items()
+                           if t.num_rows and n != "threads")
+        return (f"<Trace {where} state={self.meta.get('state', '?')} "
+                f"{counts or 'empty'}>")
+
+    # -- replay (see kvmscope.analysis.replay) -------------------------------
+
+    def lock_intervals(self, lock=None):
+        """Ownership intervals per lock; see :func:`replay.lock_intervals`."""
+        return _replay.lock_intervals(self, lock)
+
+    def lock_waits(self, lock=None):
+        """Waiting intervals; see :func:`replay.lock_waits`."""
+        return _replay.lock_waits(self, lock)
+
+    def handoffs(self, lock=None):
+        """Hand-offs between owners; see :func:`replay.handoffs`."""
+        return _replay.handoffs(self, lock)
+
+    def thread_states(self, threads=None):
+        """Per-thread state intervals; see :func:`replay.thread_states`."""
+        return _replay.thread_states(self, threads)
+
+    def queue_depth(self, queue="aio"):
+        """Queue depth over time; see :func:`replay.queue_depth`."""
+        return _replay.queue_depth(self, queue)
+
+    def check(self, tolerance_ns=0):
+        """Invariant violations; see :func:`replay.check`."""
+        return _replay.check(self, tolerance_ns)
+
+    # -- statistics (see kvmscope.analysis.stats) ----------------------------
+
+    def exit_stats(self, by="reason"):
+        """``perf kvm stat``-style exit statistics; see :func:`stats.exit_stats`."""
+        return _stats.exit_stats(self, by)
+
+    def lock_stats(self, by="lock"):
+        """lock_stat-style lock statistics; see :func:`stats.lock_stats`."""
+        return _stats.lock_stats(self, by)
+
+    def bh_stats(self):
+        """Bottom-half latency per name; see :func:`stats.bh_stats`."""
+        return _stats.bh_stats(self)
+
+    def timer_stats(self):
+        """Timer lateness per name; see :func:`stats.timer_stats`."""
+        return _stats.timer_stats(self)
+
+    def aio_stats(self):
+        """AIO latency per op and stage; see :func:`stats.aio_stats`."""
+        return _stats.aio_stats(self)
+
+    def loop_stats(self):
+        """Main-loop iteration statistics; see :func:`stats.loop_stats`."""
+        return _stats.loop_stats(self)
+
+    def blockers(self, lock=None):
+        """Who blocks whom, long form; see :func:`stats.blockers`."""
+        return _stats.blockers(self, lock)
+
+    def blockers_matrix(self, lock=None):
+        """Who blocks whom, waiter x holder; see :func:`stats.blockers_matrix`."""
+        return _stats.blockers_matrix(self, lock)
+
+
+def _meta_warnings(meta):
+    out = []
+    if meta.get("state") == "running":
+        out.append("meta.json: state is 'running': the run was killed; "
+                   "tables hold what was flushed before that")
+    records = meta.get("records")
+    if isinstance(records, dict):
+        lost = {k: v.get("lost", 0) for k, v in records.items()
+                if isinstance(v, dict) and v.get("lost")}
+        if lost:
+            detail = ", ".join(f"{k}: {v}" for k, v in lost.items())
+            out.append(f"meta.json: {sum(lost.values())} records lost "
+                       f"({detail})")
+    return out

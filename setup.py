@@ -30,7 +30,10 @@ class BuildPyWithGuests(build_py):
 
     def run(self):
         super().run()
-        out_dir = os.path.join(self.build_lib, "kvmscope", "guests")
+        if getattr(self, "editable_mode", False):
+            out_dir = GUEST_SRC           # editable install: the package is pyx/ itself
+        else:
+            out_dir = os.path.join(self.build_lib, "kvmscope", "guests")
         os.makedirs(out_dir, exist_ok=True)
         for src in sorted(glob.glob(os.path.join(GUEST_SRC, "*.S"))):
             name = os.path.splitext(os.path.basename(src))[0]

@@ -52,7 +52,9 @@ def format_summary(result):
     for v in st["vcpus"]:
         secs = v["run_ns"] / 1e9
         rate = v["exits"] / secs if secs > 0 else 0.0
-        reasons = ", ".join(f"{k} {n}" for k, n in sorted(v["by_reason"].items(), key=lambda kv: -kv[1]))
+        reasons = ", ".join(
+            f"{k} {n}" + (f" avg {_fmt_ns(v['exit_time'][k]['total_ns'] / n)}" if k in v["exit_time"] else "")
+            for k, n in sorted(v["by_reason"].items(), key=lambda kv: -kv[1]))
         status = f"status {v['exit_status']}" if v["finished_by_guest"] else "stopped"
         lines.append(f"  vcpu{v['vcpu']}: {v['exits']} exits, {_fmt_rate(rate)} exits/s ({reasons}); {status}")
     bql = st["bql"]

@@ -76,6 +76,9 @@ cdef struct ks_vcpu:
     ks_machine *m
     uint64_t exits_total
     uint64_t exits_by_reason[KS_EXIT_REASONS]
+    # always on: time from each exit to the next KVM_RUN, per exit reason
+    int64_t exit_time_raw[KS_EXIT_REASONS]
+    int64_t exit_time_max_raw[KS_EXIT_REASONS]
     int64_t first_entry_ns
     int64_t last_exit_ns
     char errmsg[256]

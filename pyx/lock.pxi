@@ -19,12 +19,12 @@ cdef inline void lock_acquire(ks_lock *l, ks_thread *t, uint32_t callsite) noexc
         # read the clock again: the previous holder may have released between
         # our request timestamp and the trylock, and its release must not
         # appear to overlap our acquisition
-        acq = ks_now() if t.ring != NULL else 0
+        acq = ks_now_ordered() if t.ring != NULL else 0
     else:
         if t.ring == NULL:
             req = ks_now()
         pthread_mutex_lock(&l.mutex)
-        acq = ks_now()
+        acq = ks_now_ordered()
         contended = 1
         t.lock_contended += 1
         t.lock_wait_raw += acq - req

@@ -369,11 +369,16 @@ cdef class Machine:
         for i in range(self.m.nvcpus):
             v = self.m.vcpus[i]
             by_reason = {}
+            exit_time = {}
             for r in range(KS_EXIT_REASONS):
                 if v.exits_by_reason[r]:
-                    by_reason[EXIT_REASON_NAMES.get(r, f"reason{r}")] = v.exits_by_reason[r]
+                    name = EXIT_REASON_NAMES.get(r, f"reason{r}")
+                    by_reason[name] = v.exits_by_reason[r]
+                    exit_time[name] = {"total_ns": int(v.exit_time_raw[r] * scale),
+                                       "max_ns": int(v.exit_time_max_raw[r] * scale)}
             vcpus.append({
                 "vcpu": i, "tid": v.thr.tid, "exits": v.exits_total, "by_reason": by_reason,
+                "exit_time": exit_time,
                 "run_ns": max(0, v.last_exit_ns - v.first_entry_ns) if v.first_entry_ns else 0,
                 "finished_by_guest": bool(v.finished_by_guest), "exit_status": v.exit_status,
                 "message": v.errmsg.decode(errors="replace") if v.errmsg[0] else "",

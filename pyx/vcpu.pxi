@@ -101,8 +101,8 @@ cdef void *vcpu__main(void *arg) noexcept nogil:
     cdef ks_record ex
     cdef bint pending = False
     cdef int ret, err, done = 0
-    cdef uint32_t reason
-    cdef int64_t t
+    cdef uint32_t reason, prev_reason = KS_EXIT_REASONS
+    cdef int64_t t, t_exit = 0, d
     cdef sigset_t mask
     # Only the kick reaches this thread; Ctrl-C and friends go to the main thread.
     sigfillset(&mask)
@@ -122,15 +122,21 @@ cdef void *vcpu__main(void *arg) noexcept nogil:
     while not done:
         if ks_load_acquire_int(&m.stop):
             break
-        if ring != NULL:
-            t = ks_now()
-            if pending:
-                ex.t1 = t
-                ks_ring_push(ring, &ex)
-                pending = False
+        # Exit and entry times are taken with recording off too: they feed
+        # the always-on per-reason exit time aggregates.
+        t = ks_now()
+        if prev_reason < KS_EXIT_REASONS:
+            d = t - t_exit
+            v.exit_time_raw[prev_reason] += d
+            if d > v.exit_time_max_raw[prev_reason]:
+                v.exit_time_max_raw[prev_reason] = d
+        if pending:
+            ex.t1 = t
+            ks_ring_push(ring, &ex)
+            pending = False
         ret = ioctl(v.fd, KVM_RUN, 0)
+        t_exit = ks_now()
         if ring != NULL:
-            t = ks_now()
             ex.type = KS_REC_EXIT
             ex.thread = v.thr.id
             ex.h0 = v.index
@@ -141,7 +147,7 @@ cdef void *vcpu__main(void *arg) noexcept nogil:
             ex.w1 = NOT_IO
             ex.q0 = 0
             ex.q1 = 0
-            ex.t0 = t
+            ex.t0 = t_exit
             ex.t1 = 0
             ex.t2 = 0
             ex.t3 = 0
@@ -153,13 +159,15 @@ cdef void *vcpu__main(void *arg) noexcept nogil:
                 # a kick: KVM_RUN returned before or after entering the guest
                 run.immediate_exit = 0
                 v.exits_by_reason[KVM_EXIT_INTR] += 1
+                prev_reason = KVM_EXIT_INTR
                 ex.b0 = KVM_EXIT_INTR
                 continue
             snprintf(v.errmsg, sizeof(v.errmsg), "vcpu%d: KVM_RUN failed: %s", v.index, strerror(err))
             m.error = 1
             break
         reason = run.exit_reason
-        v.exits_by_reason[reason if reason < KS_EXIT_REASONS else 0] += 1
+        prev_reason = reason if reason < KS_EXIT_REASONS else 0
+        v.exits_by_reason[prev_reason] += 1
         ex.b0 = <uint8_t>(reason if reason < 256 else 0)
         if reason == KVM_EXIT_IO:
             if vcpu__handle_io(v, &ex) != 0:

@@ -35,10 +35,8 @@ static inline long ks_gettid(void) { return syscall(SYS_gettid); }
 /* One clock for the whole run.  With an invariant TSC the hot paths read the
  * TSC (lfence;rdtsc, ~8 ns) and the drain converts ticks to CLOCK_MONOTONIC
  * nanoseconds; otherwise they read CLOCK_MONOTONIC directly (~17 ns).
- * The lfence before rdtsc keeps the read from being executed before earlier
- * instructions complete (a lock just taken), and rdtsc executes before a
- * following store (a lock release) becomes visible: lock intervals recorded on
- * different CPUs therefore never overlap. */
+ * Lock intervals recorded on different CPUs never overlap: see ks_now() and
+ * ks_now_ordered(). */
 /* One translation unit (the extension) includes this header: statics suffice. */
 static int ks_clock_use_tsc = 0;
 static __thread struct kvm_run *volatile ks_tls_kvm_run;
@@ -49,6 +47,11 @@ static int ks_drain_wanted = 0;
 static inline void ks_clock_set_tsc(int on) { ks_clock_use_tsc = on; }
 static inline void ks_set_tls_kvm_run(struct kvm_run *run) { ks_tls_kvm_run = run; }
 
+static inline uint64_t ks_rdtsc(void) {
+    uint32_t lo, hi;
+    __asm__ __volatile__("rdtsc" : "=a"(lo), "=d"(hi));
+    return ((uint64_t)hi << 32) | lo;
+}
 static inline uint64_t ks_rdtsc_ordered(void) {
     uint32_t lo, hi;
     __asm__ __volatile__("lfence; rdtsc" : "=a"(lo), "=d"(hi) :: "memory");
@@ -59,8 +62,18 @@ static inline int64_t ks_mono_ns(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
-/* Raw timestamp in clock units; never 0, since 0 marks "no timestamp". */
+/* Raw timestamp in clock units; never 0, since 0 marks "no timestamp".
+ * rdtsc executes before any later store becomes visible (stores commit after
+ * retirement), so a timestamp taken before a lock release never appears later
+ * than the release. */
 static inline int64_t ks_now(void) {
+    if (ks_clock_use_tsc) return (int64_t)ks_rdtsc();
+    return ks_mono_ns();
+}
+/* Timestamp that is not taken before earlier instructions complete: used right
+ * after a lock is acquired, so the acquisition never appears to precede the
+ * previous owner's release. */
+static inline int64_t ks_now_ordered(void) {
     if (ks_clock_use_tsc) return (int64_t)ks_rdtsc_ordered();
     return ks_mono_ns();
 }

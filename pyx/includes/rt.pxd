@@ -19,6 +19,8 @@ cdef extern from "ks_rt.h" nogil:
     uint64_t ks_rdtsc_ordered()
     int64_t ks_mono_ns()
     int64_t ks_now()
+    int64_t ks_now_ordered()
+    uint64_t ks_rdtsc()
     ctypedef struct ks_clock_conv:
         int64_t raw0
         int64_t mono0

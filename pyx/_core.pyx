@@ -18,6 +18,9 @@ include "errors.pxi"    # errno -> Python exceptions, in one place
 include "clock.pxi"     # run clock: TSC calibration against CLOCK_MONOTONIC
 include "tracer.pxi"    # per-thread trace rings and their drain
 include "lock.pxi"      # instrumented mutex (the BQL)
+include "loop.pxi"      # main loop: fd handlers, timers, bottom halves
+include "aio.pxi"       # AIO worker pool
+include "irq.pxi"       # interrupt delivery: in-kernel irqchip or userspace
 include "kvm.pxi"       # /dev/kvm: API version and capability checks
 include "devices.pxi"   # bus lookup and device models
 include "vcpu.pxi"      # vCPU threads looping on KVM_RUN without the GIL

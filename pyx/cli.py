@@ -55,7 +55,9 @@ def format_summary(result):
         reasons = ", ".join(
             f"{k} {n}" + (f" avg {_fmt_ns(v['exit_time'][k]['total_ns'] / n)}" if k in v["exit_time"] else "")
             for k, n in sorted(v["by_reason"].items(), key=lambda kv: -kv[1]))
-        status = f"status {v['exit_status']}" if v["finished_by_guest"] else "stopped"
+        counted = guests.get(c.guest).status_is_count
+        status = (f"{counted} {v['exit_status']}" if counted else f"status {v['exit_status']}") \
+            if v["finished_by_guest"] else "stopped"
         lines.append(f"  vcpu{v['vcpu']}: {v['exits']} exits, {_fmt_rate(rate)} exits/s ({reasons}); {status}")
     bql = st["bql"]
     share = 100.0 * bql["contended"] / bql["acquisitions"] if bql["acquisitions"] else 0.0
@@ -82,7 +84,9 @@ def _config_from_args(args):
         memory=args.memory, duration=args.duration, output=None if args.no_trace else args.output,
         trace=not args.no_trace, lossless=args.lossless, ring_records=args.ring, clock=args.clock,
         kvm_device=args.kvm_device, console=not args.quiet_console,
-        inject_hold=dict(args.inject_hold or []), lockless=tuple(args.lockless or ()))
+        inject_hold=dict(args.inject_hold or []), lockless=tuple(args.lockless or ()),
+        irqchip=args.irqchip, aio_threads=args.aio_threads, disk=args.disk, disk_size=args.disk_size,
+        timer_period_us=args.timer_period_us, port_burst=args.port_burst)
 
 
 def _progress_printer(enabled):
@@ -177,6 +181,15 @@ def _add_run_options(p, demo=False):
                    help="busy-hold the BQL this much longer at a call site (experiments)")
     p.add_argument("--lockless", action="append", metavar="DEVICE",
                    help="dispatch this device without the BQL (A/B experiments)")
+    p.add_argument("--irqchip", choices=["kernel", "user"], default="kernel",
+                   help="interrupt controller: in-kernel (irqfd MSIs) or userspace (KVM_INTERRUPT)")
+    p.add_argument("--aio-threads", type=int, default=2, help="AIO worker threads (default 2)")
+    p.add_argument("--disk", help="disk image for the block device (created if missing; "
+                                  "default: a temporary image)")
+    p.add_argument("--disk-size", type=parse_size, default="1M", help="size of a created image (default 1M)")
+    p.add_argument("--timer-period-us", type=int, help="timer device period for timer guests "
+                                                       "(default 1000, mixed 2000)")
+    p.add_argument("--port-burst", type=int, default=8, help="mixed: port writes per block request")
     p.add_argument("--quiet-console", action="store_true", help="do not echo the guest console")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary or progress output")
 

@@ -45,6 +45,8 @@ cdef inline void machine_request_stop(ks_machine *m, ks_vcpu *self_vcpu) noexcep
     cdef int i
     cdef ks_vcpu *v
     ks_store_release_int(&m.stop, 1)
+    if not m.irqchip_kernel:
+        irq_wake_halted(m)
     for i in range(m.nvcpus):
         v = m.vcpus[i]
         if v != self_vcpu and v.started and ks_load_acquire_int(&v.state) != KS_VCPU_DONE:
@@ -74,21 +76,26 @@ cdef int exitdev__access(void *opaque, ks_vcpu *vcpu, uint64_t offset, uint8_t *
     return 0
 
 
-# ---- serial console: 16550-style transmit only ------------------------------
+# ---- serial console: 16550-style transmit; output written by the main loop ------
 cdef void console__flush_locked(ks_machine *m) noexcept nogil:
-    cdef int i, n = m.console_line_len
+    """Write the buffered console bytes out (BQL held, or all threads stopped)."""
+    cdef int i, n = m.console_buf_len
     cdef uint64_t room
     if n == 0:
         return
     for i in range(2):
         if m.console_fds[i] >= 0:
-            write(m.console_fds[i], m.console_line, n)
+            write(m.console_fds[i], m.console_buf, n)
     room = KS_CONSOLE_CAP - m.console_len
     if room > <uint64_t>n:
         room = n
-    memcpy(m.console_capture + m.console_len, m.console_line, room)
+    memcpy(m.console_capture + m.console_len, m.console_buf, room)
     m.console_len += room
-    m.console_line_len = 0
+    m.console_buf_len = 0
+
+
+cdef void console__flush_bh(void *opaque) noexcept nogil:
+    console__flush_locked(<ks_machine *>opaque)
 
 
 cdef int serial__access(void *opaque, ks_vcpu *vcpu, uint64_t offset, uint8_t *data,
@@ -96,10 +103,12 @@ cdef int serial__access(void *opaque, ks_vcpu *vcpu, uint64_t offset, uint8_t *d
     cdef ks_machine *m = <ks_machine *>opaque
     if is_write:
         if offset == 0:
-            m.console_line[m.console_line_len] = data[0]
-            m.console_line_len += 1
-            if data[0] == 10 or m.console_line_len >= <int>sizeof(m.console_line):
-                console__flush_locked(m)
+            if m.console_buf_len >= KS_CONSOLE_BUF:
+                console__flush_locked(m)      # the main loop is behind: write inline
+            m.console_buf[m.console_buf_len] = data[0]
+            m.console_buf_len += 1
+            if data[0] == 10:
+                bh_schedule(m.console_bh, &vcpu.thr)
     else:
         memset(data, 0, size)
         if offset == 5:
@@ -117,4 +126,150 @@ cdef int scratch__access(void *opaque, ks_vcpu *vcpu, uint64_t offset, uint8_t *
         memcpy(<uint8_t *>m.scratch + offset, data, size)
     else:
         memcpy(data, <uint8_t *>m.scratch + offset, size)
+    return 0
+
+
+# ---- block device: DMA between guest RAM and a disk image through the AIO pool ----
+# Registers (32-bit, banked per vCPU: each vCPU has its own request slot):
+#   0x00 command (write: 1 read, 2 write, 3 flush; starts the request)
+#   0x04 sector  0x08 count (512-byte sectors)  0x0c guest buffer address
+#   0x10 status (read): 0 done, 1 busy, >= 0x10 error
+# Every command ends with the blk interrupt on the issuing vCPU.
+cdef enum:
+    KS_BLK_SECTOR = 512
+    KS_BLK_MAX_SECTORS = 256
+BLK_PORT = 0x560
+BLK_SECTOR = KS_BLK_SECTOR
+BLK_MAX_SECTORS = KS_BLK_MAX_SECTORS
+BLK_STATUS = {"ok": 0, "busy": 1, "bad_command": 0x10, "bad_range": 0x11,
+              "bad_dma": 0x12, "io_error": 0x13, "bad_count": 0x14, "no_disk": 0x15}
+
+
+cdef void blk__complete(ks_aio_req *req) noexcept nogil:
+    cdef ks_blk *b = <ks_blk *>req.opaque
+    cdef ks_blk_bank *bank = &b.banks[req.vcpu]
+    if req.result == req.length:
+        bank.status = 0
+    else:
+        bank.status = 0x13
+        b.errors += 1
+    irq_raise(b.m, &b.m.loop.thr, req.vcpu, KS_IRQ_BLK)
+
+
+cdef inline void blk__fail(ks_blk *b, ks_vcpu *vcpu, uint32_t status) noexcept nogil:
+    b.banks[vcpu.index].status = status
+    b.errors += 1
+    irq_raise(b.m, &vcpu.thr, vcpu.index, KS_IRQ_BLK)
+
+
+cdef void blk__command(ks_blk *b, ks_vcpu *vcpu, uint32_t cmd) noexcept nogil:
+    cdef ks_blk_bank *bank = &b.banks[vcpu.index]
+    cdef uint64_t off, length
+    cdef ks_aio_req *req
+    b.requests += 1
+    if bank.status == 1:
+        blk__fail(b, vcpu, 0x10)
+        return
+    if b.fd < 0:
+        blk__fail(b, vcpu, 0x15)
+        return
+    if cmd != KS_AIO_READ and cmd != KS_AIO_WRITE and cmd != KS_AIO_FSYNC:
+        blk__fail(b, vcpu, 0x10)
+        return
+    off = <uint64_t>bank.sector * KS_BLK_SECTOR
+    length = <uint64_t>bank.count * KS_BLK_SECTOR
+    if cmd != KS_AIO_FSYNC:
+        # every guest-supplied number is checked before the host touches memory
+        if bank.count == 0 or bank.count > KS_BLK_MAX_SECTORS:
+            blk__fail(b, vcpu, 0x14)
+            return
+        if off > b.size or length > b.size - off:
+            blk__fail(b, vcpu, 0x11)
+            return
+        if bank.buf > b.m.mem_size or length > b.m.mem_size - bank.buf:
+            blk__fail(b, vcpu, 0x12)
+            return
+    req = <ks_aio_req *>calloc(1, sizeof(ks_aio_req))
+    if req == NULL:
+        blk__fail(b, vcpu, 0x13)
+        return
+    req.op = <uint8_t>cmd
+    req.fd = b.fd
+    req.offset = off if cmd != KS_AIO_FSYNC else 0
+    req.length = length if cmd != KS_AIO_FSYNC else 0
+    req.buf = b.m.mem + bank.buf if cmd != KS_AIO_FSYNC else NULL
+    req.complete = blk__complete
+    req.opaque = b
+    req.vcpu = vcpu.index
+    bank.status = 1
+    aio_submit(b.m.aio, req, &vcpu.thr)
+
+
+cdef int blk__access(void *opaque, ks_vcpu *vcpu, uint64_t offset, uint8_t *data,
+                     uint32_t size, int is_write) noexcept nogil:
+    cdef ks_blk *b = <ks_blk *>opaque
+    cdef ks_blk_bank *bank = &b.banks[vcpu.index]
+    cdef uint32_t v = <uint32_t>load_le(data, size)
+    if is_write:
+        if offset == 0x00:
+            blk__command(b, vcpu, v)
+        elif offset == 0x04:
+            bank.sector = v
+        elif offset == 0x08:
+            bank.count = v
+        elif offset == 0x0c:
+            bank.buf = v
+    else:
+        v = 0
+        if offset == 0x04:
+            v = bank.sector
+        elif offset == 0x08:
+            v = bank.count
+        elif offset == 0x0c:
+            v = bank.buf
+        elif offset == 0x10:
+            v = bank.status
+        elif offset == 0x14:
+            v = <uint32_t>(b.size // KS_BLK_SECTOR)
+        store_le(data, size, v)
+    return 0
+
+
+# ---- timer device: periodic interrupts driven by main-loop timers ----------------
+# Registers (32-bit, banked per vCPU): 0x00 period in us (write; 0 stops),
+# 0x04 ticks raised so far (read).  The interrupt goes to the programming vCPU.
+TIMERDEV_PORT = 0x540
+
+
+cdef void timerdev__fire(void *opaque) noexcept nogil:
+    cdef ks_timerdev_bank *bank = <ks_timerdev_bank *>opaque
+    cdef ks_machine *m = bank.dev.m
+    cdef int64_t period = <int64_t>(bank.period_us * 1000.0 * raw_per_ns_c())
+    cdef int64_t nxt
+    if bank.period_us == 0:
+        return
+    bank.ticks += 1
+    irq_raise(m, &m.loop.thr, bank.vcpu, KS_IRQ_TIMER)
+    # next deadline on the period grid; if the loop fell behind by more than a
+    # period, skip ahead instead of firing a burst
+    nxt = bank.timer.expire_raw + period
+    if nxt < ks_now():
+        nxt = ks_now() + period
+    timer_mod_locked(bank.timer, nxt)
+
+
+cdef int timerdev__access(void *opaque, ks_vcpu *vcpu, uint64_t offset, uint8_t *data,
+                          uint32_t size, int is_write) noexcept nogil:
+    cdef ks_timerdev *d = <ks_timerdev *>opaque
+    cdef ks_timerdev_bank *bank = &d.banks[vcpu.index]
+    cdef uint32_t v = <uint32_t>load_le(data, size)
+    if is_write:
+        if offset == 0:
+            bank.period_us = v
+            if v == 0:
+                timer_del_locked(bank.timer)
+            else:
+                timer_mod_locked(bank.timer, ks_now() + <int64_t>(v * 1000.0 * raw_per_ns_c()))
+    else:
+        store_le(data, size, bank.ticks if offset == 4 else bank.period_us)
     return 0

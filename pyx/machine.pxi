@@ -47,15 +47,22 @@ cdef class Machine:
     cdef readonly Tracer tracer
     cdef readonly list callsites
     cdef readonly list devices
+    cdef readonly list bh_names
+    cdef readonly list timer_names
     cdef ks_thread drain_thr
     cdef bint started
 
-    def __cinit__(self, Kvm kvm, Tracer tracer, int vcpus=1, uint64_t mem_size=16 << 20):
+    def __cinit__(self, Kvm kvm, Tracer tracer, int vcpus=1, uint64_t mem_size=16 << 20,
+                  irqchip="kernel", disk_path=None, int aio_threads=2):
         self.m = NULL
         self.kvm = kvm
         self.tracer = tracer
         self.callsites = list(BASE_CALLSITES)
         self.devices = []
+        self.bh_names = []
+        self.timer_names = []
+        if irqchip not in ("kernel", "user"):
+            raise ValueError(f"irqchip {irqchip!r}: use kernel or user")
         if vcpus < 1 or vcpus > KS_MAX_VCPUS or vcpus > kvm.max_vcpus:
             raise ValueError(f"vcpus={vcpus} out of range: use 1 .. {min(KS_MAX_VCPUS, kvm.max_vcpus)}")
         if mem_size < (1 << 20) or mem_size > (3 << 30) or mem_size % 4096:
@@ -68,6 +75,7 @@ cdef class Machine:
         m.console_fds[0] = -1
         m.console_fds[1] = -1
         m.tracing = tracer.enabled
+        m.irqchip_kernel = irqchip == "kernel"
         lock_init(&m.bql, 0)
         pthread_mutex_init(&m.done_mutex, NULL)
         pthread_cond_init(&m.done_cond, NULL)
@@ -77,12 +85,33 @@ cdef class Machine:
         if ioctl(m.vm_fd, KVM_SET_TSS_ADDR, <unsigned long>0xfffbd000) < 0:
             raise_errno("KVM_SET_TSS_ADDR")
         self._setup_memory(mem_size)
-        self._add_region("debugport", KS_SPACE_PIO, DEBUG_PORT, 1, debugport__access, False)
-        self._add_region("exitdev", KS_SPACE_PIO, EXIT_PORT, 4, exitdev__access, False)
-        self._add_region("serial", KS_SPACE_PIO, SERIAL_PORT, 8, serial__access, False)
-        self._add_region("scratch", KS_SPACE_MMIO, SCRATCH_MMIO, SCRATCH_SIZE, scratch__access, False)
+        if m.irqchip_kernel:
+            if ioctl(kvm.fd, KVM_CHECK_EXTENSION, <int>KVM_CAP_IRQ_ROUTING) <= 0 or \
+                    ioctl(kvm.fd, KVM_CHECK_EXTENSION, <int>KVM_CAP_IRQFD) <= 0:
+                raise KvmError(f"{kvm.path}: KVM_CAP_IRQ_ROUTING or KVM_CAP_IRQFD missing "
+                               "(needed for --irqchip kernel; try --irqchip user)")
+            if ioctl(m.vm_fd, KVM_CREATE_IRQCHIP, 0) < 0:
+                raise_errno("KVM_CREATE_IRQCHIP")
+        self._setup_event_model(disk_path, aio_threads)
+        self._add_region("debugport", KS_SPACE_PIO, DEBUG_PORT, 1, debugport__access, m, False)
+        self._add_region("exitdev", KS_SPACE_PIO, EXIT_PORT, 4, exitdev__access, m, False)
+        self._add_region("serial", KS_SPACE_PIO, SERIAL_PORT, 8, serial__access, m, False)
+        self._add_region("scratch", KS_SPACE_MMIO, SCRATCH_MMIO, SCRATCH_SIZE, scratch__access, m, False)
+        self._add_region("timerdev", KS_SPACE_PIO, TIMERDEV_PORT, 8, timerdev__access, m.timerdev, False)
+        self._add_region("blk", KS_SPACE_PIO, BLK_PORT, 0x20, blk__access, m.blk, False)
+        if not m.irqchip_kernel:
+            # EOIs of the guest become trace events; no BQL, like an in-kernel APIC
+            self._add_region("lapic", KS_SPACE_MMIO, LAPIC_MMIO, 0x1000, lapic_stub__access, m, True)
         for i in range(vcpus):
             self._create_vcpu(i)
+        tracer.register(&m.loop.thr, "main", "main")
+        for i in range(m.aio.nworkers):
+            tracer.register(&m.aio.thr[i], f"aio{i}", "aio")
+            m.aio.thr[i].ring = NULL     # workers record nothing; completions are recorded by the loop
+        for i in range(vcpus):
+            self._add_timer(i)
+        if m.irqchip_kernel:
+            self._setup_irq_routes()
         self.drain_thr.tid = ks_gettid()
         tracer.register(&self.drain_thr, "drain", "drain")
         self.drain_thr.ring = NULL       # the drain itself records nothing
@@ -104,8 +133,82 @@ cdef class Machine:
             raise_errno("KVM_SET_USER_MEMORY_REGION")
         return 0
 
+    cdef int _setup_event_model(self, disk_path, int aio_threads) except -1:
+        cdef ks_machine *m = self.m
+        cdef int fd = -1
+        m.loop = <ks_loop *>calloc(1, sizeof(ks_loop))
+        m.aio = <ks_aio_pool *>calloc(1, sizeof(ks_aio_pool))
+        m.blk = <ks_blk *>calloc(1, sizeof(ks_blk))
+        m.timerdev = <ks_timerdev *>calloc(1, sizeof(ks_timerdev))
+        if m.loop == NULL or m.aio == NULL or m.blk == NULL or m.timerdev == NULL:
+            raise MemoryError()
+        m.aio.efd = -1
+        m.blk.fd = -1
+        self.callsites.append("main:dispatch")
+        loop_init(m.loop, m, len(self.callsites) - 1)
+        aio_init(m.aio, m, aio_threads)
+        self.bh_names.append("aio:complete")
+        m.console_bh = bh_new(m.loop, console__flush_bh, m, 0)
+        self.bh_names.append("serial:flush")
+        m.blk.m = m
+        m.timerdev.m = m
+        if disk_path is not None:
+            bpath = os.fsencode(disk_path)
+            fd = open(<const char *>bpath, O_RDWR | O_CLOEXEC)
+            if fd < 0:
+                raise_errno(f"cannot open disk image {disk_path}")
+            m.blk.fd = fd
+            m.blk.size = (os.fstat(fd).st_size // BLK_SECTOR) * BLK_SECTOR
+        return 0
+
+    cdef int _add_timer(self, int vcpu) except -1:
+        cdef ks_timerdev_bank *bank = &self.m.timerdev.banks[vcpu]
+        bank.dev = self.m.timerdev
+        bank.vcpu = vcpu
+        bank.timer = timer_new(self.m.loop, timerdev__fire, bank)
+        if bank.timer == NULL:
+            raise KvmscopeError("main loop timer table full")
+        self.timer_names.append(f"timerdev:vcpu{vcpu}")
+        return 0
+
+    cdef int _setup_irq_routes(self) except -1:
+        """One MSI route per (vCPU, source) to that vCPU's local APIC, raised through an irqfd."""
+        cdef ks_machine *m = self.m
+        cdef int n = m.nvcpus * KS_IRQ_SOURCES, i, v, src, efd
+        cdef kvm_irq_routing *routes = <kvm_irq_routing *>calloc(
+            1, sizeof(kvm_irq_routing) + n * sizeof(kvm_irq_routing_entry))
+        cdef kvm_irqfd irqfd
+        if routes == NULL:
+            raise MemoryError()
+        routes.nr = n
+        i = 0
+        for v in range(m.nvcpus):
+            for src in range(KS_IRQ_SOURCES):
+                routes.entries[i].gsi = irq_gsi(v, src)
+                routes.entries[i].type = KVM_IRQ_ROUTING_MSI
+                routes.entries[i].u.msi.address_lo = LAPIC_MMIO | (v << 12)
+                routes.entries[i].u.msi.address_hi = 0
+                routes.entries[i].u.msi.data = KS_VECTOR_BASE + src     # fixed delivery, edge
+                i += 1
+        if ioctl(m.vm_fd, KVM_SET_GSI_ROUTING, routes) < 0:
+            free(routes)
+            raise_errno("KVM_SET_GSI_ROUTING")
+        free(routes)
+        for v in range(m.nvcpus):
+            for src in range(KS_IRQ_SOURCES):
+                efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)
+                if efd < 0:
+                    raise_errno("eventfd for an irqfd")
+                m.irqfds[v][src] = efd
+                memset(&irqfd, 0, sizeof(irqfd))
+                irqfd.fd = efd
+                irqfd.gsi = irq_gsi(v, src)
+                if ioctl(m.vm_fd, KVM_IRQFD, &irqfd) < 0:
+                    raise_errno("KVM_IRQFD")
+        return 0
+
     cdef int _add_region(self, str name, int space, uint64_t base, uint64_t size,
-                         ks_io_fn fn, bint lockless) except -1:
+                         ks_io_fn fn, void *opaque, bint lockless) except -1:
         cdef ks_region *r
         if self.m.nregions >= KS_MAX_REGIONS:
             raise KvmscopeError("too many device regions")
@@ -116,7 +219,7 @@ cdef class Machine:
         r.base = base
         r.size = size
         r.fn = fn
-        r.opaque = <void *>self.m
+        r.opaque = opaque
         r.lockless = lockless
         r.callsite = len(self.callsites)
         self.callsites.append(("pio:" if space == KS_SPACE_PIO else "mmio:") + name)
@@ -126,6 +229,7 @@ cdef class Machine:
 
     cdef int _create_vcpu(self, int index) except -1:
         cdef ks_vcpu *v = <ks_vcpu *>calloc(1, sizeof(ks_vcpu))
+        cdef kvm_mp_state mp
         cdef void *run
         if v == NULL:
             raise MemoryError()
@@ -142,8 +246,16 @@ cdef class Machine:
         if run == MAP_FAILED:
             raise_errno(f"mmap of vcpu{index} kvm_run")
         v.run = <kvm_run *>run
+        pthread_mutex_init(&v.halt_mutex, NULL)
+        pthread_cond_init(&v.halt_cond, NULL)
         self._set_cpuid(v)
         self._set_flat32(v)
+        if self.m.irqchip_kernel and index > 0:
+            # with the in-kernel local APIC, secondary vCPUs wait for INIT/SIPI;
+            # kvmscope starts them all at the same entry point instead
+            mp.mp_state = KVM_MP_STATE_RUNNABLE
+            if ioctl(v.fd, KVM_SET_MP_STATE, &mp) < 0:
+                raise_errno(f"KVM_SET_MP_STATE vcpu{index}")
         self.tracer.register(&v.thr, f"vcpu{index}", "vcpu")
         return 0
 
@@ -212,7 +324,7 @@ cdef class Machine:
         return 0
 
     def __dealloc__(self):
-        cdef int i
+        cdef int i, j
         cdef ks_vcpu *v
         if self.m == NULL:
             return
@@ -228,6 +340,21 @@ cdef class Machine:
             if v.fd >= 0:
                 close(v.fd)
             free(v)
+        if self.m.loop != NULL:
+            loop_destroy(self.m.loop)
+            free(self.m.loop)
+        if self.m.aio != NULL:
+            aio_destroy(self.m.aio)
+            free(self.m.aio)
+        if self.m.blk != NULL:
+            if self.m.blk.fd >= 0:
+                close(self.m.blk.fd)
+            free(self.m.blk)
+        free(self.m.timerdev)
+        for i in range(self.m.nvcpus):
+            for j in range(KS_IRQ_SOURCES):
+                if self.m.irqfds[i][j] > 0:
+                    close(self.m.irqfds[i][j])
         if self.m.mem != NULL:
             munmap(self.m.mem, self.m.mem_size)
         if self.m.vm_fd >= 0:
@@ -293,6 +420,8 @@ cdef class Machine:
             raise KvmscopeError("machine already started")
         _install_kick_handler()
         self.started = True
+        loop_start(self.m.loop)
+        aio_start(self.m.aio)
         self.m.running = self.m.nvcpus
         for i in range(self.m.nvcpus):
             v = self.m.vcpus[i]
@@ -337,7 +466,8 @@ cdef class Machine:
             machine_request_stop(self.m, NULL)
 
     def join(self):
-        """Wait for the vCPU threads to end (after they finished or were stopped)."""
+        """Wait for the vCPU threads to end (after they finished or were stopped),
+        then stop the main loop and the AIO workers, finishing their last requests."""
         cdef int i
         cdef ks_vcpu *v
         for i in range(self.m.nvcpus):
@@ -346,13 +476,20 @@ cdef class Machine:
                 with nogil:
                     pthread_join(v.pthread, NULL)
                 v.started = 0
+        if self.started:
+            with nogil:
+                loop_stop_join(self.m.loop)
+                aio_stop_join(self.m.aio)
+                # every thread is stopped: finish what the workers did last on
+                # the main loop's behalf (its ring has no other writer now)
+                aio_complete_all(self.m.aio, &self.m.loop.thr)
         self.started = False
 
     # ---- results -----------------------------------------------------------
     def console(self):
         """Bytes the guest wrote to the serial port (the first 64 KiB), including an unfinished line."""
         out = PyBytes_FromStringAndSize(<char *>self.m.console_capture, self.m.console_len)
-        return out + PyBytes_FromStringAndSize(<char *>self.m.console_line, self.m.console_line_len)
+        return out + PyBytes_FromStringAndSize(<char *>self.m.console_buf, self.m.console_buf_len)
 
     def flush_console(self):
         """Write out a last unfinished console line."""
@@ -390,4 +527,10 @@ cdef class Machine:
             "vcpus": vcpus, "error": bool(self.m.error),
             "bql": {"acquisitions": acq, "contended": cont, "wait_ns": int(wait)},
             "debugport_writes": self.m.debugport_writes,
+            "main_loop": {"iterations": self.m.loop.iterations,
+                          "bh_runs": {self.bh_names[i]: self.m.loop.bhs[i].runs for i in range(self.m.loop.nbhs)}},
+            "aio": {"submitted": self.m.aio.submitted, "completed": self.m.aio.completed},
+            "blk": {"requests": self.m.blk.requests, "errors": self.m.blk.errors},
+            "timer_ticks": [self.m.timerdev.banks[i].ticks for i in range(self.m.nvcpus)],
+            "irqchip": "kernel" if self.m.irqchip_kernel else "user",
         }

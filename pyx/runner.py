@@ -5,6 +5,7 @@ import platform
 import socket
 import struct
 import sys
+import tempfile
 import time
 
 from . import __version__, guests
@@ -33,6 +34,12 @@ class RunConfig:
     console: bool = True            # echo the guest console to stdout
     inject_hold: dict = dataclasses.field(default_factory=dict)   # callsite -> ns
     lockless: tuple = ()
+    irqchip: str = "kernel"         # or "user": KVM_INTERRUPT from userspace
+    aio_threads: int = 2
+    disk: str = None                # disk image; None: a temporary one
+    disk_size: int = 1 << 20        # bytes, when the image is created
+    timer_period_us: int = None     # timer guests (default per guest)
+    port_burst: int = 8             # mixed: port writes per block request
 
     def validate(self):
         g = guests.get(self.guest)
@@ -46,6 +53,14 @@ class RunConfig:
             raise ValueError(f"--duration {self.duration}: must be > 0 seconds")
         if self.trace and not self.output:
             raise ValueError("no trace directory given: use -o DIR, or --no-trace")
+        if self.irqchip not in ("kernel", "user"):
+            raise ValueError(f"--irqchip {self.irqchip}: use kernel or user")
+        if self.timer_period_us is None:
+            self.timer_period_us = 2000 if self.guest == "mixed" else 1000
+        if not 50 <= self.timer_period_us < 2 ** 32:
+            raise ValueError(f"--timer-period-us {self.timer_period_us}: use at least 50")
+        if self.disk_size < 4096 or self.disk_size % 512:
+            raise ValueError(f"--disk-size {self.disk_size}: use a multiple of 512 bytes, at least 4 KiB")
         return g
 
 
@@ -131,10 +146,19 @@ def record(config, progress=None):
     kvm = _core.Kvm(config.kvm_device)
     clock = _core.calibrate_clock(config.clock)
     tracer = _core.Tracer(config.ring_records, config.lossless, config.trace)
-    machine = _core.Machine(kvm, tracer, config.vcpus, config.memory)
+    disk_path, temporary_disk = _prepare_disk(config)
+    try:
+        machine = _core.Machine(kvm, tracer, config.vcpus, config.memory, irqchip=config.irqchip,
+                                disk_path=disk_path, aio_threads=config.aio_threads)
+    finally:
+        if temporary_disk:
+            os.unlink(disk_path)        # the machine holds it open
+    disk_sectors = os.path.getsize(disk_path) // 512 if not temporary_disk else config.disk_size // 512
+    region = min(1024, disk_sectors // config.vcpus)
     machine.load_image(image)
-    machine.write_mem(0x1000, struct.pack("<IIQQQ", PARAMS_MAGIC, config.vcpus, config.iterations,
-                                          config.seed & (2 ** 64 - 1), config.memory))
+    machine.write_mem(0x1000, struct.pack("<IIQQQIII", PARAMS_MAGIC, config.vcpus, config.iterations,
+                                          config.seed & (2 ** 64 - 1), config.memory,
+                                          config.timer_period_us, region, config.port_burst))
     for callsite, ns in config.inject_hold.items():
         machine.set_inject_hold(callsite, ns)
     for device in config.lockless:
@@ -147,11 +171,14 @@ def record(config, progress=None):
         "state": "running", "clock": clock,
         "config": dataclasses.asdict(config), "host": host_info(), "versions": versions(),
         "devices": list(machine.devices), "callsites": list(machine.callsites),
-        "locks": ["bql"],
+        "locks": ["bql"], "bottom_halves": list(machine.bh_names), "timers": list(machine.timer_names),
+        "disk": {"path": None if temporary_disk else os.path.abspath(disk_path),
+                 "sectors": disk_sectors, "sectors_per_vcpu": region},
     }
     meta["config"]["lockless"] = list(config.lockless)
     if config.trace:
-        writer = TraceWriter(config.output, machine.devices, machine.callsites)
+        writer = TraceWriter(config.output, machine.devices, machine.callsites,
+                             bh_names=machine.bh_names, timer_names=machine.timer_names)
         log_fd = os.open(os.path.join(config.output, "console.log"),
                          os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     out_fd = -1
@@ -193,7 +220,8 @@ def record(config, progress=None):
     messages = [v["message"] for v in stats["vcpus"] if v["message"]]
     if stats["error"]:
         stop_reason = "error"
-    failed_status = [v for v in stats["vcpus"] if v["finished_by_guest"] and v["exit_status"]]
+    failed_status = [v for v in stats["vcpus"] if v["finished_by_guest"] and v["exit_status"]
+                     and not guest.status_is_count]
     if failed_status and stop_reason == "guest exit":
         stop_reason = "guest exit: " + ", ".join(
             f"vcpu{v['vcpu']} status {v['exit_status']}" for v in failed_status)
@@ -212,6 +240,20 @@ def record(config, progress=None):
                      stats=stats, records=records, tables=dict(writer.counts) if writer else {},
                      console=machine.console(), clock=clock,
                      trace_path=config.output if writer else None, messages=messages)
+
+
+def _prepare_disk(config):
+    """(path, temporary): the image named by --disk (created with --disk-size if
+    missing), or a temporary zero-filled one."""
+    if config.disk:
+        if not os.path.exists(config.disk):
+            with open(config.disk, "wb") as f:
+                f.truncate(config.disk_size)
+        return config.disk, False
+    fd, path = tempfile.mkstemp(prefix="kvmscope-disk-", suffix=".img")
+    os.ftruncate(fd, config.disk_size)
+    os.close(fd)
+    return path, True
 
 
 def _wait_for_tids(tracer, timeout=1.0):

@@ -201,3 +201,30 @@ def bench_record_cost(uint64_t n=2000000):
     free(mem)
     return {"timestamp_ns": (t1 - t0) / <double>n, "record_ns": (t2 - t1) / <double>n,
             "lock_record_ns": (t3 - t2) / <double>n, "records": n, "_sink": a & 1}
+
+
+cdef inline void trace_rec(ks_ring *ring, uint8_t type, uint16_t thread, uint8_t b0, int16_t h0,
+                           uint32_t w0, uint32_t w1, uint64_t q0, uint64_t q1,
+                           int64_t t0, int64_t t1, int64_t t2, int64_t t3) noexcept nogil:
+    """Append one record of the event model (bh, timer, aio, loop, irq) to ``ring``."""
+    cdef ks_record *r
+    if ring == NULL:
+        return
+    r = ks_ring_reserve(ring)
+    if r == NULL:
+        return
+    r.type = type
+    r.b0 = b0
+    r.b1 = 0
+    r.b2 = 0
+    r.thread = thread
+    r.h0 = h0
+    r.w0 = w0
+    r.w1 = w1
+    r.q0 = q0
+    r.q1 = q1
+    r.t0 = t0
+    r.t1 = t1
+    r.t2 = t2
+    r.t3 = t3
+    ks_ring_commit(ring)

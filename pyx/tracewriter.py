@@ -14,6 +14,13 @@ NULL_NS = np.iinfo(np.int64).min
 
 REC_EXIT = 1
 REC_LOCK = 2
+REC_BH = 3
+REC_TIMER = 4
+REC_AIO = 5
+REC_LOOP = 6
+REC_IRQ = 7
+AIO_OPS = ["none", "read", "write", "fsync"]
+IRQ_KINDS = ["raise", "lower", "inject", "kick", "window", "ack"]
 
 EXIT_REASONS = ["unknown", "exception", "io", "hypercall", "debug", "hlt", "mmio",
                 "irq_window_open", "shutdown", "fail_entry", "intr", "set_tpr",
@@ -34,6 +41,21 @@ SCHEMAS = {
                         ("request_ns", pa.int64()), ("acquired_ns", pa.int64()),
                         ("released_ns", pa.int64()), ("prev_owner", pa.int16()),
                         ("contended", pa.bool_())]),
+    "bh": pa.schema([("thread", pa.int16()), ("bh", pa.int32()), ("name", _DICT),
+                     ("sched_thread", pa.int16()), ("scheduled_ns", pa.int64()),
+                     ("run_ns", pa.int64()), ("done_ns", pa.int64()), ("idle", pa.bool_())]),
+    "timers": pa.schema([("thread", pa.int16()), ("timer", pa.int32()), ("name", _DICT),
+                         ("armed_ns", pa.int64()), ("expire_ns", pa.int64()),
+                         ("fire_ns", pa.int64()), ("done_ns", pa.int64())]),
+    "aio": pa.schema([("thread", pa.int16()), ("req", pa.int64()), ("op", _DICT),
+                      ("offset", pa.int64()), ("length", pa.int64()), ("result", pa.int64()),
+                      ("submit_thread", pa.int16()), ("submit_ns", pa.int64()),
+                      ("start_ns", pa.int64()), ("done_ns", pa.int64()), ("complete_ns", pa.int64())]),
+    "loop": pa.schema([("thread", pa.int16()), ("iter", pa.int64()), ("timeout_ns", pa.int64()),
+                       ("poll_enter_ns", pa.int64()), ("poll_exit_ns", pa.int64()),
+                       ("nready", pa.int32()), ("dispatch_end_ns", pa.int64())]),
+    "irqs": pa.schema([("thread", pa.int16()), ("kind", _DICT), ("line", pa.int32()),
+                       ("vector", pa.int32()), ("vcpu", pa.int16()), ("ts_ns", pa.int64())]),
 }
 
 
@@ -72,7 +94,7 @@ class TraceWriter:
         Lock names, indexed by lock id.
     """
 
-    def __init__(self, path, devices, callsites, locks=("bql",)):
+    def __init__(self, path, devices, callsites, locks=("bql",), bh_names=(), timer_names=()):
         self.path = path
         os.makedirs(path, exist_ok=True)
         self.counts = {name: 0 for name in SCHEMAS}
@@ -89,6 +111,10 @@ class TraceWriter:
         self._ndevices = len(devices)
         self._callsites = pa.array(list(callsites), pa.string())
         self._locks = pa.array(list(locks), pa.string())
+        self._bh_names = pa.array(list(bh_names), pa.string())
+        self._timer_names = pa.array(list(timer_names), pa.string())
+        self._aio_ops = pa.array(AIO_OPS, pa.string())
+        self._irq_kinds = pa.array(IRQ_KINDS, pa.string())
         self._threads_written = False
 
     def write_threads(self, info):
@@ -110,9 +136,12 @@ class TraceWriter:
         exits = rec[types == REC_EXIT]
         if len(exits):
             self._write("exits", self._exits_batch(exits))
-        locks = rec[types == REC_LOCK]
-        if len(locks):
-            self._write("locks", self._locks_batch(locks))
+        for code, name, build in ((REC_LOCK, "locks", self._locks_batch), (REC_BH, "bh", self._bh_batch),
+                                  (REC_TIMER, "timers", self._timers_batch), (REC_AIO, "aio", self._aio_batch),
+                                  (REC_LOOP, "loop", self._loop_batch), (REC_IRQ, "irqs", self._irqs_batch)):
+            sel = rec[types == code]
+            if len(sel):
+                self._write(name, build(sel))
 
     def _exits_batch(self, r):
         dev = r["w1"].astype(np.int64)
@@ -132,6 +161,41 @@ class TraceWriter:
             _dict(r["w1"], self._callsites), _ns(r["t0"]), _ns(r["t1"]), _ns(r["t2"]),
             pa.array(r["h0"]), pa.array(r["b0"].astype(bool)),
         ], schema=SCHEMAS["locks"])
+
+    def _bh_batch(self, r):
+        return pa.record_batch([
+            pa.array(r["thread"].astype(np.int16)), pa.array(r["w0"].astype(np.int32)),
+            _dict(r["w0"], self._bh_names), pa.array(r["h0"]), _ns(r["t0"]), _ns(r["t1"]),
+            _ns(r["t2"]), pa.array(r["b0"].astype(bool)),
+        ], schema=SCHEMAS["bh"])
+
+    def _timers_batch(self, r):
+        return pa.record_batch([
+            pa.array(r["thread"].astype(np.int16)), pa.array(r["w0"].astype(np.int32)),
+            _dict(r["w0"], self._timer_names), _ns(r["t0"]), _ns(r["t1"]), _ns(r["t2"]), _ns(r["t3"]),
+        ], schema=SCHEMAS["timers"])
+
+    def _aio_batch(self, r):
+        return pa.record_batch([
+            pa.array(r["thread"].astype(np.int16)), pa.array(r["w0"].astype(np.int64)),
+            _dict(r["b0"], self._aio_ops), pa.array(r["q0"].astype(np.int64)),
+            pa.array(r["q1"].astype(np.int64)), pa.array(r["w1"].view(np.int32).astype(np.int64)),
+            pa.array(r["h0"]), _ns(r["t0"]), _ns(r["t1"]), _ns(r["t2"]), _ns(r["t3"]),
+        ], schema=SCHEMAS["aio"])
+
+    def _loop_batch(self, r):
+        return pa.record_batch([
+            pa.array(r["thread"].astype(np.int16)), pa.array(r["q0"].astype(np.int64)),
+            pa.array(r["q1"].view(np.int64)), _ns(r["t0"]), _ns(r["t1"]),
+            pa.array(r["w0"].astype(np.int32)), _ns(r["t2"]),
+        ], schema=SCHEMAS["loop"])
+
+    def _irqs_batch(self, r):
+        return pa.record_batch([
+            pa.array(r["thread"].astype(np.int16)), _dict(r["b0"], self._irq_kinds),
+            pa.array(r["w0"].view(np.int32)), pa.array(r["w1"].view(np.int32)),
+            pa.array(r["h0"]), _ns(r["t0"]),
+        ], schema=SCHEMAS["irqs"])
 
     def _write(self, name, batch):
         self._writers[name].write_batch(batch)

@@ -134,6 +134,9 @@ cdef void *vcpu__main(void *arg) noexcept nogil:
             ex.t1 = t
             ks_ring_push(ring, &ex)
             pending = False
+        if not m.irqchip_kernel and irq_user_before_run(v) != 0:
+            vcpu__fatal(v, "KVM_INTERRUPT failed (vector pending: %llu)", 1)
+            break
         ret = ioctl(v.fd, KVM_RUN, 0)
         t_exit = ks_now()
         if ring != NULL:
@@ -178,10 +181,14 @@ cdef void *vcpu__main(void *arg) noexcept nogil:
                 break
             done = v.finished_by_guest
         elif reason == KVM_EXIT_HLT:
-            snprintf(v.errmsg, sizeof(v.errmsg),
-                     "vcpu%d: guest halted (KVM_EXIT_HLT) with no interrupt source at RIP 0x%llx",
-                     v.index, <unsigned long long>run.s.regs.regs.rip)
-            done = 1
+            # only the userspace irqchip sees HLT: sleep until an interrupt
+            if m.irqchip_kernel or irq_user_halt(v):
+                snprintf(v.errmsg, sizeof(v.errmsg),
+                         "vcpu%d: guest halted with interrupts disabled (KVM_EXIT_HLT) at RIP 0x%llx",
+                         v.index, <unsigned long long>run.s.regs.regs.rip)
+                done = 1
+        elif reason == KVM_EXIT_IRQ_WINDOW_OPEN:
+            pass                # the pending vector is injected before the next entry
         elif reason == KVM_EXIT_SHUTDOWN:
             vcpu__fatal(v, "guest triple fault (KVM_EXIT_SHUTDOWN)%.0llu", 0)
             break

@@ -28,6 +28,10 @@ cdef extern from "<linux/kvm.h>" nogil:
         KVM_SET_MP_STATE
         KVM_CREATE_PIT2
         KVM_SET_GSI_ROUTING
+        KVM_SIGNAL_MSI
+        KVM_CAP_IRQ_ROUTING
+        KVM_IRQ_ROUTING_MSI
+        KVM_MP_STATE_UNINITIALIZED
 
         KVM_CAP_USER_MEMORY
         KVM_CAP_SET_TSS_ADDR
@@ -128,6 +132,32 @@ cdef extern from "<linux/kvm.h>" nogil:
 
     struct kvm_pit_config:
         uint32_t flags
+
+    struct kvm_msi:
+        uint32_t address_lo
+        uint32_t address_hi
+        uint32_t data
+        uint32_t flags
+        uint32_t devid
+
+    ctypedef struct _kvm_irq_routing_msi:
+        uint32_t address_lo
+        uint32_t address_hi
+        uint32_t data
+
+    ctypedef struct _kvm_irq_routing_u:
+        _kvm_irq_routing_msi msi
+
+    struct kvm_irq_routing_entry:
+        uint32_t gsi
+        uint32_t type
+        uint32_t flags
+        _kvm_irq_routing_u u
+
+    struct kvm_irq_routing:
+        uint32_t nr
+        uint32_t flags
+        kvm_irq_routing_entry entries[0]
 
     # Member types of the anonymous union in struct kvm_run; only their
     # members are ever named, so the C type names below are never emitted.

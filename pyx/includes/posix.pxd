@@ -2,6 +2,15 @@
 from libc.stdint cimport uint64_t
 from posix.types cimport pid_t
 
+cdef extern from "<time.h>" nogil:
+    struct timespec:
+        long tv_sec
+        long tv_nsec
+    int nanosleep(const timespec *req, timespec *rem)
+    int clock_gettime(int clk, timespec *ts)
+    enum:
+        CLOCK_MONOTONIC
+
 cdef extern from "<pthread.h>" nogil:
     ctypedef unsigned long pthread_t
     ctypedef struct pthread_attr_t:
@@ -19,6 +28,7 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_join(pthread_t thread, void **retval)
     int pthread_kill(pthread_t thread, int sig)
     pthread_t pthread_self()
+    int pthread_equal(pthread_t a, pthread_t b)
     int pthread_setname_np(pthread_t thread, const char *name)
     int pthread_mutex_init(pthread_mutex_t *m, const pthread_mutexattr_t *attr)
     int pthread_mutex_destroy(pthread_mutex_t *m)
@@ -28,6 +38,7 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_cond_init(pthread_cond_t *c, const pthread_condattr_t *attr)
     int pthread_cond_destroy(pthread_cond_t *c)
     int pthread_cond_wait(pthread_cond_t *c, pthread_mutex_t *m)
+    int pthread_cond_timedwait(pthread_cond_t *c, pthread_mutex_t *m, const timespec *abstime)
     int pthread_cond_signal(pthread_cond_t *c)
     int pthread_cond_broadcast(pthread_cond_t *c)
 
@@ -65,6 +76,7 @@ cdef extern from "<poll.h>" nogil:
         short revents
     ctypedef unsigned long nfds_t
     int poll(pollfd *fds, nfds_t nfds, int timeout)
+    int ppoll(pollfd *fds, nfds_t nfds, const timespec *tmo, const sigset_t *sigmask)
     enum:
         POLLIN
         POLLOUT
@@ -106,6 +118,8 @@ cdef extern from "<unistd.h>" nogil:
     ssize_t pread(int fd, void *buf, size_t n, long off)
     ssize_t pwrite(int fd, const void *buf, size_t n, long off)
     int fsync(int fd)
+    int fdatasync(int fd)
+    int ftruncate(int fd, long length)
     int usleep(unsigned int usec)
 
 cdef extern from "<errno.h>" nogil:
@@ -116,12 +130,8 @@ cdef extern from "<errno.h>" nogil:
         ENOENT
         EACCES
         EPERM
+        EIO
+        ENOMEM
 
 cdef extern from "<string.h>" nogil:
     char *strerror(int errnum)
-
-cdef extern from "<time.h>" nogil:
-    struct timespec:
-        long tv_sec
-        long tv_nsec
-    int nanosleep(const timespec *req, timespec *rem)

@@ -61,7 +61,8 @@ def format_summary(result):
         lines.append(f"  vcpu{v['vcpu']}: {v['exits']} exits, {_fmt_rate(rate)} exits/s ({reasons}); {status}")
     bql = st["bql"]
     share = 100.0 * bql["contended"] / bql["acquisitions"] if bql["acquisitions"] else 0.0
-    lines.append(f"  BQL: {bql['acquisitions']} acquisitions, {bql['contended']} contended "
+    lines.append(f"  BQL: {bql['acquisitions']} acquisitions (vCPUs {bql['vcpu_acquisitions']}, "
+                 f"main loop {bql['main_loop_acquisitions']}), {bql['contended']} contended "
                  f"({share:.1f}%), total wait {_fmt_ns(bql['wait_ns'])}")
     if result.trace_path:
         lost = result.lost

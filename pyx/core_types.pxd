@@ -243,6 +243,8 @@ cdef struct ks_timerdev_bank:
     int vcpu
     uint32_t period_us
     uint32_t ticks
+    int waiting_ack
+    int64_t next_expire_raw
     ks_timer *timer
 
 cdef struct ks_timerdev:

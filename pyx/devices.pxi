@@ -236,26 +236,33 @@ cdef int blk__access(void *opaque, ks_vcpu *vcpu, uint64_t offset, uint8_t *data
 
 
 # ---- timer device: periodic interrupts driven by main-loop timers ----------------
-# Registers (32-bit, banked per vCPU): 0x00 period in us (write; 0 stops),
-# 0x04 ticks raised so far (read).  The interrupt goes to the programming vCPU.
+# Registers (32-bit, banked per vCPU; the interrupt goes to the programming vCPU):
+#   0x00 period in us (write; 0 stops)
+#   0x04 write: acknowledge the last tick; read: ticks raised so far
+# Like the MC146818 RTC's register C, the next tick is raised only once the
+# guest acknowledged the previous one, so no tick is lost to the interrupt
+# controller coalescing a tick that is still pending.
 TIMERDEV_PORT = 0x540
+
+
+cdef inline void timerdev__arm_next(ks_timerdev_bank *bank, int64_t period) noexcept nogil:
+    # next deadline on the period grid; after falling behind by more than a
+    # period, skip ahead instead of firing a burst
+    cdef int64_t now = ks_now()
+    if bank.next_expire_raw < now:
+        bank.next_expire_raw += ((now - bank.next_expire_raw) // period + 1) * period
+    timer_mod_locked(bank.timer, bank.next_expire_raw)
 
 
 cdef void timerdev__fire(void *opaque) noexcept nogil:
     cdef ks_timerdev_bank *bank = <ks_timerdev_bank *>opaque
     cdef ks_machine *m = bank.dev.m
-    cdef int64_t period = <int64_t>(bank.period_us * 1000.0 * raw_per_ns_c())
-    cdef int64_t nxt
     if bank.period_us == 0:
         return
     bank.ticks += 1
+    bank.waiting_ack = 1
+    bank.next_expire_raw = bank.timer.expire_raw + <int64_t>(bank.period_us * 1000.0 * raw_per_ns_c())
     irq_raise(m, &m.loop.thr, bank.vcpu, KS_IRQ_TIMER)
-    # next deadline on the period grid; if the loop fell behind by more than a
-    # period, skip ahead instead of firing a burst
-    nxt = bank.timer.expire_raw + period
-    if nxt < ks_now():
-        nxt = ks_now() + period
-    timer_mod_locked(bank.timer, nxt)
 
 
 cdef int timerdev__access(void *opaque, ks_vcpu *vcpu, uint64_t offset, uint8_t *data,
@@ -263,13 +270,20 @@ cdef int timerdev__access(void *opaque, ks_vcpu *vcpu, uint64_t offset, uint8_t 
     cdef ks_timerdev *d = <ks_timerdev *>opaque
     cdef ks_timerdev_bank *bank = &d.banks[vcpu.index]
     cdef uint32_t v = <uint32_t>load_le(data, size)
+    cdef int64_t period
     if is_write:
         if offset == 0:
             bank.period_us = v
+            bank.waiting_ack = 0
             if v == 0:
                 timer_del_locked(bank.timer)
             else:
-                timer_mod_locked(bank.timer, ks_now() + <int64_t>(v * 1000.0 * raw_per_ns_c()))
+                period = <int64_t>(v * 1000.0 * raw_per_ns_c())
+                bank.next_expire_raw = ks_now() + period
+                timer_mod_locked(bank.timer, bank.next_expire_raw)
+        elif offset == 4 and bank.waiting_ack and bank.period_us:
+            bank.waiting_ack = 0
+            timerdev__arm_next(bank, <int64_t>(bank.period_us * 1000.0 * raw_per_ns_c()))
     else:
         store_le(data, size, bank.ticks if offset == 4 else bank.period_us)
     return 0

@@ -523,9 +523,15 @@ cdef class Machine:
             acq += v.thr.lock_acquisitions
             cont += v.thr.lock_contended
             wait += v.thr.lock_wait_raw * scale
+        vcpu_acq = acq
+        acq += self.m.loop.thr.lock_acquisitions
+        cont += self.m.loop.thr.lock_contended
+        wait += self.m.loop.thr.lock_wait_raw * scale
         return {
             "vcpus": vcpus, "error": bool(self.m.error),
-            "bql": {"acquisitions": acq, "contended": cont, "wait_ns": int(wait)},
+            "bql": {"acquisitions": acq, "contended": cont, "wait_ns": int(wait),
+                    "vcpu_acquisitions": vcpu_acq,
+                    "main_loop_acquisitions": self.m.loop.thr.lock_acquisitions},
             "debugport_writes": self.m.debugport_writes,
             "main_loop": {"iterations": self.m.loop.iterations,
                           "bh_runs": {self.bh_names[i]: self.m.loop.bhs[i].runs for i in range(self.m.loop.nbhs)}},

@@ -3,6 +3,11 @@
 cdef extern from "<stdlib.h>" nogil:
     void *malloc(size_t n)
 
+cdef extern from "<sys/prctl.h>" nogil:
+    int prctl(int option, ...)
+    enum:
+        PR_SET_TIMERSLACK
+
 # Idle bottom halves run when the loop would otherwise block, at least this often.
 cdef int64_t IDLE_BH_PERIOD_NS = 10000000
 
@@ -202,6 +207,8 @@ cdef void *loop__main(void *arg) noexcept nogil:
     cdef ks_fd_handler *h
     sigfillset(&mask)
     pthread_sigmask(SIG_SETMASK, &mask, NULL)
+    # the default 50 us timer slack would make every timer that late
+    prctl(PR_SET_TIMERSLACK, <unsigned long>1, 0, 0, 0)
     l.thr.tid = ks_gettid()
     last_idle = ks_now()
     lock_acquire(&m.bql, &l.thr, l.dispatch_callsite)

@@ -87,7 +87,8 @@ def _config_from_args(args):
         kvm_device=args.kvm_device, console=not args.quiet_console,
         inject_hold=dict(args.inject_hold or []), lockless=tuple(args.lockless or ()),
         irqchip=args.irqchip, aio_threads=args.aio_threads, disk=args.disk, disk_size=args.disk_size,
-        timer_period_us=args.timer_period_us, port_burst=args.port_burst)
+        timer_period_us=args.timer_period_us, port_burst=args.port_burst,
+        compression=None if args.compression == "none" else args.compression)
 
 
 def _progress_printer(enabled):
@@ -191,6 +192,8 @@ def _add_run_options(p, demo=False):
     p.add_argument("--timer-period-us", type=int, help="timer device period for timer guests "
                                                        "(default 1000, mixed 2000)")
     p.add_argument("--port-burst", type=int, default=8, help="mixed: port writes per block request")
+    p.add_argument("--compression", choices=["none", "lz4", "zstd"], default="none",
+                   help="compress the trace's Arrow buffers (smaller files to ship)")
     p.add_argument("--quiet-console", action="store_true", help="do not echo the guest console")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary or progress output")
 

@@ -40,6 +40,7 @@ class RunConfig:
     disk_size: int = 1 << 20        # bytes, when the image is created
     timer_period_us: int = None     # timer guests (default per guest)
     port_burst: int = 8             # mixed: port writes per block request
+    compression: str = None         # Arrow IPC buffer compression: None, "lz4" or "zstd"
 
     def validate(self):
         g = guests.get(self.guest)
@@ -59,6 +60,8 @@ class RunConfig:
             self.timer_period_us = 2000 if self.guest == "mixed" else 1000
         if not 50 <= self.timer_period_us < 2 ** 32:
             raise ValueError(f"--timer-period-us {self.timer_period_us}: use at least 50")
+        if self.compression not in (None, "lz4", "zstd"):
+            raise ValueError(f"--compression {self.compression}: use none, lz4 or zstd")
         if self.disk_size < 4096 or self.disk_size % 512:
             raise ValueError(f"--disk-size {self.disk_size}: use a multiple of 512 bytes, at least 4 KiB")
         return g
@@ -178,7 +181,8 @@ def record(config, progress=None):
     meta["config"]["lockless"] = list(config.lockless)
     if config.trace:
         writer = TraceWriter(config.output, machine.devices, machine.callsites,
-                             bh_names=machine.bh_names, timer_names=machine.timer_names)
+                             bh_names=machine.bh_names, timer_names=machine.timer_names,
+                             compression=config.compression)
         log_fd = os.open(os.path.join(config.output, "console.log"),
                          os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     out_fd = -1

@@ -94,7 +94,8 @@ class TraceWriter:
         Lock names, indexed by lock id.
     """
 
-    def __init__(self, path, devices, callsites, locks=("bql",), bh_names=(), timer_names=()):
+    def __init__(self, path, devices, callsites, locks=("bql",), bh_names=(), timer_names=(),
+                 compression=None):
         self.path = path
         os.makedirs(path, exist_ok=True)
         self.counts = {name: 0 for name in SCHEMAS}
@@ -103,7 +104,8 @@ class TraceWriter:
         for name, schema in SCHEMAS.items():
             f = pa.OSFile(os.path.join(path, name + ".arrows"), "wb")
             self._files[name] = f
-            self._writers[name] = pa.ipc.new_stream(f, schema)
+            self._writers[name] = pa.ipc.new_stream(
+                f, schema, options=pa.ipc.IpcWriteOptions(compression=compression))
         self._reasons = pa.array(EXIT_REASONS, pa.string())
         self._reason_index = np.zeros(256, dtype=np.int32)        # unknown codes -> "unknown"
         self._reason_index[:len(EXIT_REASONS)] = np.arange(len(EXIT_REASONS))

@@ -70,7 +70,8 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        # nbclient + ipykernel execute the notebooks in the test suite
+        "test": ["pytest>=7", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6"],
     },
     entry_points={"console_scripts": ["kvmscope = kvmscope.cli:main"]},
     zip_safe=False,

@@ -530,6 +530,46 @@ class Trace:
         """Who blocks whom, waiter x holder; see :func:`stats.blockers_matrix`."""
         return _stats.blockers_matrix(self, lock)
 
+    # -- plots (see kvmscope.analysis.plot; matplotlib imported on use) ------
+
+    def plot_timeline(self, *args, **kwargs):
+        """Thread timeline with lock ownership and hand-offs; see
+        :func:`plot.plot_timeline`."""
+        from . import plot
+        return plot.plot_timeline(self, *args, **kwargs)
+
+    def plot_distributions(self, *args, **kwargs):
+        """Lock wait or hold time distributions; see
+        :func:`plot.plot_distributions`."""
+        from . import plot
+        return plot.plot_distributions(self, *args, **kwargs)
+
+    def plot_contention(self, *args, **kwargs):
+        """Contention heatmap over time; see :func:`plot.plot_contention`."""
+        from . import plot
+        return plot.plot_contention(self, *args, **kwargs)
+
+    def plot_exit_rate(self, *args, **kwargs):
+        """Exit rate over time per reason; see :func:`plot.plot_exit_rate`."""
+        from . import plot
+        return plot.plot_exit_rate(self, *args, **kwargs)
+
+    def plot_aio_latency(self, *args, **kwargs):
+        """AIO latency by stage; see :func:`plot.plot_aio_latency`."""
+        from . import plot
+        return plot.plot_aio_latency(self, *args, **kwargs)
+
+    def plot_bh_latency(self, *args, **kwargs):
+        """Bottom-half schedule-to-run latency; see
+        :func:`plot.plot_bh_latency`."""
+        from . import plot
+        return plot.plot_bh_latency(self, *args, **kwargs)
+
+    def plot_timer_lateness(self, *args, **kwargs):
+        """Timer lateness; see :func:`plot.plot_timer_lateness`."""
+        from . import plot
+        return plot.plot_timer_lateness(self, *args, **kwargs)
+
 
 def _meta_warnings(meta):
     out = []

@@ -199,8 +199,8 @@ cdef void *loop__main(void *arg) noexcept nogil:
     cdef ks_machine *m = l.m
     cdef pollfd fds[KS_MAX_FDS]
     cdef ks_fd_handler *map_[KS_MAX_FDS]
-    cdef int nfds, i, n
-    cdef int64_t tmo_raw, now, poll_enter, poll_exit, last_idle
+    cdef int nfds, i, n = 0
+    cdef int64_t tmo_raw, now, poll_enter = 0, poll_exit = 0, last_idle, released, prev_tmo = 0
     cdef timespec ts
     cdef double ns_per_raw = 1.0 / raw_per_ns_c()
     cdef sigset_t mask
@@ -228,7 +228,12 @@ cdef void *loop__main(void *arg) noexcept nogil:
             map_[nfds] = h
             nfds += 1
         lock_release(&m.bql, &l.thr)
-        poll_enter = ks_now()
+        released = ks_now()
+        # the previous iteration's row ends here, with the BQL dropped
+        if l.iterations:
+            loop__record(l, n, prev_tmo, poll_enter, poll_exit, released, ns_per_raw)
+        poll_enter = released
+        prev_tmo = tmo_raw
         if tmo_raw >= 0:
             ts.tv_sec = <long>(tmo_raw * ns_per_raw / 1e9)
             ts.tv_nsec = <long>(tmo_raw * ns_per_raw - ts.tv_sec * 1e9)
@@ -249,11 +254,17 @@ cdef void *loop__main(void *arg) noexcept nogil:
             loop__run_bhs(l, 1)
             last_idle = poll_exit
         l.iterations += 1
-        trace_rec(l.thr.ring, KS_REC_LOOP, l.thr.id, 0, 0, <uint32_t>(n if n > 0 else 0), 0,
-                  l.iterations, <uint64_t>(<int64_t>(tmo_raw * ns_per_raw) if tmo_raw >= 0 else -1),
-                  poll_enter, poll_exit, ks_now(), 0)
     lock_release(&m.bql, &l.thr)
+    if l.iterations:
+        loop__record(l, n, prev_tmo, poll_enter, poll_exit, ks_now(), ns_per_raw)
     return NULL
+
+
+cdef inline void loop__record(ks_loop *l, int n, int64_t tmo_raw, int64_t poll_enter,
+                              int64_t poll_exit, int64_t dispatch_end, double ns_per_raw) noexcept nogil:
+    trace_rec(l.thr.ring, KS_REC_LOOP, l.thr.id, 0, 0, <uint32_t>(n if n > 0 else 0), 0,
+              l.iterations, <uint64_t>(<int64_t>(tmo_raw * ns_per_raw) if tmo_raw >= 0 else -1),
+              poll_enter, poll_exit, dispatch_end, 0)
 
 
 cdef inline double raw_per_ns_c() noexcept nogil:

@@ -128,6 +128,11 @@ def test_main_loop_iterations_are_recorded(tmp_path):
     lp = t.loop
     assert len(lp) >= 1 and (np.diff(lp.iter.to_numpy()) == 1).all()
     assert (lp.poll_enter_ns <= lp.poll_exit_ns).all() and (lp.poll_exit_ns <= lp.dispatch_end_ns).all()
+    # every BQL hold of the main loop after the first lies within one iteration's dispatch
+    held = t.locks[t.locks.thread_name == "main"].sort_values("acquired_ns").iloc[1:]
+    pos = np.searchsorted(lp.poll_exit_ns.to_numpy(), held.acquired_ns.to_numpy(), side="right") - 1
+    assert (pos >= 0).all()
+    assert (held.released_ns.to_numpy() <= lp.dispatch_end_ns.to_numpy()[pos]).all()
     # the serial port's output was written by a bottom half of the main loop
     flush = t.bh[t.bh.name == "serial:flush"]
     assert len(flush) >= 1 and set(flush.sched_thread) == {0}

@@ -1,0 +1,1108 @@
+"""Plots of a kvmscope trace with matplotlib: per-thread timeline with lock
+ownership and hand-offs, lock wait and hold distributions, contention over
+time, exit rate, AIO / bottom-half / timer latency; and ``kvmscope plot``.
+
+Every ``plot_*`` function takes a :class:`~kvmscope.analysis.Trace` and
+returns a :class:`matplotlib.figure.Figure`.  Figures are built without
+pyplot (no global state, no GUI, nothing shown): save them with
+:func:`save` or ``fig.savefig``, or let Jupyter display them.  Pass
+``ax=`` to draw into an existing Axes instead.  Durations are labelled
+with their unit; colours are the same in every plot (:data:`STATE_COLORS`,
+:func:`thread_colors`).
+
+Examples
+--------
+>>> from kvmscope.analysis import Trace
+>>> from kvmscope.analysis import plot
+>>> t = Trace.load("traces/pio-storm")                   # doctest: +SKIP
+>>> plot.save(plot.plot_timeline(t), "timeline.png")     # doctest: +SKIP
+"""
+
+import os
+import re
+import sys
+
+import numpy as np
+import pyarrow.compute as pc
+
+from .progress import Progress
+from .replay import STATES
+from .stats import group_codes
+
+# matplotlib is imported inside the functions that draw: the kvmscope CLI
+# imports this module for every command, and matplotlib costs ~0.5 s.
+
+#: Colour of each thread state (:func:`Trace.thread_states`), in every plot.
+STATE_COLORS = {
+    "idle": "#eeeeee",
+    "in_guest": "#a6d96a",
+    "poll": "#d9d9d9",
+    "dispatch": "#c2a5cf",
+    "exit": "#74add1",
+    "io": "#35978f",
+    "hold_lock": "#fdae61",
+    "timer": "#e7298a",
+    "bh": "#762a83",
+    "wait_lock": "#d73027",
+}
+
+#: Legend text of each state.
+STATE_LABELS = {
+    "idle": "idle", "in_guest": "in guest (KVM_RUN)", "poll": "poll",
+    "dispatch": "dispatch", "exit": "handling exit", "io": "AIO I/O",
+    "hold_lock": "holding lock", "timer": "timer callback",
+    "bh": "bottom half", "wait_lock": "waiting for lock",
+}
+
+# Thread colours (lock owners, hand-offs): no red or orange, which mean
+# waiting and holding in the state colours.
+_THREAD_PALETTE = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2",
+                   "#17becf", "#bcbd22", "#7f7f7f", "#393b79", "#637939")
+
+#: Kinds of ``kvmscope plot --kind``.
+KINDS = ("timeline", "wait", "hold", "contention", "exits", "aio", "bh",
+         "timers")
+
+_UNITS = (("s", 1e9), ("ms", 1e6), ("µs", 1e3), ("ns", 1.0))
+_ROLE_ORDER = {"main": 0, "vcpu": 1, "aio": 2}
+
+
+# --------------------------------------------------------------------------
+# small helpers
+
+def fmt_ns(ns):
+    """A duration in ns as text with a unit, three significant digits.
+
+    Examples
+    --------
+    >>> fmt_ns(850), fmt_ns(12_345), fmt_ns(4_560_000)
+    ('850 ns', '12.3 µs', '4.56 ms')
+    """
+    ns = float(ns)
+    for unit, scale in _UNITS:
+        if abs(ns) >= scale or unit == "ns":
+            v = ns / scale
+            digits = 0 if abs(v) >= 100 or unit == "ns" else \
+                (1 if abs(v) >= 10 else 2)
+            return f"{v:.{digits}f} {unit}"
+    return f"{ns:.0f} ns"   # pragma: no cover (loop always returns)
+
+
+def _time_unit(span_ns):
+    """(unit, scale) giving readable numbers for a time axis *span_ns* long."""
+    for unit, scale in _UNITS:
+        if span_ns >= 20 * scale or unit == "ns":
+            return unit, scale
+    return "ns", 1.0        # pragma: no cover
+
+
+def thread_colors(trace):
+    """Colour of each thread id, in the order of the ``threads`` table.
+
+    Returns
+    -------
+    dict of int to str
+
+    Examples
+    --------
+    >>> thread_colors(t)[0]                    # doctest: +SKIP
+    '#1f77b4'
+    """
+    ids = trace.threads["thread"].to_numpy()
+    return {int(t): _THREAD_PALETTE[i % len(_THREAD_PALETTE)]
+            for i, t in enumerate(ids)}
+
+
+def _trace_label(trace):
+    where = os.path.basename(os.path.normpath(trace.path)) if trace.path \
+        else "in-memory trace"
+    config = trace.meta.get("config") or {}
+    guest = config.get("guest")
+    return f"{where} ({guest})" if guest and guest not in where else where
+
+
+def _figure(ax, size):
+    """(figure, axes): a new pyplot-free figure unless *ax* is given."""
+    if ax is not None:
+        return ax.figure, ax
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=size, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _no_data(ax, what, title):
+    """Say in the figure that there is nothing to draw."""
+    ax.set_title(title)
+    ax.text(0.5, 0.5, f"no data: {what}", transform=ax.transAxes,
+            ha="center", va="center", fontsize=12, color="#555555",
+            wrap=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return ax.figure
+
+
+def _tick_ns(v, _pos=None):
+    """Tick label of a duration: '1 µs', '20 ns', '2.5 ms'."""
+    for unit, scale in _UNITS:
+        if v >= scale or unit == "ns":
+            return f"{v / scale:.3g} {unit}"
+    return f"{v:.3g} ns"        # pragma: no cover
+
+
+def _duration_axis(ax, lo, hi):
+    """Log-scaled x axis with tick labels in ns / µs / ms / s; ticks at
+    1-2-5 steps when the data span less than three decades."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    ax.set_xscale("log")
+    subs = (1.0, 2.0, 5.0) if hi < 1000 * max(lo, 1.0) else (1.0,)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.xaxis.set_major_formatter(FuncFormatter(_tick_ns))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _time_axis(ax, unit):
+    """x axis of times since the trace start, written out in full (no
+    "+2.736e5" offset, which hides where a zoomed window is)."""
+    ax.set_xlabel(f"time since trace start ({unit})")
+    ax.ticklabel_format(axis="x", style="plain", useOffset=False)
+
+
+def _window(trace, window):
+    """(lo, hi) ns: *window* or the whole trace."""
+    lo, hi = (trace.start_ns, trace.end_ns) if window is None else window
+    lo = trace.start_ns if lo is None else int(lo)
+    hi = trace.end_ns if hi is None else int(hi)
+    if hi <= lo:
+        raise ValueError(f"empty window: end {hi} <= start {lo}")
+    return lo, hi
+
+
+def _binned_overlap(start, end, edges):
+    """Time covered by the intervals ``[start, end)`` in each bin of
+    *edges* (intervals may overlap: coverage adds up).
+
+    Cumulative coverage at each edge is sum(e - s for s < e) minus
+    sum(e - f for f < e): two binary searches, no loop over intervals.
+    """
+    base = edges[0]
+    e = (edges - base).astype(np.float64)
+    s = np.sort((start - base).astype(np.float64))
+    f = np.sort((end - base).astype(np.float64))
+    cs = np.concatenate([[0.0], np.cumsum(s)])
+    cf = np.concatenate([[0.0], np.cumsum(f)])
+    ks = np.searchsorted(s, e)
+    kf = np.searchsorted(f, e)
+    covered = (ks * e - cs[ks]) - (kf * e - cf[kf])
+    return np.maximum(np.diff(covered), 0.0)
+
+
+def _groups(keys, nkeys):
+    """(key, index array) per key present, via one stable sort."""
+    order = np.argsort(keys, kind="stable")
+    counts = np.bincount(keys, minlength=nkeys)
+    ends = np.cumsum(counts)
+    return [(k, order[ends[k] - counts[k]:ends[k]])
+            for k in np.flatnonzero(counts)]
+
+
+def _dominant(rows, start, end, codes, ncodes, edges):
+    """Aggregate intervals to one per run of bins: in each bin of *edges*
+    and row, the code that covers most time.  Uncovered time competes too
+    (a lock free for most of a bin leaves the bin empty), so short
+    intervals are not drawn bigger than they are.
+
+    Returns ``(rows, start, end, codes)`` of the merged runs, empty bins
+    left out.
+    """
+    nbins = len(edges) - 1
+    nrows = int(rows.max()) + 1 if len(rows) else 0
+    occ = np.zeros((nrows, ncodes + 1, nbins))
+    key = rows.astype(np.int64) * ncodes + codes
+    for k, idx in _groups(key, nrows * ncodes):     # per (row, code)
+        occ[k // ncodes, k % ncodes] = _binned_overlap(start[idx], end[idx],
+                                                       edges)
+    occ[:, ncodes] = np.diff(edges) - occ[:, :ncodes].sum(axis=1)
+    best = occ.argmax(axis=1)
+    best[best == ncodes] = -1
+    flat = best.ravel()                           # row-major: row, then bin
+    r = np.repeat(np.arange(nrows), nbins)
+    b = np.tile(np.arange(nbins), nrows)
+    new = np.ones(len(flat), dtype=bool)
+    new[1:] = (flat[1:] != flat[:-1]) | (r[1:] != r[:-1])
+    first = np.flatnonzero(new)
+    last = np.append(first[1:] - 1, len(flat) - 1)
+    keep = flat[first] >= 0
+    first, last = first[keep], last[keep]
+    return r[first], edges[b[first]], edges[b[last] + 1], flat[first]
+
+
+def _rects(ax, x0, x1, rows, colors, height=0.8, rasterize_over=5000,
+           **kw):
+    """Draw many rectangles as one PolyCollection (no per-record artist)."""
+    from matplotlib.collections import PolyCollection
+    y0 = rows - height / 2
+    y1 = rows + height / 2
+    verts = np.empty((len(x0), 4, 2))
+    verts[:, 0, 0] = verts[:, 1, 0] = x0
+    verts[:, 2, 0] = verts[:, 3, 0] = x1
+    verts[:, 0, 1] = verts[:, 3, 1] = y0
+    verts[:, 1, 1] = verts[:, 2, 1] = y1
+    # snap=False: a 20 ns slice in a 1 ms window covers a twentieth of a
+    # pixel and is drawn that faint, not widened to a whole pixel.
+    coll = PolyCollection(verts, facecolors=colors, edgecolors="none",
+                          linewidths=0, snap=False, **kw)
+    # Thousands of tiny polygons make SVG/PDF files huge and slow to open.
+    coll.set_rasterized(len(x0) > rasterize_over)
+    ax.add_collection(coll)
+    return coll
+
+
+def _event_threads(trace):
+    """Thread ids that emitted any record, ordered main, vCPUs, AIO, rest."""
+    seen = set()
+    for name in ("exits", "locks", "bh", "timers", "aio", "loop", "irqs"):
+        col = trace.arrow(name).column("thread")
+        if len(col):
+            seen.update(pc.unique(col).to_pylist())
+    th = trace.threads
+    ids = th["thread"].to_numpy()
+    roles = th["role"].astype(str).to_numpy()
+    rank = [(_ROLE_ORDER.get(r, 3), int(i)) for i, r in zip(ids, roles)
+            if int(i) in seen]
+    return [i for _, i in sorted(rank)] + sorted(seen - set(ids.tolist()))
+
+
+def _names(trace):
+    return dict(zip(trace.threads["thread"].astype(int),
+                    trace.threads["name"].astype(str)))
+
+
+def _resolve_lock(trace, lock):
+    """*lock* if the trace has it; for the default ``"bql"`` on a trace
+    without it, the most acquired lock."""
+    counts = trace.locks["lock"].value_counts()
+    counts = counts[counts > 0]
+    if lock is None or not len(counts):
+        return lock
+    if lock == "bql" and lock not in counts.index:
+        return str(counts.idxmax())
+    for name in [lock] if isinstance(lock, str) else lock:
+        if name not in counts.index:
+            raise ValueError(f"no lock {name!r} in this trace; locks are "
+                             f"{', '.join(map(str, counts.index))}")
+    return lock
+
+
+# --------------------------------------------------------------------------
+# timeline
+
+def busiest_window(trace, width_ns=1_000_000, lock=None):
+    """The ``width_ns`` window with the most contended acquisitions.
+
+    Counting acquisitions that had to wait (at the time they got the lock)
+    finds bursts of contention; a single stall scores only as many waiters
+    as it released, so the window shows the hand-offs that end it rather
+    than the middle of one long hold.  A trace without contention is
+    scored by hand-offs, then lock acquisitions, then exits.
+
+    Parameters
+    ----------
+    trace : Trace
+    width_ns : int
+        Window length (default 1 ms); the whole trace if it is shorter.
+    lock : str or list of str, optional
+        Only acquisitions (hand-offs) of these locks.
+
+    Returns
+    -------
+    (int, int)
+        ``(start_ns, end_ns)``.
+
+    Examples
+    --------
+    >>> lo, hi = busiest_window(t, 1_000_000, lock="bql")   # doctest: +SKIP
+    >>> t.window(lo, hi).lock_stats()                       # doctest: +SKIP
+    """
+    lo, hi = trace.start_ns, trace.end_ns
+    width_ns = int(width_ns)
+    if hi - lo <= width_ns:
+        return lo, max(hi, lo + 1)
+    waits = trace.lock_waits(lock)
+    if len(waits):
+        ts = waits["end_ns"].to_numpy()
+    else:
+        ho = trace.handoffs(lock)
+        if len(ho):
+            ts = ho["acquired_ns"].to_numpy()
+        elif len(trace.locks):
+            ts = trace.locks["acquired_ns"].to_numpy()
+        else:
+            ts = trace.exits["exit_ns"].to_numpy()
+    # Count in bins of a tenth of the window, then slide over ten of them.
+    step = max(width_ns // 10, (hi - lo) // 200_000, 1)
+    edges = np.arange(lo, hi + step, step, dtype=np.int64)
+    score = np.histogram(ts, edges)[0].astype(np.float64)
+    k = min(10, len(score))
+    run = np.convolve(score, np.ones(k), mode="valid")
+    start = int(edges[int(np.argmax(run))]) if run.max() > 0 else lo
+    start = min(start, hi - width_ns)
+    return start, start + width_ns
+
+
+def plot_timeline(trace, window=None, lock="bql", threads=None,
+                  max_arrows=150, max_intervals=20_000, ax=None,
+                  figsize=None):
+    """Per-thread timeline: what each thread did, who owned the lock, and
+    the hand-offs between owners.
+
+    One row per thread shows its states (:func:`Trace.thread_states`: in
+    guest, handling an exit, waiting for the lock, holding it, polling,
+    bottom half, timer, AIO I/O, idle) in :data:`STATE_COLORS`.  A row per
+    lock above them shows its owner in the owner's thread colour (the
+    thread's name is written in that colour).  Arrows go from the release
+    by one owner to the acquisition by the next (:func:`Trace.handoffs`).
+
+    Parameters
+    ----------
+    trace : Trace
+    window : (int, int), optional
+        ``(start_ns, end_ns)`` to show.  Default: the 1 ms with the most
+        contended acquisitions (:func:`busiest_window`).
+    lock : str, list of str or None
+        Locks whose ownership and hand-offs are drawn (default ``"bql"``,
+        or the most acquired lock of a trace without one; None: all).
+    threads : list of int or str, optional
+        Rows to show (default: every thread that emitted a record).
+    max_arrows : int
+        At most this many hand-off arrows; hand-offs the next owner waited
+        for come first, then the longest.  The title says when some are
+        left out.
+    max_intervals : int
+        Above this many intervals in the window, each row shows the state
+        covering most time per bin (about one bin per pixel column), and
+        the title says so.
+    ax : matplotlib.axes.Axes, optional
+        Draw here instead of in a new figure.
+    figsize : (float, float), optional
+        Size of a new figure in inches (default scales with the rows).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> fig = plot_timeline(t)                                # doctest: +SKIP
+    >>> fig = plot_timeline(t, (t.start_ns, t.start_ns + 200_000),
+    ...                     threads=["vcpu0", "vcpu1"])       # doctest: +SKIP
+    >>> save(fig, "timeline.svg")                             # doctest: +SKIP
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    bar = Progress(5, "timeline")
+    lock = _resolve_lock(trace, lock)
+    auto = window is None
+    if auto:
+        bar.update(0, "finding the busiest window")
+        window = busiest_window(trace, 1_000_000, lock)
+    lo, hi = _window(trace, window)
+    names = _names(trace)
+    ids = (_event_threads(trace) if threads is None
+           else [int(i) for i in trace.thread_ids(threads)])
+    locks = ([lock] if isinstance(lock, str) else
+             sorted(map(str, trace.locks["lock"].unique())) if lock is None
+             else list(lock))
+    # Ownership rows only for locks the trace has.
+    have = set(map(str, trace.locks["lock"].unique()))
+    locks = [lk for lk in locks if lk is not None and lk in have]
+    nlockrows = len(locks)
+    row_of = np.full(1 << 16, -1, dtype=np.int64)
+    row_of[np.asarray(ids, dtype=np.int64) + (1 << 15)] = \
+        np.arange(len(ids)) + nlockrows
+    bar.update(1, "selecting the window")
+    sub = trace.window(lo, hi)
+    t0 = trace.start_ns
+    unit, scale = _time_unit(hi - lo)
+
+    def x(ns):          # ns -> axis units, relative to the trace start
+        return (np.asarray(ns, dtype=np.int64) - t0) / scale
+
+    bar.update(1, "replaying thread states")
+    st = sub.thread_states()
+    rows = row_of[st["thread"].to_numpy().astype(np.int64) + (1 << 15)]
+    s = np.maximum(st["start_ns"].to_numpy(), lo)
+    e = np.minimum(st["end_ns"].to_numpy(), hi)
+    code = st["state"].cat.codes.to_numpy().astype(np.int64)
+    keep = (rows >= 0) & (e > s)
+    rows, s, e, code = rows[keep], s[keep], e[keep], code[keep]
+
+    own = sub.lock_intervals(locks)
+    o_row = own["lock"].astype(str).map(
+        {lk: i for i, lk in enumerate(locks)}).to_numpy().astype(np.int64)
+    o_s = np.maximum(own["acquired_ns"].to_numpy(), lo)
+    o_e = np.minimum(own["released_ns"].to_numpy(), hi)
+    o_th = own["thread"].to_numpy().astype(np.int64)
+    keep = o_e > o_s
+    o_row, o_s, o_e, o_th = o_row[keep], o_s[keep], o_e[keep], o_th[keep]
+
+    nrows = nlockrows + len(ids)
+    size = figsize or (12, 1.6 + 0.42 * max(nrows, 2))
+    fig, ax = _figure(ax, size)
+    notes = []
+    aggregated = len(s) + len(o_s) > max_intervals
+    if aggregated:
+        bar.update(1, "aggregating")
+        nbins = 1500
+        edges = np.linspace(lo, hi, nbins + 1).astype(np.int64)
+        rows, s, e, code = _dominant(rows, s, e, code, len(STATES), edges)
+        if len(o_s):
+            ncol = int(o_th.max()) + 1
+            o_row, o_s, o_e, o_th = _dominant(o_row, o_s, o_e, o_th, ncol,
+                                              edges)
+        notes.append(f"aggregated: state covering most of each "
+                     f"{fmt_ns((hi - lo) / nbins)}")
+    else:
+        bar.update(1, "drawing")
+
+    colors = np.array([STATE_COLORS[s_] for s_ in STATES], dtype=object)
+    _rects(ax, x(s), x(e), rows, list(colors[code]))
+    tcolor = thread_colors(trace)
+    if len(o_s):
+        palette = np.array([tcolor.get(int(t), "#000000")
+                            for t in range(int(o_th.max()) + 1)],
+                           dtype=object)
+        _rects(ax, x(o_s), x(o_e), o_row, list(palette[o_th]))
+
+    # Hand-off arrows: both ends in the window and on rows shown.
+    narrows = 0
+    if nlockrows:
+        ho = sub.handoffs(locks)
+        fr = row_of[ho["from_thread"].to_numpy().astype(np.int64) + (1 << 15)]
+        to = row_of[ho["to_thread"].to_numpy().astype(np.int64) + (1 << 15)]
+        rel = ho["released_ns"].to_numpy()
+        acq = ho["acquired_ns"].to_numpy()
+        ok = (fr >= 0) & (to >= 0) & (rel >= lo) & (acq < hi)
+        idx = np.flatnonzero(ok)
+        total = len(idx)
+        if total > max_arrows:
+            pri = np.lexsort((-ho["latency_ns"].to_numpy()[idx],
+                              ~ho["waiting"].to_numpy()[idx]))
+            idx = np.sort(idx[pri[:max_arrows]])
+            notes.append(f"{max_arrows} of {total} hand-offs drawn "
+                         "(waited-for first, then longest)")
+        xs, xe = x(rel[idx]), x(acq[idx])
+        props = dict(arrowstyle="-|>", color="black", lw=0.7, alpha=0.75,
+                     shrinkA=0, shrinkB=0, mutation_scale=7)
+        for a, b, r0, r1 in zip(xs, xe, fr[idx], to[idx]):  # <= max_arrows
+            ax.annotate("", xy=(b, r1), xytext=(a, r0), arrowprops=props)
+        narrows = len(idx)
+
+    ax.set_xlim(x(lo), x(hi))
+    ax.set_ylim(nrows - 0.5, -0.5)
+    labels = [f"{lk} owner" for lk in locks] + \
+        [names.get(i, f"thread {i}") for i in ids]
+    ax.set_yticks(np.arange(nrows), labels)
+    for i, tick in enumerate(ax.get_yticklabels()[nlockrows:]):
+        tick.set_color(tcolor.get(ids[i], "black"))
+    if nlockrows:
+        ax.axhline(nlockrows - 0.5, color="#999999", lw=0.8)
+    _time_axis(ax, unit)
+    ax.grid(axis="x", color="#dddddd", lw=0.5)
+    ax.set_axisbelow(True)
+    what = ("busiest 1 ms of contention" if auto and hi - lo == 1_000_000
+            else f"{fmt_ns(hi - lo)} window")
+    title = f"Thread timeline: {_trace_label(trace)}, {what}"
+    ax.set_title(title + ("\n" + "; ".join(notes) if notes else ""),
+                 fontsize=10)
+
+    present = set(np.unique(code).tolist())
+    # Most specific state first: waiting, holding, ...
+    handles = [Patch(color=STATE_COLORS[s_], label=STATE_LABELS[s_])
+               for i, s_ in reversed(list(enumerate(STATES)))
+               if i in present]
+    owners = sorted(set(np.unique(o_th).tolist())) if len(o_th) else []
+    if len(owners) <= 8:
+        handles += [Patch(color=tcolor.get(t, "black"),
+                          label=f"{'/'.join(locks)} held by "
+                                f"{names.get(t, t)}")
+                    for t in owners]
+    if narrows:
+        handles.append(Line2D([], [], color="black", lw=0.8, marker=">",
+                              markersize=4, label="hand-off (release → "
+                                                  "next acquire)"))
+    if handles:
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1),
+                  fontsize=8, frameon=False, borderaxespad=0)
+    bar.update(1, "done")
+    bar.close()
+    return fig
+
+
+# --------------------------------------------------------------------------
+# distributions
+
+def _cdf(ax, groups, kind="cdf"):
+    """Draw one CDF (or step histogram) per ``(label, values_ns)``; values
+    below 1 ns are drawn at 1 ns on the log axis.  Returns True if any
+    value was floored."""
+    floored = False
+    allv = np.maximum(np.concatenate([v for _, v in groups]), 1)
+    lo, hi = float(allv.min()), max(float(allv.max()), 2.0)
+    if kind == "hist":
+        bins = np.geomspace(lo, hi * 1.0001, 60)
+    for label, v in groups:
+        v = np.sort(np.asarray(v, dtype=np.float64))
+        n = len(v)
+        floored |= bool((v < 1).any())
+        v = np.maximum(v, 1.0)
+        p50 = v[max(int(np.ceil(0.5 * n)) - 1, 0)]
+        p99 = v[max(int(np.ceil(0.99 * n)) - 1, 0)]
+        text = f"{label} (n={n:,}, p50 {fmt_ns(p50)}, p99 {fmt_ns(p99)})"
+        if kind == "hist":
+            ax.hist(v, bins=bins, histtype="step", lw=1.3, label=text)
+            continue
+        # A CDF of millions of points: ~4000 ranks look the same.
+        idx = np.unique(np.linspace(0, n - 1, min(n, 4000)).astype(np.int64))
+        xs = np.concatenate([[v[0]], v[idx]])
+        ys = np.concatenate([[0.0], (idx + 1) / n])
+        ax.step(xs, ys, where="post", lw=1.4, label=text)
+    _duration_axis(ax, lo, hi)
+    if kind == "hist":
+        ax.set_ylabel("count")
+    else:
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("fraction ≤ x")
+    ax.grid(True, which="major", color="#dddddd", lw=0.5)
+    ax.legend(fontsize=8, loc="best")
+    return floored
+
+
+def _top_groups(df, keys, values, max_groups):
+    """[(label, values)] of the largest groups of *df* by *keys*; the rest
+    merged into one "other" group."""
+    codes, labels = group_codes(df, keys)
+    counts = np.bincount(codes, minlength=len(labels))
+    order = np.argsort(-counts, kind="stable")
+    out = []
+    for g in order[:max_groups]:                    # a loop over groups
+        label = " ".join(str(labels[k].iloc[g]) for k in labels.columns)
+        out.append((label, values[codes == g]))
+    rest = order[max_groups:]
+    if len(rest):
+        mask = np.isin(codes, rest)
+        out.append((f"other ({len(rest)} groups)", values[mask]))
+    return out
+
+
+_BY = {"callsite": ["lock", "callsite"], "lock": ["lock"],
+       "thread": ["lock", "thread_name"]}
+
+
+def plot_distributions(trace, metric="wait", by="callsite", lock=None,
+                       kind="cdf", window=None, max_groups=8, ax=None,
+                       figsize=(9, 5)):
+    """Distribution of lock wait or hold times per lock and call site.
+
+    Parameters
+    ----------
+    trace : Trace
+    metric : {"wait", "hold"}
+        ``wait``: request to acquisition, over contended acquisitions only
+        (as lock_stat counts waits); ``hold``: acquisition to release, all
+        acquisitions.
+    by : {"callsite", "lock", "thread"}
+        One curve per lock and call site, per lock, or per lock and thread.
+    lock : str or list of str, optional
+        Only these locks.
+    kind : {"cdf", "hist"}
+        Cumulative distribution (default) or a step histogram with
+        log-spaced bins.  The duration axis is log-scaled either way.
+    window : (int, int), optional
+        Only acquisitions overlapping ``(start_ns, end_ns)``.
+    max_groups : int
+        Curves drawn; smaller groups are merged into "other".
+    ax, figsize
+        As in :func:`plot_timeline`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> fig = plot_distributions(t, "hold", by="callsite", lock="bql")  # doctest: +SKIP
+    """
+    if metric not in ("wait", "hold"):
+        raise ValueError(f"metric must be 'wait' or 'hold', not {metric!r}")
+    if by not in _BY:
+        raise ValueError(f"by must be one of {', '.join(_BY)}, not {by!r}")
+    if window is not None:
+        trace = trace.window(*_window(trace, window))
+    df = trace.locks
+    if lock is not None:
+        df = df[df["lock"].isin([lock] if isinstance(lock, str) else lock)]
+    if metric == "wait":
+        df = df[df["contended"].to_numpy()]
+    fig, ax = _figure(ax, figsize)
+    span = ("wait (request → acquired), contended acquisitions"
+            if metric == "wait" else "hold (acquired → released)")
+    title = (f"Lock {metric} time by {by.replace('callsite', 'call site')}: "
+             f"{_trace_label(trace)}")
+    if not len(df):
+        what = ("no contended acquisitions" if metric == "wait"
+                else "no lock acquisitions")
+        return _no_data(ax, f"{what} in this trace", title)
+    groups = _top_groups(df, _BY[by], df[f"{metric}_ns"].to_numpy(),
+                         max_groups)
+    floored = _cdf(ax, groups, kind)
+    ax.set_xlabel(f"{span} (log scale)"
+                  + ("; values < 1 ns drawn at 1 ns" if floored else ""))
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def _stage_plot(ax, groups, title, xlabel, kind):
+    floored = _cdf(ax, groups, kind)
+    ax.set_xlabel(xlabel + " (log scale)"
+                  + ("; values < 1 ns drawn at 1 ns" if floored else ""))
+    ax.set_title(title, fontsize=10)
+    return ax.figure
+
+
+def plot_aio_latency(trace, op=None, kind="cdf", window=None, ax=None,
+                     figsize=(9, 5)):
+    """AIO request latency by stage: queue (submit → a worker picks it),
+    io (the system call), completion (I/O done → completion ran in the
+    main loop), and total.
+
+    Parameters
+    ----------
+    trace : Trace
+    op : str or list of str, optional
+        Only these ops (``read``, ``write``, ``fsync``).
+    kind : {"cdf", "hist"}
+    window, ax, figsize
+        As in :func:`plot_distributions`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        With a "no data" message when the trace has no AIO requests.
+
+    Examples
+    --------
+    >>> fig = plot_aio_latency(t, op="read")                  # doctest: +SKIP
+    """
+    if window is not None:
+        trace = trace.window(*_window(trace, window))
+    df = trace.aio
+    if op is not None:
+        df = df[df["op"].isin([op] if isinstance(op, str) else op)]
+    fig, ax = _figure(ax, figsize)
+    title = f"AIO latency by stage: {_trace_label(trace)}"
+    if not len(df):
+        return _no_data(ax, "no AIO requests in this trace "
+                            "(the aio table is empty)", title)
+    stages = (("queue", "queue (submit → start)"),
+              ("io", "io (start → done)"),
+              ("completion", "completion (done → complete)"),
+              ("total", "total (submit → complete)"))
+    groups = [(label, df[f"{s}_ns"].to_numpy()) for s, label in stages]
+    ops = ", ".join(map(str, df["op"].unique()))
+    return _stage_plot(ax, groups, f"{title}\n{len(df):,} requests ({ops})",
+                       "latency", kind)
+
+
+def plot_bh_latency(trace, kind="cdf", window=None, max_groups=8, ax=None,
+                    figsize=(9, 5)):
+    """Bottom halves: schedule-to-run latency (``run_ns - scheduled_ns``)
+    per bottom-half name.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        With a "no data" message when the trace has no bottom halves.
+
+    Examples
+    --------
+    >>> fig = plot_bh_latency(t)                              # doctest: +SKIP
+    """
+    if window is not None:
+        trace = trace.window(*_window(trace, window))
+    df = trace.bh
+    fig, ax = _figure(ax, figsize)
+    title = f"Bottom halves: schedule-to-run latency: {_trace_label(trace)}"
+    if not len(df):
+        return _no_data(ax, "no bottom halves in this trace "
+                            "(the bh table is empty)", title)
+    groups = _top_groups(df, ["name"], df["delay_ns"].to_numpy(), max_groups)
+    return _stage_plot(ax, groups, title,
+                       "delay from first schedule to run", kind)
+
+
+def plot_timer_lateness(trace, kind="cdf", window=None, max_groups=8,
+                        ax=None, figsize=(9, 5)):
+    """Timers: lateness (``fire_ns - expire_ns``) per timer name.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        With a "no data" message when the trace has no timer firings.
+
+    Examples
+    --------
+    >>> fig = plot_timer_lateness(t)                          # doctest: +SKIP
+    """
+    if window is not None:
+        trace = trace.window(*_window(trace, window))
+    df = trace.timers
+    fig, ax = _figure(ax, figsize)
+    title = f"Timers: lateness (fire − deadline): {_trace_label(trace)}"
+    if not len(df):
+        return _no_data(ax, "no timer firings in this trace "
+                            "(the timers table is empty)", title)
+    groups = _top_groups(df, ["name"], df["late_ns"].to_numpy(), max_groups)
+    return _stage_plot(ax, groups, title, "lateness", kind)
+
+
+# --------------------------------------------------------------------------
+# over time
+
+def _bins(lo, hi, bins):
+    edges = np.linspace(lo, hi, int(bins) + 1).astype(np.int64)
+    return np.unique(edges)
+
+
+def plot_contention(trace, by="thread", value="wait", lock=None, bins=200,
+                    window=None, log=False, ax=None, figsize=None):
+    """Contention over time as a heatmap: time bins x (threads, locks or
+    call sites).
+
+    Parameters
+    ----------
+    trace : Trace
+    by : {"thread", "lock", "callsite"}
+        Rows: the waiting thread, the lock, or the lock and call site.
+    value : {"wait", "contended"}
+        ``wait``: time spent waiting in each bin (waits that span bins are
+        split between them); ``contended``: contended acquisitions per bin
+        (counted at acquisition).
+    lock : str or list of str, optional
+        Only these locks.
+    bins : int
+        Time bins across the window.
+    window : (int, int), optional
+        ``(start_ns, end_ns)``; default the whole trace.
+    log : bool
+        Logarithmic colour scale.
+    ax, figsize
+        As in :func:`plot_timeline`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> fig = plot_contention(t, by="callsite", value="contended")  # doctest: +SKIP
+    """
+    from matplotlib.colors import LogNorm
+    keys = {"thread": ["thread_name"], "lock": ["lock"],
+            "callsite": ["lock", "callsite"]}
+    if by not in keys:
+        raise ValueError(f"by must be one of {', '.join(keys)}, not {by!r}")
+    if value not in ("wait", "contended"):
+        raise ValueError(f"value must be 'wait' or 'contended', not {value!r}")
+    lo, hi = _window(trace, window)
+    waits = trace.lock_waits(lock)
+    waits = waits[(waits["start_ns"].to_numpy() < hi)
+                  & (waits["end_ns"].to_numpy() >= lo)]
+    title = (f"Contention over time ({'wait time' if value == 'wait' else 'contended acquisitions'}"
+             f" per {by.replace('callsite', 'call site')}): "
+             f"{_trace_label(trace)}")
+    codes, labels = group_codes(waits, keys[by]) if len(waits) else (None, [])
+    nrows = len(labels)
+    size = figsize or (12, 2.2 + 0.35 * max(nrows, 2))
+    fig, ax = _figure(ax, size)
+    if not len(waits):
+        return _no_data(ax, "no contended lock acquisitions in this "
+                            "window", title)
+    edges = _bins(lo, hi, bins)
+    width = (hi - lo) / (len(edges) - 1)
+    start = waits["start_ns"].to_numpy()
+    end = waits["end_ns"].to_numpy()
+    grid = np.zeros((nrows, len(edges) - 1))
+    for g, idx in _groups(codes, nrows):            # a loop over rows
+        if value == "wait":
+            grid[g] = _binned_overlap(start[idx], end[idx], edges)
+        else:
+            grid[g] = np.histogram(end[idx], edges)[0]
+    unit, scale = _time_unit(hi - lo)
+    if value == "wait":
+        wunit, wscale = next((u, sc) for u, sc in _UNITS
+                             if grid.max() >= sc or u == "ns")
+        grid = grid / wscale
+        cbar_label = f"wait time per bin ({wunit})"
+    else:
+        cbar_label = "contended acquisitions per bin"
+    t0 = trace.start_ns
+    norm = LogNorm(vmin=max(grid[grid > 0].min(), 1e-9)) \
+        if log and (grid > 0).any() else None
+    img = ax.imshow(np.where(grid > 0, grid, np.nan) if log else grid,
+                    aspect="auto", interpolation="nearest", cmap="YlOrRd",
+                    norm=norm, origin="upper",
+                    extent=((lo - t0) / scale, (hi - t0) / scale,
+                            nrows - 0.5, -0.5))
+    ax.set_yticks(np.arange(nrows),
+                  [" ".join(str(labels[k].iloc[i]) for k in labels.columns)
+                   for i in range(nrows)])
+    _time_axis(ax, unit)
+    ax.set_title(f"{title}\nbins of {fmt_ns(width)}", fontsize=10)
+    fig.colorbar(img, ax=ax, label=cbar_label, pad=0.01)
+    return fig
+
+
+def plot_exit_rate(trace, by="reason", bins=200, window=None, ax=None,
+                   figsize=(12, 4.5)):
+    """vCPU exits per second over time, one line per exit reason (or
+    device, or vCPU thread).
+
+    Parameters
+    ----------
+    trace : Trace
+    by : {"reason", "device", "thread"}
+    bins : int
+        Time bins across the window.
+    window : (int, int), optional
+        ``(start_ns, end_ns)``; default the whole trace.
+    ax, figsize
+        As in :func:`plot_timeline`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> fig = plot_exit_rate(t, bins=100)                      # doctest: +SKIP
+    """
+    col = {"reason": "reason", "device": "device",
+           "thread": "thread_name"}.get(by)
+    if col is None:
+        raise ValueError(f"by must be reason, device or thread, not {by!r}")
+    lo, hi = _window(trace, window)
+    ex = trace.exits
+    ts = ex["exit_ns"].to_numpy()
+    inwin = (ts >= lo) & (ts < hi)
+    fig, ax = _figure(ax, figsize)
+    title = f"Exit rate by {by}: {_trace_label(trace)}"
+    if not inwin.any():
+        return _no_data(ax, "no vCPU exits in this window", title)
+    edges = _bins(lo, hi, bins)
+    width_s = (hi - lo) / (len(edges) - 1) / 1e9
+    codes, labels = group_codes(ex[inwin], [col])
+    ts = ts[inwin]
+    unit, scale = _time_unit(hi - lo)
+    t0 = trace.start_ns
+    centers = ((edges[:-1] + edges[1:]) / 2 - t0) / scale
+    counts = np.bincount(codes, minlength=len(labels))
+    for g in np.argsort(-counts, kind="stable"):     # a loop over groups
+        rate = np.histogram(ts[codes == g], edges)[0] / width_s
+        name = labels[col].iloc[g] or "(none)"
+        ax.plot(centers, rate, lw=1.2, drawstyle="steps-mid",
+                label=f"{name} ({counts[g]:,} exits)")
+    ax.set_xlim((lo - t0) / scale, (hi - t0) / scale)
+    ax.set_ylim(bottom=0)
+    _time_axis(ax, unit)
+    ax.set_ylabel("exits/s")
+    ax.yaxis.set_major_formatter(_rate_formatter())
+    ax.grid(True, color="#dddddd", lw=0.5)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title(f"{title}\nbins of {fmt_ns((hi - lo) / (len(edges) - 1))}",
+                 fontsize=10)
+    return fig
+
+
+def _rate_formatter():
+    from matplotlib.ticker import FuncFormatter
+
+    def f(v, _):
+        for suffix, scale in (("M", 1e6), ("k", 1e3)):
+            if abs(v) >= scale:
+                return f"{v / scale:g}{suffix}"
+        return f"{v:g}"
+    return FuncFormatter(f)
+
+
+# --------------------------------------------------------------------------
+# output and command line
+
+#: File extensions :func:`save` writes, and the matplotlib format of each.
+FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
+
+
+def save(fig, path, dpi=120):
+    """Write *fig* as PNG, SVG or PDF, chosen by the extension of *path*.
+
+    Raises
+    ------
+    ValueError
+        Another extension.
+
+    Examples
+    --------
+    >>> save(plot_exit_rate(t), "exits.pdf")                  # doctest: +SKIP
+    """
+    fig.savefig(path, format=_check_format(path), dpi=dpi)
+    return os.fspath(path)
+
+
+def _check_format(path):
+    """The matplotlib format for *path*'s extension, or ValueError."""
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext not in FORMATS:
+        raise ValueError(f"{path}: unsupported output format "
+                         f"{ext or '(none)'!r}; use .png, .svg or .pdf")
+    return FORMATS[ext]
+
+
+_TIME = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*(ns|us|µs|ms|s)?\s*$")
+_SCALE = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000,
+          "s": 1_000_000_000}
+
+
+def parse_window(text, trace):
+    """Parse ``--window``: ``START:END``.
+
+    A bare integer is an absolute timestamp in ns on the trace's clock (as
+    in the tables); a number with a unit (``ns``, ``us``, ``ms``, ``s``) is
+    an offset from the trace start.  Either side may be empty (trace start,
+    trace end).
+
+    Returns
+    -------
+    (int, int)
+        ``(start_ns, end_ns)``, absolute.
+
+    Raises
+    ------
+    ValueError
+        Malformed text, or an empty window.
+
+    Examples
+    --------
+    >>> parse_window("10ms:12.5ms", t)          # doctest: +SKIP
+    (1845850388874, 1845852888874)
+    """
+    parts = text.split(":")
+    if len(parts) != 2:
+        raise ValueError(f"bad window {text!r}: use START:END, absolute ns "
+                         "(1845840947555:1845841947555) or relative to the "
+                         "trace start with a unit (10ms:12ms)")
+    out = []
+    for part, default in zip(parts, (trace.start_ns, trace.end_ns)):
+        if not part.strip():
+            out.append(default)
+            continue
+        m = _TIME.match(part)
+        if not m or (m.group(2) is None and "." in m.group(1)):
+            raise ValueError(f"bad window bound {part!r}: an integer ns "
+                             "timestamp, or a number with ns/us/ms/s")
+        if m.group(2) is None:
+            out.append(int(m.group(1)))
+        else:
+            out.append(trace.start_ns
+                       + int(round(float(m.group(1)) * _SCALE[m.group(2)])))
+    if out[1] <= out[0]:
+        raise ValueError(f"empty window {text!r}: end <= start")
+    return out[0], out[1]
+
+
+def cmd_plot(args):
+    """Run ``kvmscope plot``; returns 0, or 2 with one line on stderr."""
+    from .trace import Trace, TraceError
+    try:
+        _check_format(args.output)
+        trace = Trace.load(args.trace)
+        window = parse_window(args.window, trace) if args.window else None
+        kind = args.kind
+        if kind == "timeline":
+            fig = plot_timeline(trace, window=window, lock=args.lock or "bql",
+                                threads=args.threads.split(",")
+                                if args.threads else None)
+        elif kind in ("wait", "hold"):
+            fig = plot_distributions(trace, kind, by=args.by or "callsite",
+                                     lock=args.lock, window=window)
+        elif kind == "contention":
+            fig = plot_contention(trace, by=args.by or "thread",
+                                  lock=args.lock, window=window,
+                                  bins=args.bins)
+        elif kind == "exits":
+            fig = plot_exit_rate(trace, by=args.by or "reason",
+                                 window=window, bins=args.bins)
+        elif kind == "aio":
+            fig = plot_aio_latency(trace, window=window)
+        elif kind == "bh":
+            fig = plot_bh_latency(trace, window=window)
+        else:
+            fig = plot_timer_lateness(trace, window=window)
+        save(fig, args.output, dpi=args.dpi)
+    except (TraceError, ValueError, OSError) as e:
+        print(f"kvmscope plot: error: {error_line(e)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def error_line(e):
+    """One line saying what failed: ``path: reason`` for OS errors."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def register_command(subparsers):
+    """Add the ``plot`` subcommand to the kvmscope CLI.
+
+    Examples
+    --------
+    >>> import argparse
+    >>> p = argparse.ArgumentParser(prog="kvmscope")
+    >>> register_command(p.add_subparsers(dest="command"))
+    >>> p.parse_args(["plot", "t", "--kind", "wait", "-o", "w.png"]).kind
+    'wait'
+    """
+    p = subparsers.add_parser(
+        "plot", help="draw a trace (timeline, distributions, heatmaps...)",
+        description="Draw one view of a trace into a PNG, SVG or PDF file "
+                    "(format from the extension). Exit status 0, or 2 on "
+                    "error with one line on stderr.")
+    p.add_argument("trace", help="trace directory")
+    p.add_argument("--kind", choices=KINDS, default="timeline",
+                   help="timeline: thread states, lock owner, hand-offs; "
+                        "wait/hold: lock time distributions; contention: "
+                        "heatmap of waits over time; exits: exit rate; "
+                        "aio/bh/timers: latency distributions "
+                        "(default: timeline)")
+    p.add_argument("--window", metavar="START:END",
+                   help="time window: absolute ns (1845840947555:"
+                        "1845841947555) or relative to the trace start "
+                        "with a unit (10ms:12ms); either side may be empty "
+                        "(timeline default: the busiest 1 ms of contention;"
+                        " others: the whole trace)")
+    p.add_argument("--lock", help="only this lock (timeline default: bql)")
+    p.add_argument("--by", help="grouping: wait/hold: callsite (default), "
+                                "lock, thread; contention: thread (default), "
+                                "lock, callsite; exits: reason (default), "
+                                "device, thread")
+    p.add_argument("--threads", metavar="NAMES",
+                   help="timeline rows, comma-separated (default: every "
+                        "thread with records)")
+    p.add_argument("--bins", type=int, default=200,
+                   help="time bins of contention/exits (default 200)")
+    p.add_argument("--dpi", type=int, default=120,
+                   help="PNG resolution (default 120)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="output file: .png, .svg or .pdf")
+    p.set_defaults(func=cmd_plot)

@@ -1,0 +1,527 @@
+"""The result of a regression comparison (:class:`DiffResult`) and its
+renderings: terminal text, Markdown for a pull-request comment, one
+self-contained HTML file with embedded plots, and JSON.
+
+Plots use matplotlib's object API with the Agg canvas (no pyplot), so
+rendering never changes the backend of a notebook that calls it.
+"""
+
+import base64
+import html
+import io
+import json
+import math
+
+import numpy as np
+import pandas as pd
+
+from .report import human_ns
+
+FORMATS = ("text", "markdown", "html", "json")
+
+#: Rows plotted in HTML when nothing regressed or improved.
+_TOP_UNFLAGGED = 3
+
+
+# --------------------------------------------------------------------------
+# cell formatting
+
+def _missing(v):
+    return v is None or v is pd.NA or (isinstance(v, float)
+                                       and math.isnan(v))
+
+
+def fmt_rel(v):
+    """A relative change as a signed percentage.
+
+    Examples
+    --------
+    >>> fmt_rel(0.123), fmt_rel(-0.5), fmt_rel(25.0), fmt_rel(float("nan"))
+    ('+12.3%', '-50.0%', '+2500%', '-')
+    """
+    if _missing(v):
+        return "-"
+    if math.isinf(v):
+        return "+inf" if v > 0 else "-inf"
+    pct = 100 * v
+    return f"{pct:+.0f}%" if abs(pct) >= 100 else f"{pct:+.1f}%"
+
+
+def _ns(v, signed=False):
+    if _missing(v):
+        return "-"
+    s = human_ns(abs(v) if signed else v)
+    return ("-" if v < 0 else "+") + s if signed else s
+
+
+def _p(v):
+    if _missing(v):
+        return "-"
+    return "<1e-300" if v < 1e-300 else (f"{v:.2g}" if v < 0.01
+                                         else f"{v:.3f}")
+
+
+def _ci(row):
+    if _missing(row["ci_low"]):
+        return "-"
+    return f"[{fmt_rel(row['ci_low'])}, {fmt_rel(row['ci_high'])}]"
+
+
+def _spread(row, side):
+    lo, hi = row[f"{side}_run_min_ns"], row[f"{side}_run_max_ns"]
+    if _missing(lo):
+        return "-"
+    return _ns(lo) if lo == hi else f"{_ns(lo)}..{_ns(hi)}"
+
+
+def _site(row):
+    return "(all)" if row["level"] == "lock" else row["callsite"]
+
+
+def _summary_cells(df, stat):
+    """Header and cells of the summary table shared by text, Markdown and
+    HTML."""
+    heads = ["lock", "callsite", "status", "n base", "n new",
+             f"{stat} base", f"{stat} new", "change", "CI", "p (Holm)",
+             "Cliff d", "HL shift", "runs base", "runs new"]
+    rows = [[r["lock"], _site(r), r["status"], str(r["base_count"]),
+             str(r["new_count"]), _ns(r["base_stat_ns"]),
+             _ns(r["new_stat_ns"]), fmt_rel(r["rel_change"]), _ci(r),
+             _p(r["p_adj"]),
+             "-" if _missing(r["cliffs_delta"])
+             else f"{r['cliffs_delta']:+.2f}",
+             _ns(r["hl_shift_ns"], signed=True), _spread(r, "base"),
+             _spread(r, "new")]
+            for r in df.to_dict("records")]
+    return heads, rows
+
+
+_RIGHT = {3, 4, 5, 6, 7, 9, 10, 11}
+
+
+def _detail_cells(df):
+    heads = ["lock", "callsite", "side", "runs", "n", "p50", "p90", "p99",
+             "max", "mean", "total/run"]
+    rows = []
+    for r in df.to_dict("records"):
+        for side in ("base", "new"):
+            rows.append([r["lock"], _site(r), side, str(r[f"{side}_runs"]),
+                         str(r[f"{side}_count"])] +
+                        [_ns(r[f"{side}_{c}_ns"]) for c in
+                         ("p50", "p90", "p99", "max", "mean", "total")])
+    return heads, rows
+
+
+def _text_table(heads, rows, right):
+    widths = [max([len(h)] + [len(r[i]) for r in rows])
+              for i, h in enumerate(heads)]
+
+    def line(cells):
+        return "  " + "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    return "\n".join([line(heads), line(["-" * w for w in widths])]
+                     + [line(r) for r in rows]) + "\n"
+
+
+def _md_table(heads, rows, right):
+    def esc(c):
+        return c.replace("|", "\\|")
+    out = ["| " + " | ".join(heads) + " |",
+           "|" + "|".join("---:" if i in right else "---"
+                          for i in range(len(heads))) + "|"]
+    out += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def _html_table(heads, rows, right, status_col=None):
+    out = ["<table><thead><tr>"]
+    out += [f"<th>{html.escape(h)}</th>" for h in heads]
+    out.append("</tr></thead><tbody>")
+    for r in rows:
+        cls = f' class="{r[status_col]}"' if status_col is not None else ""
+        out.append(f"<tr{cls}>" + "".join(
+            f'<td{" class=num" if i in right else ""}>{html.escape(c)}</td>'
+            for i, c in enumerate(r)) + "</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------
+# plots
+
+def _ecdf(values):
+    u, c = np.unique(values, return_counts=True)
+    return np.maximum(u, 1), np.cumsum(c) / len(values)
+
+
+def plot_row(result, lock, callsite):
+    """Distribution plot of one compared row: CDFs of each run and of the
+    pooled sides (log time axis), and the statistic of each run.
+
+    Parameters
+    ----------
+    result : DiffResult
+    lock, callsite : str
+        ``callsite="*"`` is the row pooling every call site of the lock.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> fig = result.plot("bql", "pio:debugport")        # doctest: +SKIP
+    >>> fig.savefig("debugport.png")                     # doctest: +SKIP
+    """
+    from matplotlib.figure import Figure
+    key = (lock, callsite)
+    if key not in result.samples:
+        raise KeyError(f"no compared row for lock {lock!r} call site "
+                       f"{callsite!r}")
+    base, new = result.samples[key]
+    o = result.options
+    row = result.table[(result.table["lock"] == lock)
+                       & (result.table["callsite"] == callsite)].iloc[0]
+    fig = Figure(figsize=(9.5, 3.4), dpi=90)
+    ax, bx = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2.3, 1]})
+    colors = {"base": "#1f6fb4", "new": "#d9480f"}
+    for side, runs in (("base", base), ("new", new)):
+        if len(runs) > 1:
+            for r in runs:                  # a loop over runs
+                x, y = _ecdf(r)
+                ax.step(x, y, where="post", color=colors[side], alpha=0.25,
+                        lw=0.8)
+        if runs:
+            x, y = _ecdf(np.concatenate(runs))
+            label = "baseline" if side == "base" else "candidate"
+            ax.step(x, y, where="post", color=colors[side], lw=1.8,
+                    label=f"{label} ({len(runs)} run{'s' * (len(runs) > 1)})")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{o['metric']} time (ns, log)")
+    ax.set_ylabel("fraction of acquisitions")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    for i, (side, runs) in enumerate((("base", base), ("new", new))):
+        stats = [_run_stat(r, o["stat"]) for r in runs]
+        bx.scatter(np.full(len(stats), i), stats, color=colors[side],
+                   zorder=3)
+    if not _missing(row["base_stat_ns"]):
+        bx.axhline(row["base_stat_ns"] * (1 + o["threshold"]), color="grey",
+                   ls="--", lw=1, label=f"baseline +{o['threshold']:.0%}")
+        bx.legend(fontsize=8)
+    bx.set_xticks([0, 1], ["baseline", "candidate"])
+    bx.set_xlim(-0.6, 1.6)
+    bx.set_ylabel(f"{o['stat']} per run (ns)")
+    bx.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"{lock} {_site(row)}: {o['metric']} {o['stat']} "
+                 f"{_ns(row['base_stat_ns'])} -> {_ns(row['new_stat_ns'])} "
+                 f"({fmt_rel(row['rel_change'])}, {row['status']})",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _run_stat(values, stat):
+    v = np.sort(values)
+    if stat == "mean":
+        return float(v.mean())
+    if stat == "total":
+        return float(v.sum())
+    p = int(stat[1:])
+    return float(v[max((p * len(v) + 99) // 100, 1) - 1])
+
+
+def _png_base64(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    buf = io.BytesIO()
+    FigureCanvasAgg(fig).print_png(buf)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+# --------------------------------------------------------------------------
+# the result
+
+class DiffResult:
+    """Outcome of :func:`kvmscope.analysis.diff`: a table and its renderers.
+
+    Attributes
+    ----------
+    table : DataFrame
+        One row per lock (``callsite == "*"``, ``level == "lock"``) and per
+        (lock, call site): counts, p50/p90/p99/max/mean/total per side,
+        the judged statistic, ``rel_change`` with its interval
+        ``ci_low``/``ci_high``, absolute ``delta_ns`` with
+        ``delta_ci_low_ns``/``delta_ci_high_ns``, ``p_value``/``p_adj``
+        (Mann-Whitney, Holm), ``cliffs_delta``, ``hl_shift_ns``, the range
+        of the per-run statistic per side, ``status`` and ``reason``.
+    options : dict
+        The options used (threshold as a fraction, min_delta_ns in ns).
+    base, new : list of Trace
+    samples : dict
+        ``(lock, callsite) -> (base runs, new runs)``: the samples compared,
+        one array per run.
+    notes : list of str
+        Caveats (one run per side, differing configs, trace warnings).
+
+    Examples
+    --------
+    >>> r = diff("runs/base", "runs/new")                  # doctest: +SKIP
+    >>> r.regressions[["lock", "callsite", "rel_change"]]  # doctest: +SKIP
+    >>> print(r.to_markdown())                             # doctest: +SKIP
+    """
+
+    def __init__(self, table, options, base, new, samples, notes):
+        self.table = table
+        self.options = options
+        self.base = base
+        self.new = new
+        self.samples = samples
+        self.notes = notes
+
+    @property
+    def regressions(self):
+        """Rows whose status is ``regressed``."""
+        return self.table[self.table["status"] == "regressed"]
+
+    @property
+    def regressed(self):
+        """True when any lock or call site regressed."""
+        return bool((self.table["status"] == "regressed").any())
+
+    @property
+    def exit_status(self):
+        """``kvmscope diff`` exit status: 1 on regression, else 0."""
+        return 1 if self.regressed else 0
+
+    def __repr__(self):
+        counts = self.table["status"].value_counts()
+        parts = ", ".join(f"{n} {s}" for s, n in counts.items())
+        return (f"<DiffResult {self.options['metric']} "
+                f"{self.options['stat']}: {parts or 'no rows'}>")
+
+    def _repr_html_(self):
+        return self.to_html(full_page=False)
+
+    # -- plain facts used by every renderer --------------------------------
+
+    def _rule(self):
+        o = self.options
+        m = int(self.table["p_adj"].notna().sum())
+        return (f"regressed = Mann-Whitney p (Holm over {m} rows) < "
+                f"{o['alpha']:g}, and the {1 - o['alpha']:.0%} bootstrap "
+                f"interval of the change of {o['stat']} above "
+                f"+{o['threshold']:.0%}, and at least "
+                f"{human_ns(o['min_delta_ns'])} slower")
+
+    def _sides(self):
+        def side(runs):
+            paths = [t.path or "(in memory)" for t in runs]
+            shown = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
+            return f"{len(runs)} run{'s' * (len(runs) != 1)} ({shown})"
+        return f"baseline {side(self.base)}; candidate {side(self.new)}"
+
+    def verdict(self):
+        """One line: the regressed rows, or why nothing was flagged.
+
+        Examples
+        --------
+        >>> result.verdict()                                # doctest: +SKIP
+        'REGRESSION: bql pio:debugport hold p50 40ns -> 1.04us (+2500%)'
+        """
+        o = self.options
+        reg = self.regressions
+        # Call sites first: they say where; the lock rows pool them.
+        reg = reg.iloc[np.argsort((reg["level"] == "lock").to_numpy(),
+                                  kind="stable")]
+        if len(reg):
+            items = [f"{r['lock']} {_site(r)} {o['metric']} {o['stat']} "
+                     f"{_ns(r['base_stat_ns'])} -> {_ns(r['new_stat_ns'])} "
+                     f"({fmt_rel(r['rel_change'])})"
+                     for r in reg.to_dict("records")]
+            return "REGRESSION: " + "; ".join(items)
+        counts = self.table["status"].value_counts()
+        detail = ", ".join(f"{n} {s}" for s, n in counts.items())
+        return f"no regression ({detail or 'nothing to compare'})"
+
+    # -- renderers ----------------------------------------------------------
+
+    def render(self, fmt="text"):
+        """Render as ``"text"``, ``"markdown"``, ``"html"`` or ``"json"``.
+
+        Examples
+        --------
+        >>> print(result.render("markdown"))                # doctest: +SKIP
+        """
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r}; one of "
+                             f"{', '.join(FORMATS)}")
+        return {"text": self.to_text, "markdown": self.to_markdown,
+                "html": self.to_html, "json": self.to_json}[fmt]()
+
+    def to_text(self):
+        """Aligned terminal table, verdict, reasons and notes.
+
+        Examples
+        --------
+        >>> print(result.to_text())                         # doctest: +SKIP
+        """
+        o = self.options
+        heads, rows = _summary_cells(self.table, o["stat"])
+        heads[8] = f"{1 - o['alpha']:.0%} CI"
+        out = [f"kvmscope diff: {o['metric']} time, {o['stat']}, per lock "
+               f"and call site", self._sides(), f"rule: {self._rule()}", ""]
+        out.append(_text_table(heads, rows, _RIGHT) if rows
+                   else "  (no lock records)\n")
+        flagged = self.table[~self.table["status"].isin(["unchanged"])]
+        for r in flagged.to_dict("records"):
+            out.append(f"  {r['lock']} {_site(r)}: {r['status']}: "
+                       f"{r['reason']}")
+        for n in self.notes:
+            out.append(f"note: {n}")
+        out.append("")
+        out.append(self.verdict())
+        return "\n".join(out) + "\n"
+
+    def to_markdown(self):
+        """Markdown for a pull-request comment: verdict, summary table,
+        per-side distributions in a collapsed block, notes.
+
+        Examples
+        --------
+        >>> print(result.to_markdown())                     # doctest: +SKIP
+        """
+        o = self.options
+        heads, rows = _summary_cells(self.table, o["stat"])
+        heads[8] = f"{1 - o['alpha']:.0%} CI"
+        verdict = self.verdict()
+        mark = "**REGRESSION**" if self.regressed else "**No regression**"
+        out = [f"## kvmscope diff: {o['metric']} time {o['stat']}", "",
+               f"{mark}: {verdict.split(': ', 1)[-1]}", "",
+               f"{self._sides()}.  ", f"Rule: {self._rule()}.", ""]
+        out.append(_md_table(heads, rows, _RIGHT) if rows
+                   else "_no lock records_\n")
+        dh, dr = _detail_cells(self.table)
+        if dr:
+            out += ["<details><summary>Distributions per side</summary>", "",
+                    _md_table(dh, dr, set(range(3, 11))), "</details>", ""]
+        for n in self.notes:
+            out.append(f"- {n}")
+        return "\n".join(out).rstrip("\n") + "\n"
+
+    def to_json(self):
+        """JSON: options, runs, verdict, notes and every row with raw values
+        (ns as numbers, changes as fractions, missing as null).
+
+        Examples
+        --------
+        >>> import json
+        >>> json.loads(result.to_json())["regressed"]       # doctest: +SKIP
+        True
+        """
+        rows = json.loads(self.table.to_json(orient="records",
+                                             double_precision=6))
+        opts = {k: v for k, v in self.options.items()}
+        return json.dumps({
+            "kvmscope_diff": 1,
+            "options": opts,
+            "base": [t.path for t in self.base],
+            "new": [t.path for t in self.new],
+            "regressed": self.regressed,
+            "exit_status": self.exit_status,
+            "verdict": self.verdict(),
+            "notes": self.notes,
+            "rows": rows,
+        }, indent=1) + "\n"
+
+    def _plotted(self):
+        flagged = self.table[self.table["status"].isin(["regressed",
+                                                        "improved"])]
+        if len(flagged):
+            return flagged, False
+        judged = self.table[self.table["status"] == "unchanged"]
+        judged = judged.reindex(judged["rel_change"].abs()
+                                .sort_values(ascending=False).index)
+        return judged.head(_TOP_UNFLAGGED), True
+
+    def to_html(self, full_page=True):
+        """One self-contained HTML file: verdict, tables, and a plot per
+        regressed or improved row (else the largest changes), embedded as
+        base64 PNG.
+
+        Examples
+        --------
+        >>> with open("diff.html", "w") as f:                # doctest: +SKIP
+        ...     f.write(result.to_html())
+        """
+        o = self.options
+        heads, rows = _summary_cells(self.table, o["stat"])
+        heads[8] = f"{1 - o['alpha']:.0%} CI"
+        dh, dr = _detail_cells(self.table)
+        e = html.escape
+        body = [f"<h1>kvmscope diff: {e(o['metric'])} time "
+                f"{e(o['stat'])}</h1>",
+                f'<p class="verdict {"bad" if self.regressed else "ok"}">'
+                f"{e(self.verdict())}</p>",
+                f"<p>{e(self._sides())}<br>Rule: {e(self._rule())}.</p>",
+                _html_table(heads, rows, _RIGHT, status_col=2)
+                if rows else "<p>No lock records.</p>"]
+        plotted, unflagged = self._plotted()
+        if len(plotted):
+            body.append("<h2>" + ("Largest changes (none flagged)"
+                                  if unflagged else "Flagged rows") + "</h2>")
+        for r in plotted.to_dict("records"):    # a loop over plotted rows
+            fig = plot_row(self, r["lock"], r["callsite"])
+            body.append(f'<figure><img alt="{e(r["lock"])} {e(_site(r))}" '
+                        f'src="data:image/png;base64,{_png_base64(fig)}">'
+                        f"<figcaption>{e(r['lock'])} {e(_site(r))}: "
+                        f"{e(r['reason'])}</figcaption></figure>")
+        if dr:
+            body += ["<h2>Distributions per side</h2>",
+                     _html_table(dh, dr, set(range(3, 11)))]
+        if self.notes:
+            body.append("<h2>Notes</h2><ul>" + "".join(
+                f"<li>{e(n)}</li>" for n in self.notes) + "</ul>")
+        content = "\n".join(body)
+        if not full_page:
+            return f"<div>{_STYLE}{content}</div>"
+        return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+                f"<title>kvmscope diff</title>{_STYLE}</head><body>\n"
+                f"{content}\n</body></html>\n")
+
+    def plot(self, lock, callsite="*"):
+        """Figure of one row (see :func:`plot_row`).
+
+        Examples
+        --------
+        >>> result.plot("bql", "pio:debugport")             # doctest: +SKIP
+        """
+        return plot_row(self, lock, callsite)
+
+    def save(self, path, fmt=None):
+        """Write the report to *path*, in *fmt* or the format its extension
+        names (``.html``, ``.md``, ``.json``; else text).
+
+        Examples
+        --------
+        >>> result.save("diff.html")                        # doctest: +SKIP
+        """
+        if fmt is None:
+            ext = str(path).rsplit(".", 1)[-1].lower()
+            fmt = {"html": "html", "htm": "html", "md": "markdown",
+                   "json": "json"}.get(ext, "text")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(self.render(fmt))
+
+
+_STYLE = """<style>
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:.5em 0}
+th,td{border:1px solid #ccc;padding:2px 6px;white-space:nowrap}
+th{background:#f2f2f2}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr.regressed{background:#fde2e1}tr.improved{background:#e3f5e1}
+tr.insufficient,tr.new,tr.gone{color:#777}
+.verdict{font-weight:bold;font-size:1.1em}.bad{color:#b00020}.ok{color:#1b7f2a}
+figure{margin:1em 0}img{max-width:100%}figcaption{font-size:12px;color:#555}
+</style>"""

@@ -857,9 +857,10 @@ def register_command(subparsers):
                     "(directories of runs)\n\n"
                     "A row regressed when the Holm-corrected Mann-Whitney "
                     "test is significant AND the lower bound of the "
-                    "bootstrap interval (runs, then time blocks) of the "
-                    "relative change is above --threshold AND the absolute "
-                    "change is at least --min-delta.\n"
+                    "interval of the relative change (bootstrap over runs "
+                    "and time blocks; with groups, at least the run-level t "
+                    "interval) is above --threshold AND the absolute change "
+                    "is at least --min-delta. See docs/regress.md.\n"
                     "Exit status: 0 no regression, 1 regression, 2 error.")
     p.add_argument("base", nargs="+", metavar="BASE",
                    help="baseline trace(s), or a directory of runs")

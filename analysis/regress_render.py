@@ -152,7 +152,9 @@ def _html_table(heads, rows, right, status_col=None):
 
 def _ecdf(values):
     u, c = np.unique(values, return_counts=True)
-    return np.maximum(u, 1), np.cumsum(c) / len(values)
+    # Start at 0 so that the first step is drawn; log axes need x >= 1.
+    x = np.maximum(np.r_[u[0], u], 1)
+    return x, np.r_[0.0, np.cumsum(c) / len(values)]
 
 
 def plot_row(result, lock, callsite):
@@ -202,17 +204,22 @@ def plot_row(result, lock, callsite):
     ax.set_ylabel("fraction of acquisitions")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
+    every = []
     for i, (side, runs) in enumerate((("base", base), ("new", new))):
         stats = [_run_stat(r, o["stat"]) for r in runs]
+        every += stats
         bx.scatter(np.full(len(stats), i), stats, color=colors[side],
                    zorder=3)
+    if every and min(every) > 0 and max(every) / min(every) > 20:
+        bx.set_yscale("log")
     if not _missing(row["base_stat_ns"]):
         bx.axhline(row["base_stat_ns"] * (1 + o["threshold"]), color="grey",
                    ls="--", lw=1, label=f"baseline +{o['threshold']:.0%}")
         bx.legend(fontsize=8)
     bx.set_xticks([0, 1], ["baseline", "candidate"])
     bx.set_xlim(-0.6, 1.6)
-    bx.set_ylabel(f"{o['stat']} per run (ns)")
+    bx.set_ylabel(f"{o['stat']} per run (ns"
+                  + (", log)" if bx.get_yscale() == "log" else ")"))
     bx.grid(alpha=0.3, axis="y")
     fig.suptitle(f"{lock} {_site(row)}: {o['metric']} {o['stat']} "
                  f"{_ns(row['base_stat_ns'])} -> {_ns(row['new_stat_ns'])} "
@@ -309,8 +316,8 @@ class DiffResult:
         o = self.options
         m = int(self.table["p_adj"].notna().sum())
         return (f"regressed = Mann-Whitney p (Holm over {m} rows) < "
-                f"{o['alpha']:g}, and the {1 - o['alpha']:.0%} bootstrap "
-                f"interval of the change of {o['stat']} above "
+                f"{o['alpha']:g}, and the {1 - o['alpha']:.0%} interval of "
+                f"the change of {o['stat']} above "
                 f"+{o['threshold']:.0%}, and at least "
                 f"{human_ns(o['min_delta_ns'])} slower")
 

@@ -171,8 +171,13 @@ static inline ks_record *ks_ring_reserve(ks_ring *r) {
 }
 
 static inline void ks_ring_commit(ks_ring *r) {
-    __atomic_store_n(&r->head, r->head + 1, __ATOMIC_RELEASE);
+    uint64_t h = r->head + 1;
+    __atomic_store_n(&r->head, h, __ATOMIC_RELEASE);
     ks_add_relaxed_u64(&r->written, 1);
+    /* On a vCPU the next record comes an exit (~10 us) later, long after the
+     * hardware prefetchers forgot the stream: fetch its line for writing now
+     * so that the next record does not pay a cache miss. */
+    __builtin_prefetch(&r->buf[h & r->mask], 1, 3);
 }
 
 static inline int ks_ring_push(ks_ring *r, const ks_record *rec) {

@@ -714,6 +714,20 @@ def plot_aio_latency(trace, op=None, kind="cdf", window=None, ax=None,
                        "latency", kind)
 
 
+def _per_name_latency(trace, table, column, title, empty, xlabel, kind, window,
+                      max_groups, ax, figsize):
+    """Distribution of one latency column per ``name`` of a bh/timers table."""
+    if window is not None:
+        trace = trace.window(*_window(trace, window))
+    df = getattr(trace, table)
+    fig, ax = _figure(ax, figsize)
+    title = f"{title}: {_trace_label(trace)}"
+    if not len(df):
+        return _no_data(ax, empty, title)
+    groups = _top_groups(df, ["name"], df[column].to_numpy(), max_groups)
+    return _stage_plot(ax, groups, title, xlabel, kind)
+
+
 def plot_bh_latency(trace, kind="cdf", window=None, max_groups=8, ax=None,
                     figsize=(9, 5)):
     """Bottom halves: schedule-to-run latency (``run_ns - scheduled_ns``)
@@ -728,17 +742,10 @@ def plot_bh_latency(trace, kind="cdf", window=None, max_groups=8, ax=None,
     --------
     >>> fig = plot_bh_latency(t)                              # doctest: +SKIP
     """
-    if window is not None:
-        trace = trace.window(*_window(trace, window))
-    df = trace.bh
-    fig, ax = _figure(ax, figsize)
-    title = f"Bottom halves: schedule-to-run latency: {_trace_label(trace)}"
-    if not len(df):
-        return _no_data(ax, "no bottom halves in this trace "
-                            "(the bh table is empty)", title)
-    groups = _top_groups(df, ["name"], df["delay_ns"].to_numpy(), max_groups)
-    return _stage_plot(ax, groups, title,
-                       "delay from first schedule to run", kind)
+    return _per_name_latency(
+        trace, "bh", "delay_ns", "Bottom halves: schedule-to-run latency",
+        "no bottom halves in this trace (the bh table is empty)",
+        "delay from first schedule to run", kind, window, max_groups, ax, figsize)
 
 
 def plot_timer_lateness(trace, kind="cdf", window=None, max_groups=8,
@@ -754,16 +761,10 @@ def plot_timer_lateness(trace, kind="cdf", window=None, max_groups=8,
     --------
     >>> fig = plot_timer_lateness(t)                          # doctest: +SKIP
     """
-    if window is not None:
-        trace = trace.window(*_window(trace, window))
-    df = trace.timers
-    fig, ax = _figure(ax, figsize)
-    title = f"Timers: lateness (fire − deadline): {_trace_label(trace)}"
-    if not len(df):
-        return _no_data(ax, "no timer firings in this trace "
-                            "(the timers table is empty)", title)
-    groups = _top_groups(df, ["name"], df["late_ns"].to_numpy(), max_groups)
-    return _stage_plot(ax, groups, title, "lateness", kind)
+    return _per_name_latency(
+        trace, "timers", "late_ns", "Timers: lateness (fire − deadline)",
+        "no timer firings in this trace (the timers table is empty)",
+        "lateness", kind, window, max_groups, ax, figsize)
 
 
 # --------------------------------------------------------------------------

@@ -1,13 +1,16 @@
 """The real runner on the real /dev/kvm: exits, the BQL, guests, fatal exits, stopping, tracing."""
 import os
+import shutil
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from kvmscope.analysis import Trace
 
-from .helpers import kvmscope, meta, start, wait_for_rows
+from .helpers import kvmscope, kvmscope_cmd, meta, start, wait_for_rows
 
 pytestmark = pytest.mark.kvm
 
@@ -202,3 +205,21 @@ def test_bad_arguments_give_one_line_errors(tmp_path):
     assert "--vcpus 0" in proc.stderr
     proc = kvmscope("run", "pio-storm", check=2)
     assert "no trace directory" in proc.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root and setpriv to run kvmscope as an unprivileged user")
+def test_no_permission_on_the_kvm_device_is_explained(tmp_path):
+    # /dev/kvm is root-only here (the kvm marker opened it as root): as nobody it is not
+    if os.stat("/dev/kvm").st_mode & 0o006:
+        pytest.skip("/dev/kvm is world-accessible on this machine")
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    probe = subprocess.run([*nobody, sys.executable, "-c", "import kvmscope._core"],
+                           capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        pytest.skip("this installation is not readable by an unprivileged user")
+    proc = subprocess.run([*nobody, *kvmscope_cmd("run", "pio-storm", "--no-trace")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("kvmscope: cannot open /dev/kvm: Permission denied "
+                                   "(no permission: add the user to the 'kvm' group or run as root)")

@@ -14,6 +14,7 @@ class Guest:
     default_iterations: int = 100000
     uses_disk: bool = False
     status_is_count: str = None     # the exit status is a count of this, not an error count
+    min_memory: int = 1 << 20       # RAM the guest's memory map needs (docs/guests.md)
 
     @property
     def path(self):
@@ -37,13 +38,14 @@ GUESTS = {g.name: g for g in [
     Guest("serial-hello", "vCPU 0 prints a greeting N times on the serial console", 1),
     Guest("disk-io", "each vCPU does N random block reads/writes over its part of the disk image "
                      "(DMA through the AIO pool, completion interrupts) and checks what it reads; "
-                     "exit status = mismatches", 200, uses_disk=True),
+                     "exit status = mismatches", 200, uses_disk=True, min_memory=4 << 20),
     Guest("timer-hlt", "each vCPU halts between timer-device interrupts until it counted N ticks; "
-                       "exit status = ticks", 50, status_is_count="ticks"),
+                       "exit status = ticks", 50, status_is_count="ticks", min_memory=2 << 20),
     Guest("mixed", "disk-io plus a periodic timer and a burst of port writes per request: vCPUs, "
-                   "timers and AIO completions compete for the BQL", 200, uses_disk=True),
+                   "timers and AIO completions compete for the BQL", 200, uses_disk=True,
+          min_memory=4 << 20),
     Guest("disk-bad-dma", "programs DMA outside guest RAM and other bad block requests; exit status = "
-                          "requests not refused with the right error", 0, uses_disk=True),
+                          "requests not refused with the right error", 0, uses_disk=True, min_memory=4 << 20),
     Guest("triple-fault", "loads an empty IDT and raises an exception: a triple fault "
                           "(tests the fatal-exit path)", 0),
 ]}

@@ -52,6 +52,9 @@ class RunConfig:
             raise ValueError(f"--vcpus {self.vcpus}: need at least 1")
         if self.duration is not None and self.duration <= 0:
             raise ValueError(f"--duration {self.duration}: must be > 0 seconds")
+        if self.memory < g.min_memory:
+            raise ValueError(f"--memory {self.memory >> 20}M is too small for {g.name}: "
+                             f"it needs at least {g.min_memory >> 20}M")
         if self.trace and not self.output:
             raise ValueError("no trace directory given: use -o DIR, or --no-trace")
         if self.irqchip not in ("kernel", "user"):

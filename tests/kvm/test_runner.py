@@ -205,6 +205,8 @@ def test_bad_arguments_give_one_line_errors(tmp_path):
     assert "--vcpus 0" in proc.stderr
     proc = kvmscope("run", "pio-storm", check=2)
     assert "no trace directory" in proc.stderr
+    proc = kvmscope("run", "disk-io", "-m", "2M", "--no-trace", check=2)
+    assert proc.stderr.strip() == "kvmscope: --memory 2M is too small for disk-io: it needs at least 4M"
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),

@@ -225,3 +225,14 @@ def test_no_permission_on_the_kvm_device_is_explained(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("kvmscope: cannot open /dev/kvm: Permission denied "
                                    "(no permission: add the user to the 'kvm' group or run as root)")
+
+
+def test_lockless_device_is_dispatched_without_the_bql(tmp_path):
+    out = tmp_path / "t"
+    proc = kvmscope("run", "pio-storm", "--vcpus", 2, "-n", 2000, "--lockless", "debugport", "-o", out, check=0)
+    t = Trace.load(out)
+    assert ((t.exits.addr == DEBUG_PORT).sum()) == 4000
+    assert set(t.locks.callsite.astype(str)) <= {"pio:exitdev", "main:dispatch"}
+    assert "(vCPUs 2, main loop" in proc.stdout
+    bad = kvmscope("run", "pio-storm", "--lockless", "nodev", "--no-trace", check=2)
+    assert "unknown device 'nodev'" in bad.stderr

@@ -150,7 +150,7 @@ def test_duration_ends_a_long_run_cleanly(tmp_path):
 def test_interrupt_stops_cleanly_and_flushes_the_trace(tmp_path, sig, status):
     out = tmp_path / "t"
     p = start("run", "pio-storm", "--vcpus", 2, "-n", 4_000_000_000, "-o", out)
-    wait_for_rows(out)
+    wait_for_rows(out, min_bytes=100_000)         # ~2000 exits flushed
     p.send_signal(sig)
     stdout, stderr = p.communicate(timeout=30)
     assert p.returncode == status, stderr

@@ -2,7 +2,6 @@
 import argparse
 import os
 import re
-import signal
 import sys
 
 from . import __version__, guests
@@ -101,17 +100,9 @@ def _progress_printer(enabled):
     return show
 
 
-def _sigterm_as_interrupt():
-    """`kill` stops a recording as cleanly as Ctrl-C does: trace flushed, meta written."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, handler)
-
-
 def cmd_run(args):
     from .runner import record
     config = _config_from_args(args)
-    _sigterm_as_interrupt()
     show_progress = sys.stderr.isatty() and not args.quiet
     result = record(config, progress=_progress_printer(show_progress))
     if show_progress:

@@ -2,10 +2,12 @@
 import dataclasses
 import os
 import platform
+import signal
 import socket
 import struct
 import sys
 import tempfile
+import threading
 import time
 
 from . import __version__, guests
@@ -195,33 +197,49 @@ def record(config, progress=None):
     machine.set_console_fds(out_fd, log_fd)
 
     stop_reason = "guest exit"
+    signals = _StopSignals()
     start_ns = _core.now_ns()
     meta["start_ns"] = start_ns
     if writer:
         writer.write_meta(meta)
     t0 = time.monotonic()
-    machine.start()
-    try:
-        _wait_for_tids(tracer)
-        if writer:
-            writer.write_threads(tracer.threads_info())
-        while not machine.wait(DRAIN_INTERVAL_S):
+    with signals:
+        machine.start()
+        try:
+            _wait_for_tids(tracer)
             if writer:
-                writer.write_records(tracer.drain())
-                writer.flush()
-            elapsed = time.monotonic() - t0
-            if progress:
-                progress(elapsed, sum(c["written"] for c in tracer.counts().values()))
-            if config.duration is not None and elapsed >= config.duration:
-                stop_reason = "duration"
-                machine.stop()
-                break
-    except KeyboardInterrupt:
-        stop_reason = "interrupted"
-        machine.stop()
-    machine.join()
-    elapsed = time.monotonic() - t0
-    end_ns = _core.now_ns()
+                writer.write_threads(tracer.threads_info())
+            while not machine.wait(DRAIN_INTERVAL_S):
+                if writer:
+                    writer.write_records(tracer.drain())
+                    writer.flush()
+                elapsed = time.monotonic() - t0
+                if progress:
+                    progress(elapsed, sum(c["written"] for c in tracer.counts().values()))
+                if signals.received:
+                    stop_reason = "interrupted"
+                    machine.stop()
+                    break
+                if config.duration is not None and elapsed >= config.duration:
+                    stop_reason = "duration"
+                    machine.stop()
+                    break
+        except KeyboardInterrupt:
+            # only where signals could not be caught as a flag (not the main thread)
+            stop_reason = "interrupted"
+            machine.stop()
+        machine.join()
+        if signals.received:
+            stop_reason = "interrupted"
+        elapsed = time.monotonic() - t0
+        end_ns = _core.now_ns()
+        result = _finish(config, guest, machine, tracer, writer, meta, log_fd, stop_reason, elapsed,
+                         end_ns, clock)
+    return result
+
+
+def _finish(config, guest, machine, tracer, writer, meta, log_fd, stop_reason, elapsed, end_ns, clock):
+    """After the threads ended: last drain, meta.json, the result."""
     machine.flush_console()
     stats = machine.stats()
     messages = [v["message"] for v in stats["vcpus"] if v["message"]]
@@ -247,6 +265,33 @@ def record(config, progress=None):
                      stats=stats, records=records, tables=dict(writer.counts) if writer else {},
                      console=machine.console(), clock=clock,
                      trace_path=config.output if writer else None, messages=messages)
+
+
+class _StopSignals:
+    """While recording, SIGINT and SIGTERM only raise a flag that the drain loop
+    checks, so that a signal can never cut a drained batch in half; a second
+    one aborts at once (KeyboardInterrupt).  Outside the main thread Python
+    cannot install handlers, and Ctrl-C stays a KeyboardInterrupt."""
+
+    def __init__(self):
+        self.received = None
+        self._saved = {}
+
+    def _handler(self, signum, frame):
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._saved[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._saved.items():
+            signal.signal(sig, old)
+        return False
 
 
 def _prepare_disk(config):

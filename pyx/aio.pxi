@@ -51,16 +51,8 @@ cdef int64_t aio__do_io(ks_aio_req *req) noexcept nogil:
     return done
 
 
-cdef struct ks_aio_worker_arg:
-    ks_aio_pool *pool
-    int index
-
-
-cdef ks_aio_worker_arg g_aio_args[KS_MAX_AIO]
-
-
 cdef void *aio__worker(void *arg) noexcept nogil:
-    cdef ks_aio_worker_arg *a = <ks_aio_worker_arg *>arg
+    cdef ks_aio_worker *a = <ks_aio_worker *>arg
     cdef ks_aio_pool *p = a.pool
     cdef ks_thread *self = &p.thr[a.index]
     cdef ks_aio_req *req
@@ -152,9 +144,9 @@ cdef int aio_init(ks_aio_pool *p, ks_machine *m, int nworkers) except -1:
 cdef int aio_start(ks_aio_pool *p) except -1:
     cdef int i, rc
     for i in range(p.nworkers):
-        g_aio_args[i].pool = p
-        g_aio_args[i].index = i
-        rc = pthread_create(&p.workers[i], NULL, aio__worker, &g_aio_args[i])
+        p.worker_args[i].pool = p
+        p.worker_args[i].index = i
+        rc = pthread_create(&p.workers[i], NULL, aio__worker, &p.worker_args[i])
         if rc != 0:
             raise_errno(f"pthread_create aio{i}", rc)
         p.started[i] = 1

@@ -205,8 +205,13 @@ cdef struct ks_aio_req:
     int vcpu
     ks_aio_req *next
 
+cdef struct ks_aio_worker:
+    ks_aio_pool *pool
+    int index
+
 cdef struct ks_aio_pool:
     ks_machine *m
+    ks_aio_worker worker_args[KS_MAX_AIO]
     pthread_mutex_t mutex
     pthread_cond_t cond
     ks_aio_req *q_head

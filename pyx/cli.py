@@ -63,6 +63,15 @@ def format_summary(result):
     lines.append(f"  BQL: {bql['acquisitions']} acquisitions (vCPUs {bql['vcpu_acquisitions']}, "
                  f"main loop {bql['main_loop_acquisitions']}), {bql['contended']} contended "
                  f"({share:.1f}%), total wait {_fmt_ns(bql['wait_ns'])}")
+    ml, aio = st["main_loop"], st["aio"]
+    events = [f"main loop {ml['iterations']} iterations"]
+    if aio["submitted"]:
+        events.append(f"AIO {aio['submitted']} requests ({aio['completed']} completed, "
+                      f"{c.aio_threads} workers), block device errors {st['blk']['errors']}")
+    if any(st["timer_ticks"]):
+        events.append("timer ticks " + ", ".join(f"vcpu{i} {n}" for i, n in enumerate(st["timer_ticks"])))
+    events.append(f"{st['irqchip']} irqchip")
+    lines.append("  " + "; ".join(events))
     if result.trace_path:
         lost = result.lost
         lines.append(f"  trace: {result.trace_path}: {result.written} records written, {lost} lost"

@@ -11,7 +11,8 @@ BASE_CALLSITES = ["pio:unassigned", "mmio:unassigned"]
 
 
 cdef inline void vcpu__fatal(ks_vcpu *v, const char *what_fmt, uint64_t detail) noexcept nogil:
-    """Record why this vCPU cannot go on (``what_fmt`` formats ``detail``) and flag the machine."""
+    """Record why this vCPU cannot go on and flag the machine; ``what_fmt`` may format
+    ``detail`` (printf ignores it when the format has no conversion)."""
     cdef char what[160]
     snprintf(what, sizeof(what), what_fmt, <unsigned long long>detail)
     snprintf(v.errmsg, sizeof(v.errmsg), "vcpu%d: %s at RIP 0x%llx",
@@ -190,7 +191,7 @@ cdef void *vcpu__main(void *arg) noexcept nogil:
         elif reason == KVM_EXIT_IRQ_WINDOW_OPEN:
             pass                # the pending vector is injected before the next entry
         elif reason == KVM_EXIT_SHUTDOWN:
-            vcpu__fatal(v, "guest triple fault (KVM_EXIT_SHUTDOWN)%.0llu", 0)
+            vcpu__fatal(v, "guest triple fault (KVM_EXIT_SHUTDOWN)", 0)
             break
         elif reason == KVM_EXIT_INTERNAL_ERROR:
             vcpu__fatal(v, "KVM internal error (KVM_EXIT_INTERNAL_ERROR, suberror %llu)", run.internal.suberror)

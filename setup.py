@@ -48,7 +48,8 @@ def extensions():
         ["pyx/_core.pyx"],
         include_dirs=["pyx/includes", "pyx", numpy.get_include()],
         extra_compile_args=["-O2", "-Wno-unused-function", "-Wno-unused-variable"],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+                       ("KS_DEBUG", "1" if os.environ.get("KVMSCOPE_DEBUG") == "1" else "0")],
     )
     return cythonize([ext], include_path=["pyx"], language_level=3,
                      compiler_directives={"embedsignature": True})

@@ -13,7 +13,8 @@
 #include <sys/syscall.h>
 #include <linux/kvm.h>
 
-/* Debug-only consistency checks cost nothing unless built with -DKS_DEBUG=1. */
+/* Debug-only consistency checks cost nothing unless built with -DKS_DEBUG=1
+ * (KVMSCOPE_DEBUG=1 pip install .). */
 #ifndef KS_DEBUG
 #define KS_DEBUG 0
 #endif
@@ -197,6 +198,7 @@ static inline uint64_t ks_ring_pop(ks_ring *r, ks_record *out, uint64_t max) {
     uint64_t t = r->tail;
     uint64_t h = __atomic_load_n(&r->head, __ATOMIC_ACQUIRE);
     uint64_t n = h - t;
+    if (KS_DEBUG && n > r->mask + 1) __builtin_trap();     /* producer overran the consumer */
     if (n > max) n = max;
     for (uint64_t i = 0; i < n; ) {
         uint64_t idx = (t + i) & r->mask;

@@ -78,8 +78,12 @@ def now_ns():
     return ks_raw_to_ns(&g_clock, ks_now())
 
 
-def raw_per_ns():
-    """Clock units per nanosecond (TSC ticks, or 1 for CLOCK_MONOTONIC)."""
+cdef inline double raw_per_ns_c() noexcept nogil:
     if not ks_clock_use_tsc:
         return 1.0
     return 4294967296.0 / g_clock.mult
+
+
+def raw_per_ns():
+    """Clock units per nanosecond (TSC ticks, or 1 for CLOCK_MONOTONIC)."""
+    return raw_per_ns_c()

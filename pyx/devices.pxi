@@ -245,6 +245,10 @@ cdef int blk__access(void *opaque, ks_vcpu *vcpu, uint64_t offset, uint8_t *data
 TIMERDEV_PORT = 0x540
 
 
+cdef inline int64_t timerdev__period_raw(uint32_t period_us) noexcept nogil:
+    return <int64_t>(period_us * 1000.0 * raw_per_ns_c())
+
+
 cdef inline void timerdev__arm_next(ks_timerdev_bank *bank, int64_t period) noexcept nogil:
     # next deadline on the period grid; after falling behind by more than a
     # period, skip ahead instead of firing a burst
@@ -261,7 +265,7 @@ cdef void timerdev__fire(void *opaque) noexcept nogil:
         return
     bank.ticks += 1
     bank.waiting_ack = 1
-    bank.next_expire_raw = bank.timer.expire_raw + <int64_t>(bank.period_us * 1000.0 * raw_per_ns_c())
+    bank.next_expire_raw = bank.timer.expire_raw + timerdev__period_raw(bank.period_us)
     irq_raise(m, &m.loop.thr, bank.vcpu, KS_IRQ_TIMER)
 
 
@@ -278,12 +282,12 @@ cdef int timerdev__access(void *opaque, ks_vcpu *vcpu, uint64_t offset, uint8_t 
             if v == 0:
                 timer_del_locked(bank.timer)
             else:
-                period = <int64_t>(v * 1000.0 * raw_per_ns_c())
+                period = timerdev__period_raw(v)
                 bank.next_expire_raw = ks_now() + period
                 timer_mod_locked(bank.timer, bank.next_expire_raw)
         elif offset == 4 and bank.waiting_ack and bank.period_us:
             bank.waiting_ack = 0
-            timerdev__arm_next(bank, <int64_t>(bank.period_us * 1000.0 * raw_per_ns_c()))
+            timerdev__arm_next(bank, timerdev__period_raw(bank.period_us))
     else:
         store_le(data, size, bank.ticks if offset == 4 else bank.period_us)
     return 0

@@ -267,12 +267,6 @@ cdef inline void loop__record(ks_loop *l, int n, int64_t tmo_raw, int64_t poll_e
               poll_enter, poll_exit, dispatch_end, 0)
 
 
-cdef inline double raw_per_ns_c() noexcept nogil:
-    if not ks_clock_use_tsc:
-        return 1.0
-    return 4294967296.0 / g_clock.mult
-
-
 cdef int loop_init(ks_loop *l, ks_machine *m, uint32_t dispatch_callsite) except -1:
     memset(l, 0, sizeof(ks_loop))
     l.m = m

@@ -11,29 +11,6 @@ cdef extern from "<stdlib.h>" nogil:
     int posix_memalign(void **memptr, size_t alignment, size_t size)
 
 
-cdef inline void trace_lock_record(ks_ring *ring, uint16_t thread, uint32_t lock_id,
-                                   uint32_t callsite, int16_t prev_owner, uint8_t contended,
-                                   int64_t req, int64_t acq, int64_t rel) noexcept nogil:
-    cdef ks_record *r = ks_ring_reserve(ring)
-    if r == NULL:
-        return
-    r.type = KS_REC_LOCK
-    r.b0 = contended
-    r.b1 = 0
-    r.b2 = 0
-    r.thread = thread
-    r.h0 = prev_owner
-    r.w0 = lock_id
-    r.w1 = callsite
-    r.q0 = 0
-    r.q1 = 0
-    r.t0 = req
-    r.t1 = acq
-    r.t2 = rel
-    r.t3 = 0
-    ks_ring_commit(ring)
-
-
 cdef class Tracer:
     """The set of per-thread trace rings of one run.
 
@@ -186,7 +163,7 @@ def bench_record_cost(uint64_t n=2000000):
             a += ks_now()
         t1 = ks_mono_ns()
         for i in range(n):
-            trace_lock_record(&ring, 1, 0, 2, 0, 0, <int64_t>i, <int64_t>i, <int64_t>i)
+            trace_rec(&ring, KS_REC_LOCK, 1, 0, 0, 0, 2, 0, 0, <int64_t>i, <int64_t>i, <int64_t>i, 0)
             if (i & 32767) == 32767:
                 ring.tail = ring.head
         t2 = ks_mono_ns()
@@ -194,7 +171,7 @@ def bench_record_cost(uint64_t n=2000000):
         for i in range(n):
             b = ks_now()
             c = ks_now_ordered()
-            trace_lock_record(&ring, 1, 0, 2, 0, 0, b, c, ks_now())
+            trace_rec(&ring, KS_REC_LOCK, 1, 0, 0, 0, 2, 0, 0, b, c, ks_now(), 0)
             if (i & 32767) == 32767:
                 ring.tail = ring.head
         t3 = ks_mono_ns()

@@ -16,7 +16,8 @@ import pyarrow.ipc as ipc
 
 from . import replay as _replay
 from . import stats as _stats
-from .schema import (FORMAT_NAME, FORMAT_VERSION, SCHEMAS, SPANS, TABLES,
+from .schema import (ADDED_IN, FORMAT_NAME, FORMAT_VERSION, SCHEMAS, SPANS, SUPPORTED_VERSIONS,
+                     TABLES, table_file,
                      describe, empty_table, type_matches)
 
 _INT64_MAX = np.iinfo(np.int64).max
@@ -58,9 +59,9 @@ def _check_meta(meta, fname):
         raise TraceError(f"{fname}: 'format' is {meta.get('format')!r}, "
                          f"expected {FORMAT_NAME!r}")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version not in SUPPORTED_VERSIONS:
         raise TraceError(f"{fname}: unsupported format_version {version!r} "
-                         f"(this kvmscope reads {FORMAT_VERSION})")
+                         f"(this kvmscope reads {', '.join(map(str, SUPPORTED_VERSIONS))})")
 
 
 def _read_stream(fname):
@@ -255,7 +256,10 @@ class Trace:
         warnings = []
         tables = {}
         for name in TABLES:
-            fname = os.path.join(path, name + ".arrows")
+            fname = os.path.join(path, table_file(name))
+            if meta["format_version"] < ADDED_IN.get(name, 1) and not os.path.lexists(fname):
+                tables[name] = empty_table(name)
+                continue
             if not os.path.exists(fname):
                 tables[name] = empty_table(name)
                 continue

@@ -8,55 +8,15 @@ import os
 import numpy as np
 import pyarrow as pa
 
-FORMAT = "kvmscope-trace"
-FORMAT_VERSION = 1
+from .traceformat import (AIO_OPS, EXIT_REASONS, FORMAT_NAME, FORMAT_VERSION, IRQ_KINDS, META_FILE,
+                          RECORD_TYPES, SCHEMAS, table_file)
+
+FORMAT = FORMAT_NAME
+
 NULL_NS = np.iinfo(np.int64).min
 
-REC_EXIT = 1
-REC_LOCK = 2
-REC_BH = 3
-REC_TIMER = 4
-REC_AIO = 5
-REC_LOOP = 6
-REC_IRQ = 7
-AIO_OPS = ["none", "read", "write", "fsync"]
-IRQ_KINDS = ["raise", "lower", "inject", "kick", "window", "ack"]
-
-EXIT_REASONS = ["unknown", "exception", "io", "hypercall", "debug", "hlt", "mmio",
-                "irq_window_open", "shutdown", "fail_entry", "intr", "set_tpr",
-                "tpr_access", "s390_sieic", "s390_reset", "dcr", "nmi", "internal_error",
-                "osi", "papr_hcall", "s390_ucontrol", "watchdog", "s390_tsch", "epr",
-                "system_event"]
-
-_DICT = pa.dictionary(pa.int32(), pa.string())
-
-SCHEMAS = {
-    "threads": pa.schema([("thread", pa.int16()), ("tid", pa.int32()),
-                          ("name", pa.string()), ("role", pa.string())]),
-    "exits": pa.schema([("thread", pa.int16()), ("vcpu", pa.int16()), ("reason", _DICT),
-                        ("addr", pa.uint64()), ("size", pa.uint8()), ("is_write", pa.bool_()),
-                        ("data", pa.uint64()), ("count", pa.uint32()), ("device", _DICT),
-                        ("exit_ns", pa.int64()), ("entry_ns", pa.int64())]),
-    "locks": pa.schema([("thread", pa.int16()), ("lock", _DICT), ("callsite", _DICT),
-                        ("request_ns", pa.int64()), ("acquired_ns", pa.int64()),
-                        ("released_ns", pa.int64()), ("prev_owner", pa.int16()),
-                        ("contended", pa.bool_())]),
-    "bh": pa.schema([("thread", pa.int16()), ("bh", pa.int32()), ("name", _DICT),
-                     ("sched_thread", pa.int16()), ("scheduled_ns", pa.int64()),
-                     ("run_ns", pa.int64()), ("done_ns", pa.int64()), ("idle", pa.bool_())]),
-    "timers": pa.schema([("thread", pa.int16()), ("timer", pa.int32()), ("name", _DICT),
-                         ("armed_ns", pa.int64()), ("expire_ns", pa.int64()),
-                         ("fire_ns", pa.int64()), ("done_ns", pa.int64())]),
-    "aio": pa.schema([("thread", pa.int16()), ("req", pa.int64()), ("op", _DICT),
-                      ("offset", pa.int64()), ("length", pa.int64()), ("result", pa.int64()),
-                      ("submit_thread", pa.int16()), ("submit_ns", pa.int64()),
-                      ("start_ns", pa.int64()), ("done_ns", pa.int64()), ("complete_ns", pa.int64())]),
-    "loop": pa.schema([("thread", pa.int16()), ("iter", pa.int64()), ("timeout_ns", pa.int64()),
-                       ("poll_enter_ns", pa.int64()), ("poll_exit_ns", pa.int64()),
-                       ("nready", pa.int32()), ("dispatch_end_ns", pa.int64())]),
-    "irqs": pa.schema([("thread", pa.int16()), ("kind", _DICT), ("line", pa.int32()),
-                       ("vector", pa.int32()), ("vcpu", pa.int16()), ("ts_ns", pa.int64())]),
-}
+REC_EXIT, REC_LOCK, REC_BH, REC_TIMER, REC_AIO, REC_LOOP, REC_IRQ = (
+    RECORD_TYPES[k] for k in ("exit", "lock", "bh", "timer", "aio", "loop", "irq"))
 
 
 def _ns(col):
@@ -102,7 +62,7 @@ class TraceWriter:
         self._files = {}
         self._writers = {}
         for name, schema in SCHEMAS.items():
-            f = pa.OSFile(os.path.join(path, name + ".arrows"), "wb")
+            f = pa.OSFile(os.path.join(path, table_file(name)), "wb")
             self._files[name] = f
             self._writers[name] = pa.ipc.new_stream(
                 f, schema, options=pa.ipc.IpcWriteOptions(compression=compression))
@@ -199,6 +159,15 @@ class TraceWriter:
             pa.array(r["h0"]), _ns(r["t0"]),
         ], schema=SCHEMAS["irqs"])
 
+    def write_losses(self, losses):
+        """Append loss rows: a list of (thread, lost, after_ns, before_ns), None for unknown."""
+        if not losses:
+            return
+        cols = list(zip(*losses))
+        self._write("losses", pa.record_batch([
+            pa.array(cols[0], pa.int16()), pa.array(cols[1], pa.int64()),
+            pa.array(cols[2], pa.int64()), pa.array(cols[3], pa.int64())], schema=SCHEMAS["losses"]))
+
     def _write(self, name, batch):
         self._writers[name].write_batch(batch)
         self.counts[name] += batch.num_rows
@@ -214,4 +183,4 @@ class TraceWriter:
         self._writers.clear()
 
     def write_meta(self, meta):
-        write_json_atomic(os.path.join(self.path, "meta.json"), meta)
+        write_json_atomic(os.path.join(self.path, META_FILE), meta)

@@ -1,7 +1,8 @@
 # errno -> Python exceptions, in one place.
 
-class KvmscopeError(Exception):
-    """Base class of the errors the kvmscope core raises."""
+# The core raises the pure-Python base itself (kvmscope.errors), so that the command
+# line and the analysis catch one class whether or not the core is built.
+from kvmscope.errors import KvmscopeError
 
 
 class KvmError(KvmscopeError):

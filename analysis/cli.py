@@ -1,15 +1,17 @@
-"""The ``kvmscope report`` and ``kvmscope validate`` commands.
+"""The analysis commands of the kvmscope CLI: ``report``, ``validate``,
+``diff``, ``plot`` and ``export``.
 
-The kvmscope CLI calls :func:`register` to add them to its subcommands;
-``python -m kvmscope.analysis`` runs them through :func:`main` without the
-compiled core.  Each command returns the process exit status.
+Their options, ranges and help are defined with every other command's in
+:mod:`kvmscope.cli` (which parses them without importing pandas); the
+functions here run them and return the exit status. ``python -m
+kvmscope.analysis`` runs them through :func:`main` without the compiled core.
 """
 
-import argparse
+import json
 import os
 import sys
 
-from . import report as _report
+from .. import cli as _cli
 from .trace import Trace, TraceError
 
 #: ``kvmscope validate`` exit statuses.
@@ -27,6 +29,11 @@ def _write(text, stream=None):
         os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
+def _fail(command, e):
+    print(f"kvmscope {command}: error: {_cli.error_line(e)}", file=sys.stderr)
+    return _cli.EXIT_USAGE
+
+
 def _load(args):
     try:
         return Trace.load(args.trace)
@@ -37,10 +44,11 @@ def _load(args):
 
 def cmd_report(args):
     """Run ``kvmscope report``; returns 0, or 2 if the trace is unreadable."""
+    from . import report as _report
     trace = _load(args)
     if trace is None:
         return EXIT_UNREADABLE
-    top = args.top
+    top = args.limit
     if top is None:
         top = 20 if args.format in ("text", "markdown") else 0
     built = _report.build(trace, args.section or "all")
@@ -50,13 +58,21 @@ def cmd_report(args):
 
 
 def cmd_validate(args):
-    """Run ``kvmscope validate``: 0 clean, 1 violations, 2 unreadable."""
+    """Run ``kvmscope validate``: 0 clean, 1 violations, 2 unreadable, 3 no
+    violation in the data the trace covers but the data is incomplete."""
+    from .replay import describe_coverage, is_complete
     trace = _load(args)
     if trace is None:
         return EXIT_UNREADABLE
     for w in trace.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    v = trace.check(tolerance_ns=args.tolerance_ns)
+    try:
+        v = trace.check(tolerance_ns=args.tolerance_ns)
+        complete = is_complete(trace)
+        gaps = [] if complete else describe_coverage(trace)
+    except TraceError as e:
+        print(f"kvmscope {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_UNREADABLE
     shown = v if not args.limit else v.head(args.limit)
     if len(shown):
         names = dict(zip(trace.threads["thread"], trace.threads["name"]))
@@ -67,18 +83,163 @@ def cmd_validate(args):
         _write("\n".join(lines) + "\n")
         if len(v) > len(shown):
             _write(f"... {len(v) - len(shown)} more (--limit 0 shows all)\n")
+    # How the data is incomplete, in plain words: checks skip what it
+    # explains.
+    if gaps:
+        _write("\n".join(gaps) + "\n")
     n = trace.num_records
-    if v.empty:
+    if v.empty and complete:
         _write(f"{args.trace}: OK: {n} records, no violations\n")
         return EXIT_OK
+    if v.empty:
+        _write(f"{args.trace}: INCOMPLETE: {n} records, no violations in "
+               "the data they cover\n")
+        return 3        # incomplete data, documented beside 0, 1 and 2
     kinds = v["kind"].value_counts()
     detail = ", ".join(f"{c} {k}" for k, c in kinds.items())
-    _write(f"{args.trace}: {len(v)} violations in {n} records ({detail})\n")
+    _write(f"{args.trace}: {len(v)} violations in {n} records ({detail})"
+           + ("" if complete else "; the data is incomplete") + "\n")
     return EXIT_VIOLATIONS
 
 
+def validate_command(args):
+    """Run ``kvmscope validate`` in the ``--format`` asked for."""
+    return cmd_validate_json(args) if args.format == "json" else cmd_validate(args)
+
+
+def cmd_validate_json(args):
+    """``kvmscope validate --format json``: one object on stdout, ``trace``,
+    ``records``, ``violations`` (the count), ``by_kind``, ``rows`` (at most
+    ``--limit``: table, row, thread, thread_name, ts_ns, kind, detail),
+    ``warnings`` and ``exit_status`` (0 clean, 1 violations; an unreadable
+    trace is one line on stderr and status 2)."""
+    trace = _load(args)
+    if trace is None:
+        return EXIT_UNREADABLE
+    v = trace.check(tolerance_ns=args.tolerance_ns)
+    shown = v if not args.limit else v.head(args.limit)
+    names = dict(zip(trace.threads["thread"], trace.threads["name"]))
+    rows = json.loads(shown.to_json(orient="records"))
+    for row in rows:
+        row["thread_name"] = names.get(row["thread"])
+    status = EXIT_OK if v.empty else EXIT_VIOLATIONS
+    doc = {"trace": os.fspath(args.trace), "records": int(trace.num_records), "violations": len(v),
+           "by_kind": {k: int(c) for k, c in v["kind"].value_counts().items()},
+           "rows": rows, "warnings": list(trace.warnings), "exit_status": status}
+    _write(json.dumps(doc, indent=1) + "\n")
+    return status
+
+
+def _write_out(text, path):
+    if path and path != "-":
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return
+    _write(text)
+
+
+def _diff_format(args):
+    if args.format:
+        return args.format
+    ext = os.path.splitext(args.output or "")[1].lower()
+    return {".html": "html", ".htm": "html", ".md": "markdown",
+            ".json": "json"}.get(ext, "text")
+
+
+def cmd_diff(args):
+    """Run ``kvmscope diff``: 0 no regression, 1 regression, 2 error."""
+    from .regress import DiffError, compare
+    base, new = args.base, args.vs
+    if new is None:
+        if len(base) != 2:
+            return _fail("diff", "give the candidate runs after --vs "
+                                 "(BASE... --vs NEW...), or exactly BASE NEW")
+        base, new = base[:1], base[1:]
+    try:
+        result = compare(
+            base, new, metric=args.metric, stat=args.stat,
+            threshold=args.threshold, min_delta_ns=args.min_delta,
+            alpha=args.alpha, min_count=args.min_count, lock=args.lock,
+            callsite=args.callsite, resamples=args.resamples,
+            blocks=args.blocks, seed=args.seed)
+        _write_out(result.render(_diff_format(args)), args.output)
+    except (TraceError, DiffError, OSError) as e:
+        return _fail("diff", e)
+    if result.table.empty:
+        print("kvmscope diff: warning: no lock records to compare",
+              file=sys.stderr)
+    return result.exit_status
+
+
+def _window(args, trace):
+    return args.window.resolve(trace.start_ns, trace.end_ns) if args.window else None
+
+
+def cmd_plot(args):
+    """Run ``kvmscope plot``; returns 0, or 2 with one line on stderr."""
+    from . import plot
+    try:
+        plot._check_format(args.output)
+        trace = Trace.load(args.trace)
+        window = _window(args, trace)
+        kind = args.kind
+        if kind == "timeline":
+            fig = plot.plot_timeline(trace, window=window, lock=args.lock or "bql",
+                                     threads=args.threads.split(",")
+                                     if args.threads else None)
+        elif kind in ("wait", "hold"):
+            fig = plot.plot_distributions(trace, kind, by=args.by or "callsite",
+                                          lock=args.lock, window=window)
+        elif kind == "contention":
+            fig = plot.plot_contention(trace, by=args.by or "thread",
+                                       lock=args.lock, window=window,
+                                       bins=args.bins)
+        elif kind == "exits":
+            fig = plot.plot_exit_rate(trace, by=args.by or "reason",
+                                      window=window, bins=args.bins)
+        elif kind == "aio":
+            fig = plot.plot_aio_latency(trace, window=window)
+        elif kind == "bh":
+            fig = plot.plot_bh_latency(trace, window=window)
+        else:
+            fig = plot.plot_timer_lateness(trace, window=window)
+        plot.save(fig, args.output, dpi=args.dpi)
+    except (TraceError, ValueError, OSError) as e:
+        return _fail("plot", e)
+    return EXIT_OK
+
+
+def cmd_export(args):
+    """Run ``kvmscope export``; returns 0, or 2 with one line on stderr."""
+    from .perfetto import export_perfetto
+    try:
+        trace = Trace.load(args.trace)
+        info = export_perfetto(trace, args.perfetto, window=_window(args, trace),
+                               max_events=args.max_events or None)
+    except (TraceError, ValueError, OSError) as e:
+        return _fail("export", e)
+    if info["cut_ns"] is not None:
+        print(f"kvmscope export: more than {args.max_events:,} events: "
+              f"exported {(info['cut_ns'] - info['window'][0]) / 1e6:.3f} ms "
+              f"from the window start (--window to choose, --max-events 0 "
+              "for all)", file=sys.stderr)
+    if args.format == "json":
+        _write(json.dumps({**info, "path": os.fspath(info["path"])}, indent=1) + "\n")
+        return EXIT_OK
+    print(f"{info['path']}: {info['events']:,} events"
+          + (f", {info['clamped_slices']:,} slices shortened to nest"
+             if info["clamped_slices"] else "")
+          + "; open it in https://ui.perfetto.dev")
+    return EXIT_OK
+
+
+#: The command functions :func:`kvmscope.cli.add_analysis_commands` binds.
+COMMANDS = {"cmd_report": cmd_report, "validate_command": validate_command,
+            "cmd_diff": cmd_diff, "cmd_plot": cmd_plot, "cmd_export": cmd_export}
+
+
 def register(subparsers):
-    """Add the ``report`` and ``validate`` subcommands.
+    """Add the analysis commands to another CLI's subcommands.
 
     Parameters
     ----------
@@ -93,65 +254,13 @@ def register(subparsers):
     >>> register(parser.add_subparsers(dest="command"))
     >>> args = parser.parse_args(["validate", "traces/demo"])
     >>> args.func.__name__
-    'cmd_validate'
+    'validate_command'
     """
-    p = subparsers.add_parser(
-        "report", help="statistics of a trace (exits, locks, bh, AIO...)",
-        description="Print perf-kvm-stat / lock_stat style statistics of a "
-                    "trace directory.")
-    p.add_argument("trace", help="trace directory")
-    p.add_argument("--format", choices=_report.FORMATS, default="text",
-                   help="output format (default: text)")
-    p.add_argument("--top", type=int, metavar="N", default=None,
-                   help="rows per section (default: 20 for text and "
-                        "markdown, all for json and csv; 0: all)")
-    p.add_argument("--section", action="append",
-                   choices=list(_report.SECTIONS) + ["all"],
-                   help="section to show; repeat for several "
-                        "(default: all)")
-    p.add_argument("--all-columns", action="store_true",
-                   help="text/markdown: show every column")
-    p.set_defaults(func=cmd_report)
-
-    v = subparsers.add_parser(
-        "validate", help="check a trace's invariants",
-        description="Check a trace directory: schema, one lock owner at a "
-                    "time, matched releases, per-thread time order, stage "
-                    "order. Exit status: 0 clean, 1 violations, "
-                    "2 unreadable trace.")
-    v.add_argument("trace", help="trace directory")
-    v.add_argument("--limit", type=int, metavar="N", default=100,
-                   help="print at most N violations (default 100; 0: all)")
-    v.add_argument("--tolerance-ns", type=int, metavar="NS", default=0,
-                   help="ignore lock-owner overlaps up to NS long "
-                        "(default 0: strict)")
-    v.set_defaults(func=cmd_validate)
-
-    # Further commands live beside the analysis they drive: each of these
-    # modules has register_command(subparsers).
-    import importlib
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"{__package__}.{name}")
-        except ImportError:
-            continue
-        register_command = getattr(module, "register_command", None)
-        if register_command is not None:
-            register_command(subparsers)
-
-
-#: modules that add a command: ``regress`` (``diff``, regression reports), ``plot``
-#: (matplotlib views), ``perfetto`` (``export`` to Chrome/Perfetto JSON).
-_COMMAND_MODULES = ("regress", "plot", "perfetto")
+    _cli.add_analysis_commands(subparsers, COMMANDS)
 
 
 def main(argv=None):
     """Entry point of ``python -m kvmscope.analysis``; returns the status."""
-    parser = argparse.ArgumentParser(
-        prog="python -m kvmscope.analysis",
-        description="kvmscope trace analysis (no compiled core needed).")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    register(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    parser = _cli.build_parser(prog="python -m kvmscope.analysis",
+                               commands=("analysis",), funcs=COMMANDS)
+    return _cli.main(argv, parser)

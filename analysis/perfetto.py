@@ -23,7 +23,6 @@ Examples
 
 import json
 import os
-import sys
 
 import numpy as np
 import pandas as pd
@@ -587,62 +586,3 @@ def export_perfetto(trace, path, window=None, max_events=None,
     bar.update(1, "done")
     bar.close()
     return info
-
-
-# --------------------------------------------------------------------------
-# command line
-
-def cmd_export(args):
-    """Run ``kvmscope export``; returns 0, or 2 with one line on stderr."""
-    from .plot import error_line, parse_window
-    from .trace import Trace, TraceError
-    try:
-        trace = Trace.load(args.trace)
-        window = parse_window(args.window, trace) if args.window else None
-        max_events = args.max_events or None
-        info = export_perfetto(trace, args.perfetto, window=window,
-                               max_events=max_events)
-    except (TraceError, ValueError, OSError) as e:
-        print(f"kvmscope export: error: {error_line(e)}", file=sys.stderr)
-        return 2
-    if info["cut_ns"] is not None:
-        print(f"kvmscope export: more than {args.max_events:,} events: "
-              f"exported {(info['cut_ns'] - info['window'][0]) / 1e6:.3f} ms "
-              f"from the window start (--window to choose, --max-events 0 "
-              "for all)", file=sys.stderr)
-    print(f"{info['path']}: {info['events']:,} events"
-          + (f", {info['clamped_slices']:,} slices shortened to nest"
-             if info["clamped_slices"] else "")
-          + "; open it in https://ui.perfetto.dev")
-    return 0
-
-
-def register_command(subparsers):
-    """Add the ``export`` subcommand to the kvmscope CLI.
-
-    Examples
-    --------
-    >>> import argparse
-    >>> p = argparse.ArgumentParser(prog="kvmscope")
-    >>> register_command(p.add_subparsers(dest="command"))
-    >>> p.parse_args(["export", "t", "--perfetto", "t.json"]).max_events
-    2000000
-    """
-    p = subparsers.add_parser(
-        "export", help="export a trace to Perfetto / chrome://tracing JSON",
-        description="Write a trace as Chrome trace-event JSON, for "
-                    "https://ui.perfetto.dev and chrome://tracing. Exit "
-                    "status 0, or 2 on error with one line on stderr.")
-    p.add_argument("trace", help="trace directory")
-    p.add_argument("--perfetto", required=True, metavar="FILE",
-                   help="output JSON file")
-    p.add_argument("--window", metavar="START:END",
-                   help="only rows overlapping this window: absolute ns, or "
-                        "relative to the trace start with a unit "
-                        "(10ms:12ms); either side may be empty")
-    p.add_argument("--max-events", type=int, default=DEFAULT_MAX_EVENTS,
-                   metavar="N",
-                   help="stop where N events are reached, so the file stays "
-                        f"loadable (default {DEFAULT_MAX_EVENTS:,}; 0: no "
-                        "limit)")
-    p.set_defaults(func=cmd_export)

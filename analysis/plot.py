@@ -20,7 +20,6 @@ Examples
 
 import os
 import re
-import sys
 
 import numpy as np
 import pyarrow.compute as pc
@@ -937,7 +936,7 @@ def _rate_formatter():
 
 
 # --------------------------------------------------------------------------
-# output and command line
+# output and time windows
 
 #: File extensions :func:`save` writes, and the matplotlib format of each.
 FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
@@ -1018,92 +1017,3 @@ def parse_window(text, trace):
     if out[1] <= out[0]:
         raise ValueError(f"empty window {text!r}: end <= start")
     return out[0], out[1]
-
-
-def cmd_plot(args):
-    """Run ``kvmscope plot``; returns 0, or 2 with one line on stderr."""
-    from .trace import Trace, TraceError
-    try:
-        _check_format(args.output)
-        trace = Trace.load(args.trace)
-        window = parse_window(args.window, trace) if args.window else None
-        kind = args.kind
-        if kind == "timeline":
-            fig = plot_timeline(trace, window=window, lock=args.lock or "bql",
-                                threads=args.threads.split(",")
-                                if args.threads else None)
-        elif kind in ("wait", "hold"):
-            fig = plot_distributions(trace, kind, by=args.by or "callsite",
-                                     lock=args.lock, window=window)
-        elif kind == "contention":
-            fig = plot_contention(trace, by=args.by or "thread",
-                                  lock=args.lock, window=window,
-                                  bins=args.bins)
-        elif kind == "exits":
-            fig = plot_exit_rate(trace, by=args.by or "reason",
-                                 window=window, bins=args.bins)
-        elif kind == "aio":
-            fig = plot_aio_latency(trace, window=window)
-        elif kind == "bh":
-            fig = plot_bh_latency(trace, window=window)
-        else:
-            fig = plot_timer_lateness(trace, window=window)
-        save(fig, args.output, dpi=args.dpi)
-    except (TraceError, ValueError, OSError) as e:
-        print(f"kvmscope plot: error: {error_line(e)}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def error_line(e):
-    """One line saying what failed: ``path: reason`` for OS errors."""
-    if isinstance(e, OSError) and e.strerror:
-        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def register_command(subparsers):
-    """Add the ``plot`` subcommand to the kvmscope CLI.
-
-    Examples
-    --------
-    >>> import argparse
-    >>> p = argparse.ArgumentParser(prog="kvmscope")
-    >>> register_command(p.add_subparsers(dest="command"))
-    >>> p.parse_args(["plot", "t", "--kind", "wait", "-o", "w.png"]).kind
-    'wait'
-    """
-    p = subparsers.add_parser(
-        "plot", help="draw a trace (timeline, distributions, heatmaps...)",
-        description="Draw one view of a trace into a PNG, SVG or PDF file "
-                    "(format from the extension). Exit status 0, or 2 on "
-                    "error with one line on stderr.")
-    p.add_argument("trace", help="trace directory")
-    p.add_argument("--kind", choices=KINDS, default="timeline",
-                   help="timeline: thread states, lock owner, hand-offs; "
-                        "wait/hold: lock time distributions; contention: "
-                        "heatmap of waits over time; exits: exit rate; "
-                        "aio/bh/timers: latency distributions "
-                        "(default: timeline)")
-    p.add_argument("--window", metavar="START:END",
-                   help="time window: absolute ns (1845840947555:"
-                        "1845841947555) or relative to the trace start "
-                        "with a unit (10ms:12ms); either side may be empty "
-                        "(timeline default: the busiest 1 ms of contention;"
-                        " others: the whole trace)")
-    p.add_argument("--lock", help="only this lock (timeline default: bql)")
-    p.add_argument("--by", help="grouping: wait/hold: callsite (default), "
-                                "lock, thread; contention: thread (default), "
-                                "lock, callsite; exits: reason (default), "
-                                "device, thread")
-    p.add_argument("--threads", metavar="NAMES",
-                   help="timeline rows, comma-separated (default: every "
-                        "thread with records)")
-    p.add_argument("--bins", type=int, default=200,
-                   help="time bins of contention/exits (default 200)")
-    p.add_argument("--dpi", type=int, default=120,
-                   help="PNG resolution (default 120)")
-    p.add_argument("-o", "--output", required=True, metavar="FILE",
-                   help="output file: .png, .svg or .pdf")
-    p.set_defaults(func=cmd_plot)

@@ -21,17 +21,15 @@ lock or call site has *regressed* when all of these hold
 of the distinct values: no Python code runs per record.
 """
 
-import argparse
 import fnmatch
 import math
 import os
-import sys
 import zlib
 
 import numpy as np
 import pandas as pd
 
-from .trace import Trace, TraceError
+from .trace import Trace
 
 METRICS = ("hold", "wait")
 STATS = ("p50", "p90", "p99", "mean", "total")
@@ -775,125 +773,3 @@ def compare(base, new, *, metric="hold", stat="p50", threshold=0.10,
     from .regress_render import DiffResult
     return DiffResult(table, o, base_runs, new_runs, kept,
                       _notes(base_runs, new_runs, o))
-
-
-# --------------------------------------------------------------------------
-# command line
-
-def _write_out(text, path):
-    if path and path != "-":
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-        return
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-
-
-def _format_of(args):
-    if args.format:
-        return args.format
-    ext = os.path.splitext(args.output or "")[1].lower()
-    return {".html": "html", ".htm": "html", ".md": "markdown",
-            ".json": "json"}.get(ext, "text")
-
-
-def cmd_diff(args):
-    """Run ``kvmscope diff``: 0 no regression, 1 regression, 2 error."""
-    def fail(msg):
-        print(f"kvmscope diff: error: {msg}", file=sys.stderr)
-        return EXIT_ERROR
-    base, new = args.base, args.vs
-    if new is None:
-        if len(base) != 2:
-            return fail("give the candidate runs after --vs "
-                        "(BASE... --vs NEW...), or exactly BASE NEW")
-        base, new = base[:1], base[1:]
-    try:
-        result = compare(
-            base, new, metric=args.metric, stat=args.stat,
-            threshold=args.threshold, min_delta_ns=args.min_delta,
-            alpha=args.alpha, min_count=args.min_count, lock=args.lock,
-            callsite=args.callsite, resamples=args.resamples,
-            blocks=args.blocks, seed=args.seed)
-        text = result.render(_format_of(args))
-        _write_out(text, args.output)
-    except (TraceError, DiffError, OSError) as e:
-        return fail(e)
-    if result.table.empty:
-        print("kvmscope diff: warning: no lock records to compare",
-              file=sys.stderr)
-    return result.exit_status
-
-
-def register_command(subparsers):
-    """Add the ``diff`` subcommand (called by ``analysis.cli.register``).
-
-    Parameters
-    ----------
-    subparsers : argparse._SubParsersAction
-
-    Examples
-    --------
-    >>> import argparse
-    >>> parser = argparse.ArgumentParser(prog="kvmscope")
-    >>> register_command(parser.add_subparsers(dest="command"))
-    >>> args = parser.parse_args(["diff", "b1", "b2", "--vs", "n1", "n2"])
-    >>> args.base, args.vs, args.func.__name__
-    (['b1', 'b2'], ['n1', 'n2'], 'cmd_diff')
-    """
-    p = subparsers.add_parser(
-        "diff", help="regression report: lock hold/wait times, baseline vs "
-                     "candidate",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Compare lock hold (or wait) times per lock and call "
-                    "site between a baseline and a candidate, each one trace "
-                    "or a group of repeated runs.\n\n"
-                    "  kvmscope diff BASE NEW\n"
-                    "  kvmscope diff BASE1 BASE2 BASE3 --vs NEW1 NEW2 NEW3\n"
-                    "  kvmscope diff runs/base --vs runs/new   "
-                    "(directories of runs)\n\n"
-                    "A row regressed when the Holm-corrected Mann-Whitney "
-                    "test is significant AND the lower bound of the "
-                    "interval of the relative change (bootstrap over runs "
-                    "and time blocks; with groups, at least the run-level t "
-                    "interval) is above --threshold AND the absolute change "
-                    "is at least --min-delta. See docs/regress.md.\n"
-                    "Exit status: 0 no regression, 1 regression, 2 error.")
-    p.add_argument("base", nargs="+", metavar="BASE",
-                   help="baseline trace(s), or a directory of runs")
-    p.add_argument("--vs", nargs="+", metavar="NEW",
-                   help="candidate trace(s), or a directory of runs")
-    p.add_argument("--metric", choices=METRICS, default="hold",
-                   help="hold time, or wait time of contended acquisitions "
-                        "(default: hold)")
-    p.add_argument("--stat", choices=STATS, default="p50",
-                   help="statistic judged (default: p50; total is per run)")
-    p.add_argument("--threshold", default="10%",
-                   help="smallest relative change that counts (default 10%%)")
-    p.add_argument("--min-delta", default="100ns", metavar="NS",
-                   help="smallest absolute change that counts, e.g. 100ns, "
-                        "1us (default 100ns)")
-    p.add_argument("--alpha", type=float, default=0.05,
-                   help="significance level; the interval is 1 - alpha "
-                        "(default 0.05)")
-    p.add_argument("--min-count", type=int, default=30, metavar="N",
-                   help="samples a side needs to be judged (default 30)")
-    p.add_argument("--lock", action="append", metavar="NAME",
-                   help="only this lock (glob; repeat for several)")
-    p.add_argument("--callsite", action="append", metavar="NAME",
-                   help="only this call site (glob; repeat for several)")
-    p.add_argument("--format", choices=FORMATS, default=None,
-                   help="text, markdown, html or json (default: from the "
-                        "-o extension, else text)")
-    p.add_argument("-o", "--output", metavar="FILE",
-                   help="write the report to FILE instead of stdout")
-    p.add_argument("--resamples", type=int, default=2000, metavar="N",
-                   help="bootstrap replicates (default 2000)")
-    p.add_argument("--blocks", type=int, default=10, metavar="N",
-                   help="time blocks per run for the bootstrap (default 10)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="bootstrap seed (default 0)")
-    p.set_defaults(func=cmd_diff)

@@ -1,41 +1,163 @@
-"""The `kvmscope` command: record runs of built-in guests and analyse their traces."""
+"""The `kvmscope` command line: every command and option, with its range and
+default, registered explicitly in :func:`build_parser`.
+
+Recording and the host (``run``, ``demo``, ``guests``, ``info``) run from here;
+the analysis commands (``report``, ``validate``, ``diff``, ``plot``, ``export``)
+run from :mod:`kvmscope.analysis.cli`, imported only when one of them runs, so
+that ``kvmscope --help`` and ``kvmscope run`` never load pandas or matplotlib.
+
+Bad input gives one line on stderr, ``kvmscope COMMAND: error: ...``, and exit
+status 2, whether argparse, :class:`~kvmscope.config.RunConfig` or the core
+refuses it; any other exception is a bug and keeps its traceback.
+"""
 import argparse
-import os
-import re
+import dataclasses
+import json
 import sys
 
-from . import __version__, guests
+from . import __version__, guests, units
+from .config import SETTINGS, RunConfig, Setting, prepare_output
+from .errors import ConfigError, KvmscopeError
 
-_SIZE = re.compile(r"^(\d+)([KMG]?)(i?B)?$", re.I)
+#: Exit statuses shared by every command (``validate`` and ``diff`` use 1 for
+#: violations and regressions; ``run`` uses 1 for a failed guest).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+# Choices of the analysis commands, here so that building the parser imports
+# no pandas; tests/analysis/test_analysis_cli.py checks them against the
+# library modules (report, regress, plot, perfetto) that define them.
+REPORT_FORMATS = ("text", "markdown", "json", "csv")
+REPORT_SECTIONS = ("exits", "addrs", "locks", "callsites", "blockers", "bh", "timers", "aio", "loop")
+DIFF_METRICS = ("hold", "wait")
+DIFF_STATS = ("p50", "p90", "p99", "mean", "total")
+DIFF_FORMATS = ("text", "markdown", "html", "json")
+PLOT_KINDS = ("timeline", "wait", "hold", "contention", "exits", "aio", "bh", "timers")
+EXPORT_MAX_EVENTS = 2_000_000
+ROW_LIMIT = 2 ** 31 - 1
 
 
-def parse_size(text):
-    """'16M', '1G', '65536' -> bytes."""
-    m = _SIZE.match(text.strip())
-    if not m:
-        raise argparse.ArgumentTypeError(f"bad size {text!r}: use e.g. 16M, 1G or a byte count")
-    return int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[m.group(2).upper()]
+# --------------------------------------------------------------------------
+# argparse plumbing: one-line errors, defaults in the help, option types
+
+class CommandParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr,
+    ``kvmscope COMMAND: error: MESSAGE``, and exit status 2 (no usage block)."""
+
+    error_prefix = None
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.error_prefix or self.prog}: error: {message}\n")
 
 
-def parse_inject(text):
-    """'CALLSITE=NS' (NS may end in ns, us or ms)."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps descriptions as written and appends ``(default: X)`` to each
+    option whose default says something (not None, False or a list)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or not action.option_strings or default in (None, False)
+                or default is argparse.SUPPRESS or isinstance(default, (list, tuple))):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _type(parse, name):
+    """An argparse type from *parse*; its ConfigError becomes the whole error line."""
+    def convert(text):
+        try:
+            return parse(text)
+        except ConfigError as e:
+            # ArgumentError without an argument: argparse prints the message alone
+            raise argparse.ArgumentError(None, str(e)) from None
+    convert.__name__ = name
+    return convert
+
+
+def setting(field):
+    """Type of the option that sets RunConfig *field*: its range is checked here,
+    at parse time, with the same message as :meth:`RunConfig.validate`."""
+    s = SETTINGS[field]
+    return _type(lambda text: s.parse(text, shown=text), field)
+
+
+def count(option, low, high):
+    """Type of an integer option in ``low .. high``."""
+    s = Setting(option, option, low, high)
+    return _type(lambda text: s.parse(text, shown=text), "integer")
+
+
+def duration_ns(option, low, high, unit="ns"):
+    """Type of a duration option: integer ns in ``low .. high`` (bare numbers in *unit*)."""
+    s = Setting(option, option, low, high, "duration", "ns")
+    return _type(lambda text: s.parse(units.parse_duration(text, unit, option), shown=text),
+                 "duration")
+
+
+def _window(text):
+    return units.parse_window(text, "window")
+
+
+def _inject_hold(text):
     name, sep, value = text.partition("=")
-    m = re.match(r"^(\d+(?:\.\d+)?)(ns|us|ms)?$", value.strip())
-    if not sep or not name or not m:
-        raise argparse.ArgumentTypeError(f"bad --inject-hold {text!r}: use CALLSITE=NS, e.g. pio:debugport=2us")
-    return name, float(m.group(1)) * {"ns": 1, None: 1, "us": 1e3, "ms": 1e6}[m.group(2)]
+    if not sep or not name.strip():
+        raise ConfigError(f"--inject-hold {text!r}: use CALLSITE=DURATION, e.g. pio:debugport=2us")
+    return name.strip(), SETTINGS["inject_hold"].parse(value, shown=text)
 
 
-def _fmt_ns(ns):
-    for unit, scale in (("s", 1e9), ("ms", 1e6), ("us", 1e3)):
-        if ns >= scale:
-            return f"{ns / scale:.2f} {unit}"
-    return f"{ns:.0f} ns"
+def _percent(text):
+    try:
+        value = float(text.strip()[:-1] if text.strip().endswith("%") else text)
+    except ValueError:
+        raise ConfigError(f"bad threshold {text!r} for --threshold: use a percentage such as 10%") from None
+    if not 0 <= value <= 10000:
+        raise ConfigError(f"--threshold {text} out of range: use 0% .. 10000%")
+    return value / 100
 
 
-def _fmt_rate(x):
-    return f"{x / 1e3:.1f}k" if x >= 1e3 else f"{x:.0f}"
+def _alpha(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"bad number {text!r} for --alpha: use e.g. 0.05") from None
+    if not 0 < value < 1:
+        raise ConfigError(f"--alpha {text} out of range: use a number between 0 and 1 (exclusive)")
+    return value
 
+
+class _Deprecated(argparse.Action):
+    """An old spelling of an option: still works, with a one-line note on stderr."""
+
+    def __init__(self, option_strings, dest, use=None, unit="", **kwargs):
+        self.use, self.unit = use, unit
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        sys.stderr.write(f"{parser.error_prefix or parser.prog}: note: {option_string} is deprecated: "
+                         f"use {self.use} {values}{self.unit}\n")
+        setattr(namespace, self.dest, values)
+
+
+def _command(sub, name, summary, description, func):
+    p = sub.add_parser(name, help=summary, description=description, formatter_class=HelpFormatter)
+    p.error_prefix = f"kvmscope {name}"
+    p.set_defaults(func=func, command=name)
+    return p
+
+
+def _format_option(p, choices=("text", "json"), default="text", what="output format"):
+    p.add_argument("--format", choices=choices, default=default, help=what)
+
+
+def _limit_option(p, what, default):
+    """``--limit N`` (``--top N`` is a hidden alias): the one row-limit option name."""
+    p.add_argument("--limit", type=count("--limit", 0, ROW_LIMIT), default=default, metavar="N",
+                   help=f"{what}; 0: all; 0 .. {ROW_LIMIT}")
+    p.add_argument("--top", type=count("--top", 0, ROW_LIMIT), dest="limit", help=argparse.SUPPRESS)
+
+
+# --------------------------------------------------------------------------
+# run and demo
 
 _ENDED_BY = {"guest exit": "the guest (exit device)", "duration": "--duration",
              "interrupted": "an interrupt (Ctrl-C)", "error": "an error"}
@@ -52,17 +174,19 @@ def format_summary(result):
         secs = v["run_ns"] / 1e9
         rate = v["exits"] / secs if secs > 0 else 0.0
         reasons = ", ".join(
-            f"{k} {n}" + (f" avg {_fmt_ns(v['exit_time'][k]['total_ns'] / n)}" if k in v["exit_time"] else "")
+            f"{k} {n}" + (f" avg {units.format_duration(v['exit_time'][k]['total_ns'] / n)}"
+                          if k in v["exit_time"] else "")
             for k, n in sorted(v["by_reason"].items(), key=lambda kv: -kv[1]))
         counted = guests.get(c.guest).status_is_count
         status = (f"{counted} {v['exit_status']}" if counted else f"status {v['exit_status']}") \
             if v["finished_by_guest"] else "stopped"
-        lines.append(f"  vcpu{v['vcpu']}: {v['exits']} exits, {_fmt_rate(rate)} exits/s ({reasons}); {status}")
+        lines.append(f"  vcpu{v['vcpu']}: {v['exits']} exits, {units.format_rate(rate)} exits/s "
+                     f"({reasons}); {status}")
     bql = st["bql"]
     share = 100.0 * bql["contended"] / bql["acquisitions"] if bql["acquisitions"] else 0.0
     lines.append(f"  BQL: {bql['acquisitions']} acquisitions (vCPUs {bql['vcpu_acquisitions']}, "
                  f"main loop {bql['main_loop_acquisitions']}), {bql['contended']} contended "
-                 f"({share:.1f}%), total wait {_fmt_ns(bql['wait_ns'])}")
+                 f"({share:.1f}%), total wait {units.format_duration(bql['wait_ns'])}")
     ml, aio = st["main_loop"], st["aio"]
     events = [f"main loop {ml['iterations']} iterations"]
     if aio["submitted"]:
@@ -86,17 +210,34 @@ def format_summary(result):
     return "\n".join(lines)
 
 
+def summary_dict(result):
+    """The end-of-run summary as a JSON-ready dict (``kvmscope run --format json``):
+    ``guest``, ``vcpus``, ``iterations``, ``stop_reason``, ``ok``, ``elapsed_s``,
+    ``trace`` (the directory or None), ``records_written``, ``records_lost``,
+    ``records`` (per thread), ``tables`` (rows per table), ``stats`` (the core's
+    counters, as in meta.json), ``clock``, ``messages`` and ``config``."""
+    config = dataclasses.asdict(result.config)
+    config["lockless"] = list(result.config.lockless)
+    return {
+        "guest": result.config.guest, "vcpus": result.config.vcpus,
+        "iterations": result.config.iterations, "stop_reason": result.stop_reason, "ok": result.ok,
+        "elapsed_s": result.elapsed_s, "trace": result.trace_path,
+        "records_written": result.written, "records_lost": result.lost,
+        "records": result.records, "tables": result.tables, "stats": result.stats,
+        "clock": result.clock, "messages": result.messages, "config": config,
+    }
+
+
 def _config_from_args(args):
-    from .runner import RunConfig
     return RunConfig(
         guest=args.guest, vcpus=args.vcpus, iterations=args.iterations, seed=args.seed,
         memory=args.memory, duration=args.duration, output=None if args.no_trace else args.output,
         trace=not args.no_trace, lossless=args.lossless, ring_records=args.ring, clock=args.clock,
-        kvm_device=args.kvm_device, console=not args.quiet_console,
+        kvm_device=args.kvm_device, console=not args.quiet_console and args.format == "text",
         inject_hold=dict(args.inject_hold or []), lockless=tuple(args.lockless or ()),
         irqchip=args.irqchip, aio_threads=args.aio_threads, disk=args.disk, disk_size=args.disk_size,
         timer_period_us=args.timer_period_us, port_burst=args.port_burst,
-        compression=None if args.compression == "none" else args.compression)
+        compression=None if args.compression == "none" else args.compression, force=args.force)
 
 
 def _progress_printer(enabled):
@@ -109,141 +250,377 @@ def _progress_printer(enabled):
     return show
 
 
-def cmd_run(args):
+def _record(args):
+    """Validate, prepare -o, record; returns the RunResult."""
     from .runner import record
     config = _config_from_args(args)
+    config.validate()                   # every bad value refused before /dev/kvm is opened
+    prepare_output(config)
     show_progress = sys.stderr.isatty() and not args.quiet
-    result = record(config, progress=_progress_printer(show_progress))
+    try:
+        result = record(config, progress=_progress_printer(show_progress))
+    except ValueError as e:
+        # what only the core can check: vCPUs beyond the host's, call sites, devices
+        raise ConfigError(str(e)) from None
     if show_progress:
         sys.stderr.write("\r" + " " * 60 + "\r")
-    if not args.quiet:
-        print(format_summary(result))
+    return result
+
+
+def _run_status(result):
     if result.stop_reason == "interrupted":
-        return 130
-    return 0 if result.ok else 1
+        return EXIT_INTERRUPTED
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def cmd_run(args):
+    """``kvmscope run``: 0 the guest ended well, 1 it failed, 130 interrupted."""
+    result = _record(args)
+    if not args.quiet:
+        if args.format == "json":
+            print(json.dumps(summary_dict(result), indent=1))
+        else:
+            print(format_summary(result))
+    return _run_status(result)
 
 
 def cmd_demo(args):
-    args.guest, args.vcpus, args.iterations = "pio-storm", 2, args.iterations
-    status = cmd_run(args)
-    if status != 0:
+    """``kvmscope demo``: record pio-storm on 2 vCPUs, then report on the trace."""
+    args.guest, args.vcpus = "pio-storm", 2
+    result = _record(args)
+    status = _run_status(result)
+    if status != EXIT_OK:
+        if not args.quiet:
+            print(format_summary(result))
         return status
-    from .analysis import Trace
+    from .analysis import Trace, report
     trace = Trace.load(args.output)
-    print()
+    if args.format == "json":
+        print(json.dumps({"run": summary_dict(result),
+                          "report": json.loads(report.render(trace, fmt="json"))}, indent=1))
+        return EXIT_OK
+    if not args.quiet:
+        print(format_summary(result))
+        print()
     print(f"Loaded {args.output} with kvmscope.analysis.Trace: "
           f"{len(trace.exits)} exits, {len(trace.locks)} lock acquisitions")
-    try:
-        from .analysis import report
-        print(report.render(trace, fmt="text", top=5))
-    except (ImportError, AttributeError):
-        print(trace.exits.head().to_string())
-        print(trace.locks.head().to_string())
-    return 0
-
-
-def cmd_guests(args):
-    width = max(len(n) for n in guests.GUESTS)
-    for g in guests.GUESTS.values():
-        print(f"{g.name:<{width}}  {g.summary}")
-    return 0
-
-
-def cmd_info(args):
-    from . import _core
-    kvm = _core.Kvm(args.kvm_device)
-    print(f"{kvm.path}: KVM API version {kvm.api_version}, vcpus recommended {kvm.recommended_vcpus}, "
-          f"max {kvm.max_vcpus}, kvm_run size {kvm.run_size}")
-    for name, value in kvm.capabilities().items():
-        print(f"  {name:<24} {value}")
-    clock = _core.calibrate_clock()
-    print(f"clock: {clock['name']} via {clock['source']}"
-          + (f" ({clock['tsc_hz'] / 1e9:.3f} GHz TSC)" if clock["tsc_hz"] else ""))
-    return 0
+    print(report.render(trace, fmt="text", top=5))
+    return EXIT_OK
 
 
 def _add_run_options(p, demo=False):
+    s = SETTINGS
     if not demo:
-        p.add_argument("guest", help="built-in guest program (see `kvmscope guests`)")
-        p.add_argument("--vcpus", type=int, default=1, help="vCPU threads (default 1)")
-    p.add_argument("--iterations", "-n", type=int, default=100000 if demo else None,
-                   help="guest loop count (default: per guest)")
-    p.add_argument("--seed", type=int, default=1, help="seed written to the guest parameters")
-    p.add_argument("--memory", "-m", type=parse_size, default="16M", help="guest RAM (default 16M)")
-    p.add_argument("--duration", type=float, help="stop after this many seconds")
-    p.add_argument("-o", "--output", default="traces/demo" if demo else None, help="trace directory")
+        p.add_argument("guest", metavar="GUEST",
+                       help="built-in guest program: " + ", ".join(guests.GUESTS) + " (see kvmscope guests)")
+        p.add_argument("--vcpus", type=setting("vcpus"), default=1, metavar="N",
+                       help=f"vCPU threads, {s['vcpus'].describe()}")
+    p.add_argument("--iterations", "-n", type=setting("iterations"), default=100000 if demo else None,
+                   metavar="N", help=f"guest loop count, {s['iterations'].describe()}"
+                   + ("" if demo else " (default: per guest, see kvmscope guests --format json)"))
+    p.add_argument("--seed", type=setting("seed"), default=1, metavar="N",
+                   help=f"seed written to the guest parameters, {s['seed'].describe()}")
+    p.add_argument("--memory", "-m", type=setting("memory"), default="16M", metavar="SIZE",
+                   help=f"guest RAM, {s['memory'].describe()}; bytes, or with K, M, G")
+    p.add_argument("--duration", type=setting("duration"), metavar="TIME",
+                   help=f"stop cleanly after this long, {s['duration'].describe()}; "
+                        "a bare number is seconds (2s, 500ms, 2)")
+    p.add_argument("-o", "--output", default="traces/demo" if demo else None, metavar="DIR",
+                   help="trace directory: missing, empty, or holding a trace to replace with --force")
+    p.add_argument("--force", action="store_true",
+                   help="replace the trace already in DIR (only its own files; a directory "
+                        "holding other files and no trace is still refused)")
     p.add_argument("--no-trace", action="store_true", help="run the same code with recording off")
     p.add_argument("--lossless", action="store_true",
                    help="block a thread whose trace ring is full instead of dropping records")
-    p.add_argument("--ring", type=int, default=1 << 16, help="records per thread ring (default 65536)")
+    p.add_argument("--ring", type=setting("ring_records"), default=1 << 16, metavar="N",
+                   help=f"records per thread ring, {s['ring_records'].describe()} "
+                        "(rounded up to a power of two; 64 bytes each)")
     p.add_argument("--clock", choices=["auto", "tsc", "monotonic"], default="auto",
-                   help="timestamp source (always converted to CLOCK_MONOTONIC ns)")
-    p.add_argument("--kvm-device", default="/dev/kvm", help="KVM device node (default /dev/kvm)")
-    p.add_argument("--inject-hold", type=parse_inject, action="append", metavar="CALLSITE=NS",
-                   help="busy-hold the BQL this much longer at a call site (experiments)")
+                   help="timestamp source (traces are always in CLOCK_MONOTONIC ns)")
+    p.add_argument("--kvm-device", default="/dev/kvm", metavar="PATH", help="KVM device node")
+    p.add_argument("--inject-hold", type=_type(_inject_hold, "inject_hold"), action="append",
+                   metavar="CALLSITE=TIME",
+                   help=f"busy-hold the BQL this much longer at a call site, {s['inject_hold'].describe()}; "
+                        "a bare number is ns (pio:debugport=2us); repeat for several sites")
     p.add_argument("--lockless", action="append", metavar="DEVICE",
-                   help="dispatch this device without the BQL (A/B experiments)")
+                   help="dispatch this device without the BQL (A/B experiments); repeat for several")
     p.add_argument("--irqchip", choices=["kernel", "user"], default="kernel",
                    help="interrupt controller: in-kernel (irqfd MSIs) or userspace (KVM_INTERRUPT)")
-    p.add_argument("--aio-threads", type=int, default=2, help="AIO worker threads (default 2)")
-    p.add_argument("--disk", help="disk image for the block device (created if missing; "
-                                  "default: a temporary image)")
-    p.add_argument("--disk-size", type=parse_size, default="1M", help="size of a created image (default 1M)")
-    p.add_argument("--timer-period-us", type=int, help="timer device period for timer guests "
-                                                       "(default 1000, mixed 2000)")
-    p.add_argument("--port-burst", type=int, default=8, help="mixed: port writes per block request")
+    p.add_argument("--aio-threads", type=setting("aio_threads"), default=2, metavar="N",
+                   help=f"AIO worker threads, {s['aio_threads'].describe()}")
+    p.add_argument("--disk", metavar="PATH",
+                   help="disk image of the block device (created with --disk-size if missing; "
+                        "default: a temporary image)")
+    p.add_argument("--disk-size", type=setting("disk_size"), default="1M", metavar="SIZE",
+                   help=f"size of a created image, {s['disk_size'].describe()}")
+    p.add_argument("--timer-period", type=setting("timer_period_us"), dest="timer_period_us", metavar="TIME",
+                   help=f"timer device period of timer-hlt and mixed, {s['timer_period_us'].describe()}; "
+                        "a bare number is us (default: 1ms, mixed 2ms)")
+    p.add_argument("--timer-period-us", type=setting("timer_period_us"), dest="timer_period_us",
+                   action=_Deprecated, use="--timer-period", unit="us", help=argparse.SUPPRESS)
+    p.add_argument("--port-burst", type=setting("port_burst"), default=8, metavar="N",
+                   help=f"mixed: port writes after each block request, {s['port_burst'].describe()}")
     p.add_argument("--compression", choices=["none", "lz4", "zstd"], default="none",
                    help="compress the trace's Arrow buffers (smaller files to ship)")
+    _format_option(p, what="summary format: text, or json (one object; the guest console is "
+                            "then not echoed, it is in the trace's console.log)")
     p.add_argument("--quiet-console", action="store_true", help="do not echo the guest console")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary or progress output")
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="kvmscope", description="Record and analyse lock contention inside a KVM VMM.")
+# --------------------------------------------------------------------------
+# guests and info
+
+def cmd_guests(args):
+    """``kvmscope guests``: the built-in guest programs."""
+    if args.format == "json":
+        print(json.dumps([dataclasses.asdict(g) for g in guests.GUESTS.values()], indent=1))
+        return EXIT_OK
+    width = max(len(n) for n in guests.GUESTS)
+    for g in guests.GUESTS.values():
+        print(f"{g.name:<{width}}  {g.summary}")
+    return EXIT_OK
+
+
+def cmd_info(args):
+    """``kvmscope info``: KVM capabilities and the clock a recording would use."""
+    from . import _core
+    kvm = _core.Kvm(args.kvm_device)
+    caps = kvm.capabilities()
+    clock = _core.calibrate_clock()
+    if args.format == "json":
+        print(json.dumps({"device": kvm.path, "api_version": kvm.api_version,
+                          "recommended_vcpus": kvm.recommended_vcpus, "max_vcpus": kvm.max_vcpus,
+                          "run_size": kvm.run_size, "capabilities": caps, "clock": clock}, indent=1))
+        return EXIT_OK
+    print(f"{kvm.path}: KVM API version {kvm.api_version}, vcpus recommended {kvm.recommended_vcpus}, "
+          f"max {kvm.max_vcpus}, kvm_run size {kvm.run_size}")
+    for name, value in caps.items():
+        print(f"  {name:<24} {value}")
+    print(f"clock: {clock['name']} via {clock['source']}"
+          + (f" ({clock['tsc_hz'] / 1e9:.3f} GHz TSC)" if clock["tsc_hz"] else ""))
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------
+# analysis commands: parsed here, run by kvmscope.analysis.cli
+
+def _analysis(name):
+    """A command function of kvmscope.analysis.cli, imported when it runs."""
+    def run(args):
+        from .analysis import cli
+        return getattr(cli, name)(args)
+    run.__name__ = name
+    return run
+
+
+def add_analysis_commands(sub, funcs=None):
+    """Add ``report``, ``validate``, ``diff``, ``plot`` and ``export`` to *sub*.
+
+    Parameters
+    ----------
+    sub : argparse._SubParsersAction
+    funcs : dict of str to callable, optional
+        The command functions by name (``cmd_report``...); by default each is
+        imported from :mod:`kvmscope.analysis.cli` when its command runs.
+    """
+    funcs = funcs or {}
+
+    def func(name):
+        return funcs.get(name) or _analysis(name)
+
+    p = _command(sub, "report", "statistics of a trace (exits, locks, bh, AIO...)",
+                 "Print perf-kvm-stat / lock_stat style statistics of a trace directory.\n"
+                 "Exit status: 0, or 2 if the trace is unreadable.", func("cmd_report"))
+    p.add_argument("trace", metavar="TRACE", help="trace directory")
+    _format_option(p, REPORT_FORMATS, what="output format (json and csv carry raw ns values)")
+    _limit_option(p, "rows per section (default: 20 for text and markdown, all for json and csv)", None)
+    p.add_argument("--section", action="append", choices=list(REPORT_SECTIONS) + ["all"],
+                   metavar="SECTION",
+                   help="section to show, one of " + ", ".join(REPORT_SECTIONS + ("all",))
+                        + "; repeat for several (default: all)")
+    p.add_argument("--all-columns", action="store_true", help="text/markdown: show every column")
+
+    p = _command(sub, "validate", "check a trace's invariants",
+                 "Check a trace directory: schema, one lock owner at a time, matched "
+                 "releases, per-thread time order, stage order.\n"
+                 "Exit status: 0 clean, 1 violations, 2 unreadable trace.", func("validate_command"))
+    p.add_argument("trace", metavar="TRACE", help="trace directory")
+    _format_option(p, what="output format: text (one line per violation) or json (one object)")
+    _limit_option(p, "print at most N violations", 100)
+    p.add_argument("--tolerance", type=duration_ns("--tolerance", 0, 60 * units.NS_PER["s"]),
+                   dest="tolerance_ns", default=0, metavar="TIME",
+                   help="ignore lock-owner overlaps up to this long, 0 .. 60s; a bare number is "
+                        "ns (0: strict)")
+    p.add_argument("--tolerance-ns", type=duration_ns("--tolerance", 0, 60 * units.NS_PER["s"]),
+                   dest="tolerance_ns", action=_Deprecated, use="--tolerance", unit="ns",
+                   help=argparse.SUPPRESS)
+
+    p = _command(sub, "diff", "regression report: lock hold/wait times, baseline vs candidate",
+                 "Compare lock hold (or wait) times per lock and call site between a baseline "
+                 "and a candidate, each one trace or a group of repeated runs.\n\n"
+                 "  kvmscope diff BASE NEW\n"
+                 "  kvmscope diff BASE1 BASE2 BASE3 --vs NEW1 NEW2 NEW3\n"
+                 "  kvmscope diff runs/base --vs runs/new   (directories of runs)\n\n"
+                 "A row regressed when the Holm-corrected Mann-Whitney test is significant AND "
+                 "the lower bound of the interval of the relative change (bootstrap over runs "
+                 "and time blocks; with groups, at least the run-level t interval) is above "
+                 "--threshold AND the absolute change is at least --min-delta. See "
+                 "docs/regress.md.\nExit status: 0 no regression, 1 regression, 2 error.",
+                 func("cmd_diff"))
+    p.add_argument("base", nargs="+", metavar="BASE", help="baseline trace(s), or a directory of runs")
+    p.add_argument("--vs", nargs="+", metavar="NEW", help="candidate trace(s), or a directory of runs")
+    p.add_argument("--metric", choices=DIFF_METRICS, default="hold",
+                   help="hold time, or wait time of contended acquisitions")
+    p.add_argument("--stat", choices=DIFF_STATS, default="p50", help="statistic judged (total is per run)")
+    p.add_argument("--threshold", type=_type(_percent, "percent"), default="10%", metavar="PERCENT",
+                   help="smallest relative change that counts, 0%% .. 10000%%")
+    p.add_argument("--min-delta", type=duration_ns("--min-delta", 0, 60 * units.NS_PER["s"]),
+                   default="100ns", metavar="TIME",
+                   help="smallest absolute change that counts, 0 .. 60s; a bare number is ns")
+    p.add_argument("--alpha", type=_type(_alpha, "alpha"), default=0.05, metavar="P",
+                   help="significance level, 0 < P < 1; the interval is 1 - P")
+    p.add_argument("--min-count", type=count("--min-count", 1, ROW_LIMIT), default=30, metavar="N",
+                   help=f"samples a side needs to be judged, 1 .. {ROW_LIMIT}")
+    p.add_argument("--lock", action="append", metavar="NAME", help="only this lock (glob; repeat for several)")
+    p.add_argument("--callsite", action="append", metavar="NAME",
+                   help="only this call site (glob; repeat for several)")
+    p.add_argument("--format", choices=DIFF_FORMATS, default=None,
+                   help="output format (default: from the -o extension, else text)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE instead of stdout")
+    p.add_argument("--resamples", type=count("--resamples", 100, 1_000_000), default=2000, metavar="N",
+                   help="bootstrap replicates, 100 .. 1000000")
+    p.add_argument("--blocks", type=count("--blocks", 1, 10_000), default=10, metavar="N",
+                   help="time blocks per run for the bootstrap, 1 .. 10000")
+    p.add_argument("--seed", type=count("--seed", 0, 2 ** 64 - 1), default=0, metavar="N",
+                   help="bootstrap seed, 0 .. 2^64-1")
+
+    p = _command(sub, "plot", "draw a trace (timeline, distributions, heatmaps...)",
+                 "Draw one view of a trace into a PNG, SVG or PDF file (format from the "
+                 "extension).\nExit status 0, or 2 on error with one line on stderr.",
+                 func("cmd_plot"))
+    p.add_argument("trace", metavar="TRACE", help="trace directory")
+    p.add_argument("--kind", choices=PLOT_KINDS, default="timeline",
+                   help="timeline: thread states, lock owner, hand-offs; wait/hold: lock time "
+                        "distributions; contention: heatmap of waits over time; exits: exit "
+                        "rate; aio/bh/timers: latency distributions")
+    p.add_argument("--window", type=_type(_window, "window"), metavar="START:END",
+                   help="time window: absolute ns (1845840947555:1845841947555) or relative to "
+                        "the trace start with a unit (10ms:12ms); either side may be empty "
+                        "(default: timeline the busiest 1 ms of contention, others the whole trace)")
+    p.add_argument("--lock", metavar="NAME", help="only this lock (timeline default: bql)")
+    p.add_argument("--by", metavar="GROUP",
+                   help="grouping: wait/hold: callsite (default), lock, thread; contention: "
+                        "thread (default), lock, callsite; exits: reason (default), device, thread")
+    p.add_argument("--threads", metavar="NAMES",
+                   help="timeline rows, comma-separated (default: every thread with records)")
+    p.add_argument("--bins", type=count("--bins", 1, 100_000), default=200, metavar="N",
+                   help="time bins of contention/exits, 1 .. 100000")
+    p.add_argument("--dpi", type=count("--dpi", 20, 1200), default=120, metavar="N",
+                   help="PNG resolution, 20 .. 1200")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="output file: .png, .svg or .pdf")
+
+    p = _command(sub, "export", "export a trace to Perfetto / chrome://tracing JSON",
+                 "Write a trace as Chrome trace-event JSON, for https://ui.perfetto.dev and "
+                 "chrome://tracing.\nExit status 0, or 2 on error with one line on stderr.",
+                 func("cmd_export"))
+    p.add_argument("trace", metavar="TRACE", help="trace directory")
+    p.add_argument("--perfetto", required=True, metavar="FILE", help="output JSON file")
+    p.add_argument("--window", type=_type(_window, "window"), metavar="START:END",
+                   help="only rows overlapping this window: absolute ns, or relative to the trace "
+                        "start with a unit (10ms:12ms); either side may be empty")
+    p.add_argument("--max-events", type=count("--max-events", 0, ROW_LIMIT), default=EXPORT_MAX_EVENTS,
+                   metavar="N", help="stop where N events are reached, so that the file stays "
+                                     f"loadable; 0: no limit; 0 .. {ROW_LIMIT}")
+    _format_option(p, what="what to print: text (one line) or json (path, events, window, cut)")
+
+
+# --------------------------------------------------------------------------
+# the parser and main
+
+def build_parser(prog="kvmscope", commands=("recording", "analysis"), funcs=None):
+    """The `kvmscope` argument parser, every command registered explicitly.
+
+    Parameters
+    ----------
+    prog : str
+    commands : tuple of str
+        ``recording`` (run, demo, guests, info) and/or ``analysis`` (report,
+        validate, diff, plot, export).
+    funcs : dict, optional
+        Analysis command functions by name (see :func:`add_analysis_commands`).
+
+    Examples
+    --------
+    >>> args = build_parser().parse_args(["run", "pio-storm", "--duration", "2s", "-m", "32M"])
+    >>> args.duration, args.memory, args.func.__name__
+    (2.0, 33554432, 'cmd_run')
+    """
+    parser = CommandParser(prog=prog, formatter_class=HelpFormatter,
+                           description="Record and analyse lock contention inside a KVM VMM.\n"
+                                       "Exit status: 0 success, 1 failed guest / violations / "
+                                       "regression, 2 bad input or unusable host, 130 interrupted.")
+    parser.error_prefix = "kvmscope"
     parser.add_argument("--version", action="version", version=f"kvmscope {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-
-    p = sub.add_parser("run", help="run a guest and record a trace")
-    _add_run_options(p)
-    p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser("demo", help="record a demo trace (pio-storm, 2 vCPUs) and report on it")
-    _add_run_options(p, demo=True)
-    p.set_defaults(func=cmd_demo)
-
-    p = sub.add_parser("guests", help="list the built-in guest programs")
-    p.set_defaults(func=cmd_guests)
-
-    p = sub.add_parser("info", help="show KVM capabilities and the clock kvmscope would use")
-    p.add_argument("--kvm-device", default="/dev/kvm")
-    p.set_defaults(func=cmd_info)
-
-    try:
-        from .analysis import cli as analysis_cli
-    except ImportError:
-        analysis_cli = None
-    if analysis_cli is not None and hasattr(analysis_cli, "register"):
-        analysis_cli.register(sub)
+    if "recording" in commands:
+        p = _command(sub, "run", "run a guest and record a trace",
+                     "Run a built-in guest on KVM and record its trace.\n"
+                     "Exit status: 0 the guest ended well, 1 a guest or fatal-exit error, "
+                     "2 bad input or unusable /dev/kvm, 130 interrupted (trace complete).", cmd_run)
+        _add_run_options(p)
+        p = _command(sub, "demo", "record a demo trace (pio-storm, 2 vCPUs) and report on it",
+                     "Record pio-storm on 2 vCPUs into DIR and print its report.", cmd_demo)
+        _add_run_options(p, demo=True)
+        p = _command(sub, "guests", "list the built-in guest programs",
+                     "List the built-in guest programs.", cmd_guests)
+        _format_option(p, what="text, or json (with default iterations and minimum memory)")
+        p = _command(sub, "info", "show KVM capabilities and the clock kvmscope would use",
+                     "Show the KVM device's capabilities and the clock a recording would use.",
+                     cmd_info)
+        p.add_argument("--kvm-device", default="/dev/kvm", metavar="PATH", help="KVM device node")
+        _format_option(p)
+    if "analysis" in commands:
+        add_analysis_commands(sub, funcs)
     return parser
 
 
-def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def error_line(e):
+    """One line saying what failed: ``path: reason`` for OS errors."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def run_command(args):
+    """Run a parsed command; bad input and host errors become one line and status 2."""
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        return 130
-    except (ValueError, OSError, FileNotFoundError) as e:
-        print(f"kvmscope: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:
-        if type(e).__name__ in ("KvmError", "KvmscopeError", "TraceError"):
-            print(f"kvmscope: {e}", file=sys.stderr)
-            return 2
-        raise
+        return EXIT_INTERRUPTED
+    except (KvmscopeError, OSError) as e:
+        print(f"kvmscope {args.command}: error: {error_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def main(argv=None, parser=None):
+    """Entry point of `kvmscope`; returns the exit status.
+
+    Examples
+    --------
+    >>> main(["run", "pio-storm", "--vcpus", "100"])    # doctest: +SKIP
+    kvmscope run: error: --vcpus 100 out of range: use 1 .. 64
+    2
+    """
+    parser = parser or build_parser()
+    try:
+        args = parser.parse_args(None if argv is None else [str(a) for a in argv])
+    except SystemExit as e:                 # --help and --version (0), usage errors (2)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_USAGE)
+    return run_command(args)
 
 
 if __name__ == "__main__":

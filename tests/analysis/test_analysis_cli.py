@@ -124,7 +124,7 @@ def test_register_adds_commands_to_a_parent_cli(small):
     sub.add_parser("run")                                # the runner's own
     cli.register(sub)
     args = parser.parse_args(["validate", small])
-    assert args.func is cli.cmd_validate
+    assert args.func is cli.validate_command
 
 
 def test_python_dash_m_exit_codes(tmp_path, gen):

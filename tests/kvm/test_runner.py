@@ -206,7 +206,7 @@ def test_bad_arguments_give_one_line_errors(tmp_path):
     proc = kvmscope("run", "pio-storm", check=2)
     assert "no trace directory" in proc.stderr
     proc = kvmscope("run", "disk-io", "-m", "2M", "--no-trace", check=2)
-    assert proc.stderr.strip() == "kvmscope: --memory 2M is too small for disk-io: it needs at least 4M"
+    assert proc.stderr.strip() == "kvmscope run: error: --memory 2M is too small for disk-io: it needs at least 4M"
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
@@ -223,7 +223,7 @@ def test_no_permission_on_the_kvm_device_is_explained(tmp_path):
     proc = subprocess.run([*nobody, *kvmscope_cmd("run", "pio-storm", "--no-trace")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == ("kvmscope: cannot open /dev/kvm: Permission denied "
+    assert proc.stderr.strip() == ("kvmscope run: error: cannot open /dev/kvm: Permission denied "
                                    "(no permission: add the user to the 'kvm' group or run as root)")
 
 

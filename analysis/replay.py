@@ -8,6 +8,9 @@ grows with the number of records but no Python code runs per record.
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
+
+from .schema import SPANS
 
 _I64_MIN = np.iinfo(np.int64).min
 
@@ -333,6 +336,327 @@ def queue_depth(trace, queue="aio"):
 
 
 # --------------------------------------------------------------------------
+# coverage: where the data is incomplete
+
+_I64_MAX = np.iinfo(np.int64).max
+
+#: States of ``meta.json`` after which the tables may end before the run did.
+INCOMPLETE_STATES = {"running": "killed", "failed": "failed"}
+
+COVERAGE_COLUMNS = ["kind", "thread", "thread_name", "start_ns", "end_ns",
+                    "lost", "detail"]
+
+#: Kinds of row :func:`coverage` returns, with what they mean.
+COVERAGE_KINDS = {
+    "lost": "the thread's ring dropped `lost` records, written between "
+            "start_ns and end_ns (null: unknown / the thread's data ended)",
+    "lost_unplaced": "the thread dropped `lost` records at unknown times "
+                     "(meta.json counts them, no losses row places them): "
+                     "none of the thread's time is known to be complete",
+    "end": "the thread's data ends at start_ns: the run was killed or "
+           "failed, or a table was cut short; later records are missing",
+}
+
+
+def _written(table, name):
+    """(thread, start, written) of each row of a table: when the row's span
+    starts and when its record was written (its last timestamp)."""
+    a, b = SPANS[name]
+    start = table.column(a)
+    end = table.column(b)
+    if end.null_count:
+        end = pc.coalesce(end, start)
+    return (table.column("thread").to_numpy().astype(np.int16, copy=False),
+            start.to_numpy(), end.to_numpy())
+
+
+def _per_thread_max(thread, values):
+    """{thread id: max value} (a hash group-by; no Python per record)."""
+    if not len(thread):
+        return {}
+    s = pd.Series(values).groupby(thread, sort=False).max()
+    return dict(zip(s.index.astype(int), s.to_numpy().astype(np.int64)))
+
+
+def _fmt_s(ns, origin, other=None):
+    """Seconds from the trace start; with *other*, as many digits (4 to 9)
+    as it takes to tell the two apart."""
+    if ns is None:
+        return "?"
+    for digits in range(4, 10):
+        text = f"{(ns - origin) / 1e9:.{digits}f}"
+        if other is None or other == ns or \
+                text != f"{(other - origin) / 1e9:.{digits}f}":
+            break
+    return text + " s"
+
+
+def _name_of(names, tid):
+    return names.get(int(tid), f"thread {int(tid)}")
+
+
+def _coverage(trace):
+    """(coverage DataFrame, {thread: (lo, hi) sorted disjoint intervals of
+    write time in which the thread's records may be missing}), of the whole
+    trace a window or selection came from; cached."""
+    base = trace._base or trace
+    got = base._cache.get("coverage")
+    if got is not None:
+        return got
+    meta = base.meta
+    threads = base.arrow("threads")
+    names = dict(zip(threads.column("thread").to_pylist(),
+                     threads.column("name").to_pylist()))
+    ids_of = {}
+    for tid, name in names.items():
+        ids_of.setdefault(name, []).append(tid)
+    origin = base.start_ns
+    rows, spans = [], {}
+
+    def uncovered(tid, lo, hi):
+        spans.setdefault(int(tid), []).append((lo, hi))
+
+    state = meta.get("state")
+    incomplete = state in INCOMPLETE_STATES or bool(base.cut)
+    losses = base.arrow("losses")
+    lost_meta = {}
+    for name, rec in (meta.get("records") or {}).items():
+        if rec.get("lost"):
+            for tid in ids_of.get(name, ()):
+                lost_meta[tid] = lost_meta.get(tid, 0) + rec["lost"]
+    if not (incomplete or losses.num_rows or lost_meta):
+        got = (_empty_coverage(), {})
+        base._cache["coverage"] = got
+        return got
+
+    tables = [n for n in SPANS if base.arrow(n).num_rows]
+    times = {n: _written(base.arrow(n), n) for n in tables}
+
+    # Records dropped at known positions.  A dropped record was written
+    # after the thread's record that ends at after_ns and before the next
+    # one kept, the first whose span starts at or after before_ns.
+    placed = {}
+    if losses.num_rows:
+        l_th = losses.column("thread").to_numpy()
+        l_n = losses.column("lost").to_numpy()
+        l_after = losses.column("after_ns").to_pylist()
+        l_before = losses.column("before_ns").to_pylist()
+        firsts = {}
+        for tid in np.unique(l_th):        # per thread, not per record
+            st = [times[n][1][times[n][0] == tid] for n in tables]
+            wr = [times[n][2][times[n][0] == tid] for n in tables]
+            st = np.concatenate(st) if st else np.zeros(0, np.int64)
+            wr = np.concatenate(wr) if wr else np.zeros(0, np.int64)
+            o = np.argsort(st, kind="stable")
+            # Earliest write among the rows starting at or after each start.
+            firsts[int(tid)] = (st[o], np.minimum.accumulate(wr[o][::-1])[::-1])
+        for tid, n, after, before in zip(l_th, l_n, l_after, l_before):
+            tid = int(tid)
+            placed[tid] = placed.get(tid, 0) + int(n)
+            hi = _I64_MAX
+            if before is not None:
+                st, first = firsts[tid]
+                k = np.searchsorted(st, before, side="left")
+                if k < len(st):
+                    hi = int(first[k])
+            uncovered(tid, _I64_MIN if after is None else after, hi)
+            who = _name_of(names, tid)
+            if after is not None and before is not None:
+                where = (f"between {_fmt_s(after, origin, before)} and "
+                         f"{_fmt_s(before, origin, after)}")
+            elif after is not None:
+                where = f"after {_fmt_s(after, origin)}, to the end of its data"
+            elif before is not None:
+                where = f"before {_fmt_s(before, origin)}"
+            else:
+                where = "at unknown times"
+            rows.append(("lost", tid, after, before, int(n),
+                         f"lost {int(n)} records on {who} {where}"))
+
+    # Records meta.json counts as lost that no losses row places.
+    for tid, n in lost_meta.items():
+        rest = n - placed.get(tid, 0)
+        if rest > 0:
+            uncovered(tid, _I64_MIN, _I64_MAX)
+            why = ("this format-1 trace records no loss positions"
+                   if meta.get("format_version", 1) < 2 else
+                   f"the losses table places {placed.get(tid, 0)} of {n}")
+            rows.append(("lost_unplaced", tid, None, None, rest,
+                         f"lost {rest} records on {_name_of(names, tid)} at "
+                         f"unknown times ({why}): its hand-offs and overlaps "
+                         "are not checked"))
+
+    # Data that ends early: per thread, the last time it wrote anything;
+    # a table cut short ends each thread's data at its last row there.
+    if incomplete:
+        ends = {}
+        for n in tables:
+            for tid, e in _per_thread_max(times[n][0], times[n][2]).items():
+                ends[tid] = max(ends.get(tid, _I64_MIN), e)
+        for n in base.cut:
+            th, _, wr = times.get(n) or (np.zeros(0, np.int16), None, None)
+            last = _per_thread_max(th, wr)
+            table_end = max(last.values()) if last else _I64_MIN
+            for tid in ends:
+                ends[tid] = min(ends[tid], last.get(tid, table_end))
+        for tid in set(names) | set(ends):
+            e = ends.get(tid, _I64_MIN)
+            uncovered(tid, e, _I64_MAX)
+            if e != _I64_MIN:
+                rows.append(("end", tid, e, None, None,
+                             f"data of {_name_of(names, tid)} ends at "
+                             f"{_fmt_s(e, origin)}"))
+
+    merged = {}
+    for tid, iv in spans.items():
+        iv.sort()
+        lo, hi = [iv[0][0]], [iv[0][1]]
+        for a, b in iv[1:]:
+            if a <= hi[-1]:
+                hi[-1] = max(hi[-1], b)
+            else:
+                lo.append(a)
+                hi.append(b)
+        merged[tid] = (np.asarray(lo, np.int64), np.asarray(hi, np.int64))
+
+    if rows:
+        kind, tid, start, end, lost, detail = zip(*rows)
+        df = pd.DataFrame({
+            "kind": list(kind), "thread": np.asarray(tid, np.int16),
+            "thread_name": [_name_of(names, t) for t in tid],
+            "start_ns": pd.array(list(start), dtype="Int64"),
+            "end_ns": pd.array(list(end), dtype="Int64"),
+            "lost": pd.array(list(lost), dtype="Int64"),
+            "detail": list(detail)})
+        order = {k: i for i, k in enumerate(COVERAGE_KINDS)}
+        df = df.assign(_k=df["kind"].map(order)).sort_values(
+            ["_k", "thread", "start_ns"], kind="stable", na_position="first") \
+            .drop(columns="_k").reset_index(drop=True)
+    else:
+        df = _empty_coverage()
+    got = (df, merged)
+    base._cache["coverage"] = got
+    return got
+
+
+def _empty_coverage():
+    return pd.DataFrame({
+        "kind": pd.Series([], dtype=object), "thread": np.zeros(0, np.int16),
+        "thread_name": pd.Series([], dtype=object),
+        "start_ns": pd.array([], dtype="Int64"),
+        "end_ns": pd.array([], dtype="Int64"),
+        "lost": pd.array([], dtype="Int64"),
+        "detail": pd.Series([], dtype=object)})
+
+
+def coverage(trace):
+    """Where the trace's data is incomplete.
+
+    A thread's records can be missing in three ways: its ring dropped them
+    (lossy mode: the ``losses`` table places each run of dropped records;
+    a version-1 trace only counts them in ``meta.json``, so the whole
+    thread is then uncertain), or the run was killed or failed before they
+    were flushed (``meta.json`` ``state`` is ``running`` or ``failed``: each
+    thread's data ends at its last timestamp in any table), or a table file
+    was cut short.  :func:`check` reports nothing that such missing data
+    could explain.
+
+    Parameters
+    ----------
+    trace : Trace
+        A window or selection answers for the whole trace it came from.
+
+    Returns
+    -------
+    DataFrame
+        ``kind`` (``lost``, ``lost_unplaced``, ``end``; see
+        :data:`COVERAGE_KINDS`), ``thread, thread_name``, ``start_ns`` and
+        ``end_ns`` (``Int64``: for ``lost``, the end of the thread's last
+        record before the drop and the start of its next one, null where
+        there is none; for ``end``, where its data ends), ``lost``
+        (records; ``Int64``), ``detail`` (one line).  Empty when every
+        thread's records are all there.
+
+    Examples
+    --------
+    >>> cov = trace.coverage()                          # doctest: +SKIP
+    >>> cov[cov.kind == "lost"].groupby("thread_name").lost.sum()  # doctest: +SKIP
+    """
+    return _coverage(trace)[0].copy()
+
+
+def is_complete(trace):
+    """Whether the trace holds every record of its run: not killed or
+    failed, no table cut short, no record lost."""
+    base = trace._base or trace
+    return (base.meta.get("state") not in INCOMPLETE_STATES and not base.cut
+            and _coverage(trace)[0].empty)
+
+
+def describe_coverage(trace):
+    """Plain lines saying how the trace is incomplete (empty if it is not).
+
+    ``killed: data ends at 2.3100 s (main), 2.3500 s (vcpu0)``, ``failed:
+    write failed: No space left on device; data ends at ...``, the tables
+    cut short, and ``lost 312 records on vcpu1 between 1.2034 s and
+    1.2051 s`` (one line per thread when a thread lost records more than
+    five times).  Times are seconds from the trace start.
+    """
+    from .trace import failure_reason
+    base = trace._base or trace
+    cov = _coverage(trace)[0]
+    origin = base.start_ns
+    lines = []
+    ends = cov[cov["kind"] == "end"].sort_values("start_ns", kind="stable")
+    at = ", ".join(f"{_fmt_s(int(e), origin)} ({n})"
+                   for e, n in zip(ends["start_ns"], ends["thread_name"]))
+    at = f"data ends at {at}" if at else "no data was flushed"
+    state = base.meta.get("state")
+    if state == "running":
+        lines.append(f"killed: {at}")
+    elif state == "failed":
+        lines.append(f"failed: {failure_reason(base.meta)}; {at}")
+    elif base.cut:
+        lines.append(f"cut short: {at}")
+    for why in base.cut.values():
+        lines.append(f"cut short: {why}")
+    lost = cov[cov["kind"] == "lost"]
+    for tid, g in lost.groupby("thread", sort=True):
+        if len(g) <= 5:
+            lines.extend(g["detail"])
+            continue
+        lo, hi = g["start_ns"].min(), g["end_ns"].max()
+        span = (f" between {_fmt_s(int(lo), origin, int(hi))} and "
+                f"{_fmt_s(int(hi), origin, int(lo))}"
+                if lo is not pd.NA and hi is not pd.NA else "")
+        lines.append(f"lost {int(g['lost'].sum())} records on "
+                     f"{g['thread_name'].iloc[0]} in {len(g)} runs{span} "
+                     "(Trace.coverage() lists each)")
+    lines.extend(cov.loc[cov["kind"] == "lost_unplaced", "detail"])
+    return lines
+
+
+def _touches(gaps, thread, lo, hi):
+    """For each (thread, [lo, hi]): whether the interval meets a time at
+    which that thread's records may be missing."""
+    thread = np.asarray(thread)
+    out = np.zeros(len(thread), dtype=bool)
+    if not gaps or not len(thread):
+        return out
+    lo = np.broadcast_to(np.asarray(lo, dtype=np.int64), thread.shape)
+    hi = np.broadcast_to(np.asarray(hi, dtype=np.int64), thread.shape)
+    lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
+    for tid, (glo, ghi) in gaps.items():     # a loop over threads
+        sel = np.flatnonzero(thread == tid)
+        if not len(sel):
+            continue
+        k = np.searchsorted(ghi, lo[sel], side="left")
+        inside = k < len(ghi)
+        out[sel] = inside & (glo[np.minimum(k, len(ghi) - 1)] <= hi[sel])
+    return out
+
+
+# --------------------------------------------------------------------------
 # invariant checker
 
 CHECK_COLUMNS = ["kind", "table", "row", "thread", "ts_ns", "detail"]
@@ -418,7 +742,7 @@ def _shifted_cummax(values, first):
     return out
 
 
-def _check_locks(trace, out, tolerance_ns=0):
+def _check_locks(trace, out, tolerance_ns, gaps):
     df = trace.locks
     if not len(df):
         return
@@ -450,6 +774,11 @@ def _check_locks(trace, out, tolerance_ns=0):
         prev_arg = _shifted_cummax(pos, first)
         rows = order[bad]
         holder = thread[order[prev_arg[bad]]]
+        # Where either owner's records may be missing, skip.
+        keep = ~(_touches(gaps, thread[rows], acq[rows], prev_max[bad])
+                 | _touches(gaps, holder, acq[rows], prev_max[bad]))
+        bad, rows, holder = bad[keep], rows[keep], holder[keep]
+    if len(bad):
         out.append(_violations(
             "lock_overlap", "locks", rows, thread[rows], acq[rows],
             "'" + _s(df["lock"].to_numpy()[rows]) + "' acquired at "
@@ -460,8 +789,13 @@ def _check_locks(trace, out, tolerance_ns=0):
     if trace.complete:
         prev_owner = df["prev_owner"].to_numpy()[order]
         replay_prev = np.where(first, -1, np.roll(thread[order], 1))
-        lone = first & (prev_owner != -1)
-        mism = ~first & (prev_owner != replay_prev)
+        # The release of the owner prev_owner names lies between the
+        # replayed previous release and this acquisition; where that
+        # owner's records may be missing there, replay cannot tell.
+        prev_rel = np.where(first, _I64_MIN, np.roll(o_rel, 1))
+        unsure = _touches(gaps, prev_owner, prev_rel, o_acq)
+        lone = first & (prev_owner != -1) & ~unsure
+        mism = ~first & (prev_owner != replay_prev) & ~unsure
         for kind, mask, what in (
                 ("release_without_acquire", lone, "none recorded"),
                 ("prev_owner_mismatch", mism, None)):
@@ -479,6 +813,7 @@ def _check_locks(trace, out, tolerance_ns=0):
     # back in row order; a thread never waits for two locks at once.
     o, same = _per_thread_prev(thread)
     back = np.flatnonzero(same[1:] & (rel[o][1:] < rel[o][:-1])) + 1
+    back = back[~_touches(gaps, thread[o[back]], rel[o[back]], rel[o[back - 1]])]
     if len(back):
         rows = o[back]
         out.append(_violations(
@@ -492,6 +827,7 @@ def _check_locks(trace, out, tolerance_ns=0):
     first[1:] = th[1:] != th[:-1]
     prev_acq = _shifted_cummax(acq[o], first)
     over = np.flatnonzero(req[o] < prev_acq)
+    over = over[~_touches(gaps, th[over], req[o][over], prev_acq[over])]
     if len(over):
         rows = o[over]
         out.append(_violations(
@@ -500,7 +836,7 @@ def _check_locks(trace, out, tolerance_ns=0):
             "another lock until " + _s(prev_acq[over])))
 
 
-def _check_exits(trace, out):
+def _check_exits(trace, out, gaps):
     df = trace.exits
     if not len(df):
         return
@@ -522,6 +858,8 @@ def _check_exits(trace, out):
             ("thread_time_backwards", back, "previous exit_ns", ex_o),
             ("thread_overlap", over, "previous entry_ns", en_o)):
         idx = np.flatnonzero(mask) + 1
+        idx = idx[~_touches(gaps, thread[o[idx]], np.minimum(ex_o[idx], prev[idx - 1]),
+                            np.maximum(ex_o[idx], prev[idx - 1]))]
         if len(idx):
             rows = o[idx]
             out.append(_violations(
@@ -530,7 +868,7 @@ def _check_exits(trace, out):
                 + _s(prev[idx - 1])))
 
 
-def _check_loop(trace, out):
+def _check_loop(trace, out, gaps):
     df = trace.loop
     if not len(df):
         return
@@ -541,6 +879,7 @@ def _check_loop(trace, out):
     enter, end = df["poll_enter_ns"].to_numpy(), df["dispatch_end_ns"].to_numpy()
     o, same = _per_thread_prev(thread)
     idx = np.flatnonzero(same[1:] & (enter[o][1:] < end[o][:-1])) + 1
+    idx = idx[~_touches(gaps, thread[o[idx]], enter[o[idx]], end[o[idx - 1]])]
     if len(idx):
         rows = o[idx]
         out.append(_violations(
@@ -595,10 +934,11 @@ def check(trace, tolerance_ns=0):
     >>> v.kind.value_counts()                          # doctest: +SKIP
     """
     out = []
+    gaps = _coverage(trace)[1]
     _check_threads(trace, out)
-    _check_locks(trace, out, tolerance_ns)
-    _check_exits(trace, out)
-    _check_loop(trace, out)
+    _check_locks(trace, out, tolerance_ns, gaps)
+    _check_exits(trace, out, gaps)
+    _check_loop(trace, out, gaps)
     out.append(_stage_order(trace.aio, "aio", "aio_stage_order",
                             ["submit_ns", "start_ns", "done_ns",
                              "complete_ns"]))

@@ -13,7 +13,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from .schema import FORMAT_NAME, FORMAT_VERSION, SCHEMAS, TABLES, is_dict_string
+import pyarrow.compute as pc
+
+from .schema import (ADDED_IN, FORMAT_NAME, FORMAT_VERSION, SCHEMAS, SPANS, TABLES,
+                     is_dict_string)
 
 _BATCH_ROWS = 65536
 
@@ -36,6 +39,7 @@ _DEFAULTS = {
     "loop": {"iter": lambda d: np.arange(len(d)), "timeout_ns": -1,
              "nready": 1},
     "irqs": {"kind": "raise", "line": -1, "vector": -1, "vcpu": -1},
+    "losses": {"after_ns": None, "before_ns": None},
 }
 
 
@@ -108,7 +112,8 @@ def _default_meta(tables):
         "config": {}, "host": {}, "versions": {"pyarrow": pa.__version__},
         "start_ns": min(lo) if lo else 0, "end_ns": max(hi) if hi else 0,
         "stop_reason": "synthetic", "records": {},
-        "tables": {n: t.num_rows for n, t in tables.items() if n != "threads"},
+        "tables": {n: (tables[n].num_rows if n in tables else 0)
+                   for n in TABLES if n != "threads"},
     }
 
 
@@ -125,12 +130,12 @@ def write_trace(path, meta=None, batch_rows=_BATCH_ROWS, **tables):
     batch_rows : int
         Rows per record batch in each ``.arrows`` stream.
     **tables : DataFrame, dict of columns or pyarrow.Table
-        ``threads=, exits=, locks=, bh=, timers=, aio=, loop=, irqs=``.
-        Missing columns get defaults (``lock="bql"``, ``prev_owner`` as
-        replayed, ``contended = acquired_ns > request_ns``, ...; see
-        docs/analysis.md).  Without ``threads`` one row per thread id is
-        made, named ``t<id>``.  Tables not given are not written (they
-        load empty).
+        ``threads=, exits=, locks=, bh=, timers=, aio=, loop=, irqs=,
+        losses=``.  Missing columns get defaults (``lock="bql"``,
+        ``prev_owner`` as replayed, ``contended = acquired_ns >
+        request_ns``, ...; see docs/analysis.md).  Without ``threads`` one
+        row per thread id is made, named ``t<id>``.  Tables not given are
+        written empty, as a recording writes them.
 
     Returns
     -------
@@ -158,17 +163,25 @@ def write_trace(path, meta=None, batch_rows=_BATCH_ROWS, **tables):
         arrow["threads"] = to_arrow("threads", {
             "thread": ids, "tid": ids, "name": [f"t{i}" for i in ids],
             "role": [""] * len(ids)})
-    os.makedirs(path, exist_ok=True)
-    for name, table in arrow.items():
-        with ipc.new_stream(os.path.join(path, name + ".arrows"),
-                            table.schema) as w:
-            w.write_table(table, max_chunksize=batch_rows)
     full = _default_meta(arrow)
     for k, v in (meta or {}).items():
         if v is None:
             full.pop(k, None)
         else:
             full[k] = v
+    version = full.get("format_version")
+    os.makedirs(path, exist_ok=True)
+    for name in TABLES:
+        if isinstance(version, int) and version < ADDED_IN.get(name, 1):
+            if isinstance(full.get("tables"), dict):
+                full["tables"].pop(name, None)
+            continue        # an older format has no such file
+        table = arrow.get(name)
+        if table is None:
+            table = SCHEMAS[name].empty_table()
+        with ipc.new_stream(os.path.join(path, name + ".arrows"),
+                            table.schema) as w:
+            w.write_table(table, max_chunksize=batch_rows)
     with open(os.path.join(path, "meta.json"), "w") as f:
         json.dump(full, f, indent=2)
     return os.fspath(path)
@@ -456,5 +469,206 @@ def make_trace(path, n_lock_records=10_000, threads=3, aio_workers=1, seed=0,
                        "n_lock_records": n_lock_records,
                        "contention": contention},
             "records": records}
+    write_trace(path, meta=meta, batch_rows=batch_rows, **tables)
+    return os.fspath(path)
+
+
+# --------------------------------------------------------------------------
+# imperfect traces: records lost, runs killed
+
+def _writer_ids(tables, name):
+    """Thread whose ring wrote each row of table *name*: the row's thread,
+    except AIO rows, which the main loop writes (thread 0 in
+    :func:`generate`)."""
+    t = tables[name]
+    if name == "aio":
+        return np.zeros(t.num_rows, dtype=np.int16)
+    return t.column("thread").to_numpy().astype(np.int16)
+
+
+def _row_times(table, name):
+    a, b = SPANS[name]
+    end = table.column(b)
+    if end.null_count:
+        end = pc.coalesce(end, table.column(a))
+    return table.column(a).to_numpy(), end.to_numpy()
+
+
+def drop_records(tables, drops):
+    """Remove records as a lossy ring would: per writing thread, every
+    record written (its last timestamp) inside a window.
+
+    Parameters
+    ----------
+    tables : dict of str to pyarrow.Table
+        From :func:`generate`.
+    drops : list of (thread, start_ns, end_ns)
+        Windows of write time, per thread.
+
+    Returns
+    -------
+    (dict of str to pyarrow.Table, pyarrow.Table)
+        The remaining tables, and the ``losses`` table a format-2 recorder
+        would write for them: per window that dropped anything, ``lost``,
+        ``after_ns`` (end of the thread's last record written before) and
+        ``before_ns`` (start of its first record written after), null where
+        there is none.
+    """
+    out = dict(tables)
+    keep = {n: np.ones(t.num_rows, dtype=bool) for n, t in tables.items()
+            if n in SPANS}
+    info = {n: (_writer_ids(tables, n),) + _row_times(tables[n], n)
+            for n in keep}
+    losses = []
+    for thread, lo, hi in drops:
+        lost, before, after = 0, None, None
+        for n, (who, start, written) in info.items():
+            mine = who == thread
+            hit = mine & (written >= lo) & (written <= hi)
+            lost += int(hit.sum())
+            keep[n] &= ~hit
+            prev = mine & (written < lo)
+            if prev.any():
+                after = max(after or written[prev].max(), int(written[prev].max()))
+            nxt = np.flatnonzero(mine & (written > hi))
+            if len(nxt):
+                first = nxt[np.argmin(written[nxt])]
+                cand = (int(written[first]), int(start[first]))
+                before = min(before, cand) if before else cand
+        if lost:
+            losses.append((thread, lost, None if after is None else int(after),
+                           None if before is None else before[1]))
+    for n, k in keep.items():
+        out[n] = tables[n].filter(pa.array(k))
+    cols = list(zip(*losses)) if losses else [[], [], [], []]
+    table = pa.Table.from_arrays([
+        pa.array(cols[0], pa.int16()), pa.array(cols[1], pa.int64()),
+        pa.array(cols[2], pa.int64()), pa.array(cols[3], pa.int64())],
+        schema=SCHEMAS["losses"])
+    return out, table
+
+
+def cut_records(tables, ends):
+    """Remove every record written after its thread's end, as a run killed
+    with ``kill -9`` leaves its trace: what each thread had not yet flushed
+    is missing.
+
+    Parameters
+    ----------
+    tables : dict of str to pyarrow.Table
+    ends : dict of int to int
+        Writing thread -> the time after which its records are gone.
+
+    Returns
+    -------
+    dict of str to pyarrow.Table
+    """
+    out = dict(tables)
+    for n in SPANS:
+        if n not in tables:
+            continue
+        who = _writer_ids(tables, n)
+        _, written = _row_times(tables[n], n)
+        limit = np.full(len(who), np.iinfo(np.int64).max)
+        for thread, end in ends.items():
+            limit[who == thread] = end
+        out[n] = tables[n].filter(pa.array(written <= limit))
+    return out
+
+
+def _records_meta(tables, lost=None):
+    names = tables["threads"].column("name").to_pylist()
+    ids = tables["threads"].column("thread").to_pylist()
+    by_id = dict(zip(ids, names))
+    rec = {nm: {"written": 0, "lost": 0, "stalls": 0} for nm in names}
+    for n in SPANS:
+        who, counts = np.unique(_writer_ids(tables, n), return_counts=True)
+        for i, c in zip(who, counts):          # per thread, not per record
+            rec[by_id[int(i)]]["written"] += int(c)
+    for i, c in (lost or {}).items():
+        rec[by_id[int(i)]]["lost"] += int(c)
+    return rec
+
+
+def make_lossy_trace(path, n_lock_records=10_000, threads=3, seed=0,
+                     runs=6, run_ns=40_000, format_version=FORMAT_VERSION,
+                     batch_rows=_BATCH_ROWS):
+    """Write a generated trace whose rings dropped records (lossy mode).
+
+    A consistent :func:`generate` trace loses *runs* windows of *run_ns* of
+    one thread's records each (vCPUs and the main loop in turn, spread
+    over the run).  A format-2 trace places each run in its ``losses``
+    table; with ``format_version=1`` only ``meta.json`` counts them, as a
+    version-1 recorder did.  ``prev_owner`` still names the true previous
+    owners, so a checker that ignores the losses reports hand-offs that
+    the data cannot show.
+
+    Returns
+    -------
+    str
+        *path*.
+
+    Examples
+    --------
+    >>> p = make_lossy_trace(tmp / "lossy", 5000, seed=1)   # doctest: +SKIP
+    >>> Trace.load(p).coverage().kind.tolist()               # doctest: +SKIP
+    ['lost', 'lost', 'lost', 'lost', 'lost', 'lost']
+    """
+    tables = generate(n_lock_records, threads, 1, seed)
+    rng = np.random.default_rng(seed + 1)
+    lo = pc.min(tables["locks"].column("acquired_ns")).as_py()
+    hi = pc.max(tables["locks"].column("released_ns")).as_py()
+    starts = np.sort(rng.uniform(lo, hi - run_ns, runs)).astype(np.int64)
+    drops = [(i % threads, int(s), int(s) + run_ns) for i, s in enumerate(starts)]
+    tables, losses = drop_records(tables, drops)
+    lost = {}
+    for t, n in zip(losses.column("thread").to_pylist(),
+                    losses.column("lost").to_pylist()):
+        lost[t] = lost.get(t, 0) + n
+    meta = {"format_version": format_version,
+            "config": {"guest": "synthetic", "vcpus": threads - 1, "seed": seed,
+                       "lossless": False},
+            "records": _records_meta(tables, lost)}
+    write_trace(path, meta=meta, batch_rows=batch_rows, **tables,
+                **({"losses": losses} if format_version >= 2 else {}))
+    return os.fspath(path)
+
+
+def make_killed_trace(path, n_lock_records=10_000, threads=3, seed=0,
+                      ends=None, state="running", failure=None,
+                      batch_rows=_BATCH_ROWS):
+    """Write a generated trace as a run killed with ``kill -9`` leaves it.
+
+    Each writing thread's records end at its own time: by default the main
+    loop's at 90 % of the run and each vCPU's a little later (its last
+    batches were flushed, the main loop's were not), so vCPU acquisitions
+    name a previous owner, the main loop, whose record is missing.
+    ``meta.json`` is the one written at the start of a run: ``state``
+    ``running``, no ``end_ns``, ``records`` or ``tables``.
+
+    Parameters
+    ----------
+    ends : dict of int to float, optional
+        Thread id -> where its data ends, as a fraction of the run.
+    state : str
+        ``running`` (killed) or ``failed`` (then *failure* is the reason).
+
+    Returns
+    -------
+    str
+        *path*.
+    """
+    tables = generate(n_lock_records, threads, 1, seed)
+    lo = pc.min(tables["locks"].column("request_ns")).as_py()
+    hi = pc.max(tables["locks"].column("released_ns")).as_py()
+    if ends is None:
+        ends = {0: 0.90}
+        ends.update({i: 0.95 + 0.01 * i for i in range(1, threads)})
+    tables = cut_records(tables, {t: int(lo + f * (hi - lo)) for t, f in ends.items()})
+    meta = {"state": state, "end_ns": None, "stop_reason": None,
+            "records": None, "tables": None,
+            "config": {"guest": "synthetic", "vcpus": threads - 1, "seed": seed}}
+    if failure is not None:
+        meta["failure"] = failure
     write_trace(path, meta=meta, batch_rows=batch_rows, **tables)
     return os.fspath(path)

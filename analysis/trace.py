@@ -7,6 +7,7 @@ derived columns.  Replay and statistics are methods that return DataFrames.
 
 import json
 import os
+import stat
 
 import numpy as np
 import pandas as pd
@@ -16,9 +17,9 @@ import pyarrow.ipc as ipc
 
 from . import replay as _replay
 from . import stats as _stats
+from ..traceformat import META_FILE
 from .schema import (ADDED_IN, FORMAT_NAME, FORMAT_VERSION, SCHEMAS, SPANS, SUPPORTED_VERSIONS,
-                     TABLES, table_file,
-                     describe, empty_table, type_matches)
+                     TABLES, describe, empty_table, table_file, type_matches)
 
 _INT64_MAX = np.iinfo(np.int64).max
 
@@ -36,32 +37,175 @@ class TraceError(ValueError):
 # --------------------------------------------------------------------------
 # reading
 
-def _read_meta(path):
-    fname = os.path.join(path, "meta.json")
+#: Largest ``meta.json`` read; a real one is a few kB.
+META_MAX_BYTES = 16 << 20
+
+#: Values of ``meta.json`` ``state``.
+STATES = ("running", "complete", "stopped", "failed")
+
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def _file_kind(mode):
+    for test, what in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def _os_reason(e):
+    return e.strerror or type(e).__name__
+
+
+def _stat_regular(fname, missing):
+    """``os.stat`` of *fname*, which must be a regular file (symbolic links
+    followed); TraceError naming the file otherwise.  Nothing is opened, so a
+    FIFO or a device is never read."""
     try:
-        with open(fname, "rb") as f:
-            meta = json.loads(f.read().decode("utf-8"))
+        st = os.stat(fname)
     except FileNotFoundError:
-        raise TraceError(f"{fname}: missing (not a kvmscope trace?)") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise TraceError(f"{fname}: corrupt JSON: {e}") from None
+        if os.path.islink(fname):
+            raise TraceError(f"{fname}: dangling symbolic link") from None
+        raise TraceError(f"{fname}: {missing}") from None
     except OSError as e:
-        raise TraceError(f"{fname}: cannot read: {e.strerror}") from None
+        raise TraceError(f"{fname}: cannot read: {_os_reason(e)}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise TraceError(f"{fname}: not a regular file "
+                         f"({_file_kind(st.st_mode)})")
+    return st
+
+
+def _read_meta(path):
+    fname = os.path.join(path, META_FILE)
+    st = _stat_regular(fname, "missing (not a kvmscope trace?)")
+    if st.st_size > META_MAX_BYTES:
+        raise TraceError(f"{fname}: {st.st_size} bytes, more than the "
+                         f"{META_MAX_BYTES >> 20} MiB a meta.json may have")
+    try:
+        # O_NONBLOCK: should the file have been swapped for a FIFO since
+        # the stat, opening it must not wait for a writer.
+        fd = os.open(fname, os.O_RDONLY | os.O_NONBLOCK
+                     | getattr(os, "O_CLOEXEC", 0))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise TraceError(f"{fname}: not a regular file")
+            chunks, size = [], 0
+            while size <= META_MAX_BYTES:
+                chunk = os.read(fd, META_MAX_BYTES + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise TraceError(f"{fname}: cannot read: {_os_reason(e)}") from None
+    if size > META_MAX_BYTES:
+        raise TraceError(f"{fname}: more than the {META_MAX_BYTES >> 20} MiB "
+                         "a meta.json may have")
+    try:
+        meta = json.loads(b"".join(chunks).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise TraceError(f"{fname}: corrupt JSON: {_first_line(e)}") from None
     _check_meta(meta, fname)
     return meta
 
 
+def _first_line(e):
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _json_type(v):
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, int):
+        return "an integer"
+    if isinstance(v, float):
+        return "a number with a fraction" if v == v and abs(v) != float("inf") \
+            else "not a finite number"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, list):
+        return "a list"
+    return "an object"
+
+
+def _is_int(v, lo=_INT64[0], hi=_INT64[1]):
+    return type(v) is int and lo <= v <= hi
+
+
 def _check_meta(meta, fname):
+    """Check the keys of ``meta.json`` that the analysis reads: their JSON
+    types and ranges.  Raises TraceError naming the first wrong key."""
     if not isinstance(meta, dict):
         raise TraceError(f"{fname}: expected a JSON object, "
-                         f"got {type(meta).__name__}")
+                         f"got {_json_type(meta)}")
     if meta.get("format") != FORMAT_NAME:
-        raise TraceError(f"{fname}: 'format' is {meta.get('format')!r}, "
+        raise TraceError(f"{fname}: 'format' is {_short(meta.get('format'))}, "
                          f"expected {FORMAT_NAME!r}")
     version = meta.get("format_version")
     if type(version) is not int or version not in SUPPORTED_VERSIONS:
-        raise TraceError(f"{fname}: unsupported format_version {version!r} "
+        raise TraceError(f"{fname}: unsupported format_version {_short(version)} "
                          f"(this kvmscope reads {', '.join(map(str, SUPPORTED_VERSIONS))})")
+
+    def wrong(key, v, expected):
+        raise TraceError(f"{fname}: {key!r} is {_json_type(v)}"
+                         + (f" ({_short(v)})" if _json_type(v) == "an integer" else "")
+                         + f", expected {expected}")
+
+    state = meta.get("state")
+    if state is not None:
+        if not isinstance(state, str):
+            wrong("state", state, "a string")
+        if state not in STATES:
+            raise TraceError(f"{fname}: 'state' is {_short(state)}, expected "
+                             f"one of {', '.join(STATES)}")
+    for key in ("start_ns", "end_ns"):
+        v = meta.get(key)
+        if v is not None and not _is_int(v):
+            wrong(key, v, "an integer of ns (int64)")
+    for key in ("config", "clock", "host", "versions", "stats"):
+        v = meta.get(key)
+        if v is not None and not isinstance(v, dict):
+            wrong(key, v, "an object")
+    for key in ("stop_reason", "failure", "kvmscope_version"):
+        v = meta.get(key)
+        if v is not None and not isinstance(v, str):
+            wrong(key, v, "a string")
+    guest = (meta.get("config") or {}).get("guest")
+    if guest is not None and not isinstance(guest, str):
+        wrong("config.guest", guest, "a string")
+    records = meta.get("records")
+    if records is not None:
+        if not isinstance(records, dict):
+            wrong("records", records, "an object")
+        for name, rec in records.items():
+            if not isinstance(rec, dict):
+                wrong(f"records.{name}", rec, "an object")
+            for k in ("written", "lost", "stalls"):
+                v = rec.get(k)
+                if v is not None and not _is_int(v, 0):
+                    wrong(f"records.{name}.{k}", v, "a count (integer >= 0)")
+    tables = meta.get("tables")
+    if tables is not None:
+        if not isinstance(tables, dict):
+            wrong("tables", tables, "an object")
+        for name, v in tables.items():
+            if not _is_int(v, 0):
+                wrong(f"tables.{name}", v, "a row count (integer >= 0)")
+
+
+def _short(v, n=60):
+    """repr of a meta value, cut to *n* characters (a value may be huge)."""
+    if type(v) is int and abs(v) >= 10 ** n:
+        return f"an integer of {len(str(abs(v)))} digits"
+    text = repr(v)
+    return text if len(text) <= n else text[:n] + "..."
 
 
 def _read_stream(fname):
@@ -71,18 +215,20 @@ def _read_stream(fname):
     keeps its complete batches; any other damage raises TraceError.
     """
     base = os.path.basename(fname)
+    st = _stat_regular(fname, "missing: every table of the format has a file")
+    if st.st_size == 0:
+        return None, (f"{base}: empty file (the run stopped before its "
+                      "first flush)")
     try:
-        if os.path.getsize(fname) == 0:
-            return None, (f"{base}: empty file (the run stopped before its "
-                          "first flush)")
         # Memory-mapped: batches reference the file, nothing is copied.
         source = pa.memory_map(fname)
     except OSError as e:
-        raise TraceError(f"{fname}: cannot read: {e.strerror}") from None
+        raise TraceError(f"{fname}: cannot read: {_os_reason(e)}") from None
     try:
         reader = ipc.open_stream(source)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise TraceError(f"{fname}: corrupt Arrow stream: {e}") from None
+    except (pa.ArrowException, OSError, MemoryError) as e:
+        raise TraceError(f"{fname}: corrupt Arrow stream: "
+                         f"{_first_line(e)}") from None
     batches = []
     warning = None
     while True:
@@ -90,8 +236,8 @@ def _read_stream(fname):
             batches.append(reader.read_next_batch())
         except StopIteration:
             break
-        except (pa.ArrowInvalid, OSError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        except (pa.ArrowException, OSError, MemoryError) as e:
+            msg = _first_line(e)
             if not any(s in msg for s in _SHORT_READ):
                 raise TraceError(f"{fname}: corrupt Arrow stream after "
                                  f"{len(batches)} batches: {msg}") from None
@@ -99,18 +245,27 @@ def _read_stream(fname):
             warning = (f"{base}: truncated final batch dropped; kept "
                        f"{len(batches)} complete batches ({rows} rows)")
             break
-    return pa.Table.from_batches(batches, schema=reader.schema), warning
+    try:
+        table = pa.Table.from_batches(batches, schema=reader.schema)
+    except (pa.ArrowException, MemoryError) as e:
+        raise TraceError(f"{fname}: corrupt Arrow stream: {_first_line(e)}") from None
+    return table, warning
 
 
 def _conform(table, name, where):
     """Check *table* against the schema of *name*; return it with the
     documented columns first.  Raises TraceError naming *where*."""
     schema = SCHEMAS[name]
+    names = table.schema.names
+    keep = []
     for field in schema:
         idx = table.schema.get_field_index(field.name)
         if idx < 0:
-            raise TraceError(f"{where}: missing column {field.name!r} "
-                             f"({describe(field.type)})")
+            what = "twice" if names.count(field.name) > 1 else None
+            raise TraceError(f"{where}: " + (f"column {field.name!r} appears twice"
+                                             if what else
+                                             f"missing column {field.name!r} "
+                                             f"({describe(field.type)})"))
         actual = table.schema.field(idx).type
         if not type_matches(actual, field.type):
             raise TraceError(f"{where}: column {field.name!r} has type "
@@ -119,8 +274,18 @@ def _conform(table, name, where):
             raise TraceError(f"{where}: column {field.name!r} has "
                              f"{table.column(idx).null_count} nulls but is "
                              "not nullable")
-    extra = [c for c in table.column_names if c not in schema.names]
-    return table.select(schema.names + extra)
+        keep.append(idx)
+    # Undocumented columns are kept when their names are unambiguous.
+    extra = [i for i, c in enumerate(names)
+             if c not in schema.names and names.count(c) == 1]
+    table = table.select(keep + extra)
+    try:
+        # Offsets, UTF-8 and dictionary indices: what the batch reader does
+        # not check and pandas or a renderer would trip over later.
+        table.validate(full=True)
+    except (pa.ArrowException, MemoryError) as e:
+        raise TraceError(f"{where}: corrupt Arrow data: {_first_line(e)}") from None
+    return table
 
 
 # --------------------------------------------------------------------------
@@ -210,7 +375,8 @@ class Trace:
     >>> t.window(t.start_ns, t.start_ns + 10_000_000).lock_stats()  # doctest: +SKIP
     """
 
-    def __init__(self, tables, meta, path=None, warnings=(), complete=True):
+    def __init__(self, tables, meta, path=None, warnings=(), complete=True,
+                 cut=None, base=None):
         self._tables = dict(tables)
         self.meta = meta
         self.path = path
@@ -218,6 +384,11 @@ class Trace:
         # False once rows were filtered out (window/select): checks that need
         # every acquisition of a lock (prev_owner) are then skipped.
         self.complete = complete
+        # Tables whose end was cut off (name -> why), and the whole trace a
+        # window or selection came from: where data is missing is a
+        # property of the recording, not of the rows kept.
+        self.cut = dict(cut or {})
+        self._base = base
         self._frames = {}
         self._cache = {}
 
@@ -249,27 +420,50 @@ class Trace:
         ['locks.arrows: truncated final batch dropped; kept 41 complete ...']
         """
         path = os.fspath(path)
-        if not os.path.isdir(path):
-            what = "not a directory" if os.path.exists(path) else "not found"
-            raise TraceError(f"{path}: trace directory {what}")
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise TraceError(f"{path}: trace directory not found") from None
+        except OSError as e:
+            raise TraceError(f"{path}: cannot read: {_os_reason(e)}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise TraceError(f"{path}: trace directory not a directory")
         meta = _read_meta(path)
+        declared = meta.get("tables") or {}
         warnings = []
         tables = {}
+        cut = {}
         for name in TABLES:
             fname = os.path.join(path, table_file(name))
             if meta["format_version"] < ADDED_IN.get(name, 1) and not os.path.lexists(fname):
                 tables[name] = empty_table(name)
                 continue
-            if not os.path.exists(fname):
-                tables[name] = empty_table(name)
-                continue
             table, warning = _read_stream(fname)
             if warning:
                 warnings.append(warning)
-            tables[name] = (empty_table(name) if table is None
-                            else _conform(table, name, fname))
+            if table is None:           # empty file: nothing was flushed
+                table = empty_table(name)
+            else:
+                table = _conform(table, name, fname)
+                if warning:
+                    cut[name] = warning
+            tables[name] = table
+            want, rows = declared.get(name), table.num_rows
+            if want is None or want == rows:
+                continue
+            base = os.path.basename(fname)
+            if rows == 0:
+                raise TraceError(f"{fname}: no rows, but meta.json says it has {want}")
+            if rows < want:
+                cut.setdefault(name, f"{base}: {rows} of the {want} rows "
+                                     "meta.json lists (the file was cut short)")
+                if not warning:
+                    warnings.append(cut[name])
+            else:
+                warnings.append(f"{base}: {rows} rows, more than the {want} "
+                                "meta.json lists")
         warnings.extend(_meta_warnings(meta))
-        return cls(tables, meta, path=path, warnings=warnings)
+        return cls(tables, meta, path=path, warnings=warnings, cut=cut)
 
     @classmethod
     def from_arrow(cls, source, meta=None):
@@ -324,7 +518,14 @@ class Trace:
         treat it as read-only)."""
         df = self._frames.get(name)
         if df is None:
-            cols = _columns(self.arrow(name), name)
+            table = self.arrow(name)
+            try:
+                cols = _columns(table, name)
+            except pa.ArrowException as e:
+                # Validated on load; an undocumented column may still not
+                # convert.
+                raise TraceError(f"{self.path or 'trace'}: table {name}: "
+                                 f"{_first_line(e)}") from None
             if name != "threads":
                 cols.update(_derived(cols, name))
                 cols["thread_name"] = _thread_names(cols["thread"],
@@ -355,11 +556,16 @@ class Trace:
     irqs = property(lambda self: self.frame("irqs"),
                     doc="Interrupt events.")
 
+    losses = property(lambda self: self.frame("losses"),
+                      doc="Runs of records a thread's ring dropped "
+                          "(format 2; empty for version 1 traces).")
+
     @property
     def num_records(self):
-        """Rows in all event tables (everything but ``threads``)."""
+        """Rows in all event tables (everything but ``threads`` and
+        ``losses``)."""
         return sum(t.num_rows for n, t in self._tables.items()
-                   if n != "threads")
+                   if n not in ("threads", "losses"))
 
     def thread_ids(self, threads):
         """Map thread names or ids to an array of int thread ids.
@@ -446,7 +652,7 @@ class Trace:
                                pc.greater_equal(end, lo))
                 tables[name] = t.filter(keep)
         return Trace(tables, self.meta, self.path, self.warnings,
-                     complete=False)
+                     complete=False, cut=self.cut, base=self._base or self)
 
     def select(self, threads=None):
         """Rows emitted by the given threads (ids or names).
@@ -465,7 +671,7 @@ class Trace:
                          else t.filter(pc.is_in(t.column("thread"), ids)))
                   for name, t in self._tables.items()}
         return Trace(tables, self.meta, self.path, self.warnings,
-                     complete=False)
+                     complete=False, cut=self.cut, base=self._base or self)
 
     def __repr__(self):
         where = repr(self.path) if self.path else "in-memory"
@@ -497,8 +703,20 @@ class Trace:
         return _replay.queue_depth(self, queue)
 
     def check(self, tolerance_ns=0):
-        """Invariant violations; see :func:`replay.check`."""
+        """Invariant violations in the data the trace covers; see
+        :func:`replay.check`."""
         return _replay.check(self, tolerance_ns)
+
+    def coverage(self):
+        """Where the data is incomplete: records lost, data that ends
+        early; see :func:`replay.coverage`."""
+        return _replay.coverage(self)
+
+    @property
+    def state(self):
+        """How the recording ended: ``meta.json`` ``state`` (``running``
+        for a run that was killed), or None when not recorded."""
+        return self.meta.get("state")
 
     # -- statistics (see kvmscope.analysis.stats) ----------------------------
 
@@ -580,6 +798,10 @@ def _meta_warnings(meta):
     if meta.get("state") == "running":
         out.append("meta.json: state is 'running': the run was killed; "
                    "tables hold what was flushed before that")
+    elif meta.get("state") == "failed":
+        why = failure_reason(meta)
+        out.append(f"meta.json: state is 'failed' ({why}); tables hold what "
+                   "was written before that")
     records = meta.get("records")
     if isinstance(records, dict):
         lost = {k: v.get("lost", 0) for k, v in records.items()
@@ -589,3 +811,11 @@ def _meta_warnings(meta):
             out.append(f"meta.json: {sum(lost.values())} records lost "
                        f"({detail})")
     return out
+
+
+def failure_reason(meta):
+    """The one-line reason a failed run gives (``failure``, else
+    ``stop_reason``), or ``"no reason given"``."""
+    why = meta.get("failure") or meta.get("stop_reason") or ""
+    why = " ".join(str(why).split())
+    return (why[:200] + "...") if len(why) > 200 else (why or "no reason given")

@@ -1,6 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """Compiled core of kvmscope: KVM wrappers, vCPU threads, the instrumented global lock, devices and the tracer."""
-from libc.stdint cimport uint8_t, uint16_t, int16_t, uint32_t, int32_t, uint64_t, int64_t, INT64_MIN
+from libc.stdint cimport uint8_t, uint16_t, int16_t, uint32_t, int32_t, uint64_t, int64_t, INT64_MIN, INT64_MAX
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset, memcpy, strlen
 from libc.stdio cimport snprintf

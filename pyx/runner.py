@@ -10,6 +10,8 @@ import tempfile
 import threading
 import time
 
+import pyarrow as pa
+
 from . import __version__, guests
 from .config import RunConfig  # noqa: F401  (re-exported: kvmscope.runner.RunConfig)
 from .tracewriter import FORMAT, FORMAT_VERSION, TraceWriter
@@ -144,47 +146,134 @@ def record(config, progress=None):
 
     stop_reason = "guest exit"
     signals = _StopSignals()
+    drain = _Drain(tracer, writer)
     start_ns = _core.now_ns()
     meta["start_ns"] = start_ns
     if writer:
         writer.write_meta(meta)
     t0 = time.monotonic()
     with signals:
-        machine.start()
         try:
-            _wait_for_tids(tracer)
-            if writer:
-                writer.write_threads(tracer.threads_info())
-            while not machine.wait(DRAIN_INTERVAL_S):
+            machine.start()
+            try:
+                _wait_for_tids(tracer)
                 if writer:
-                    writer.write_records(tracer.drain())
-                    writer.flush()
-                elapsed = time.monotonic() - t0
-                if progress:
-                    progress(elapsed, sum(c["written"] for c in tracer.counts().values()))
-                if signals.received:
-                    stop_reason = "interrupted"
-                    machine.stop()
-                    break
-                if config.duration is not None and elapsed >= config.duration:
-                    stop_reason = "duration"
-                    machine.stop()
-                    break
-        except KeyboardInterrupt:
-            # only where signals could not be caught as a flag (not the main thread)
-            stop_reason = "interrupted"
-            machine.stop()
-        machine.join()
-        if signals.received:
+                    writer.write_threads(tracer.threads_info())
+                while not machine.wait(DRAIN_INTERVAL_S):
+                    drain.once()
+                    elapsed = time.monotonic() - t0
+                    if progress:
+                        progress(elapsed, sum(c["written"] for c in tracer.counts().values()))
+                    if drain.failure:
+                        stop_reason = "error"
+                        machine.stop()
+                        break
+                    if signals.received:
+                        stop_reason = "interrupted"
+                        machine.stop()
+                        break
+                    if config.duration is not None and elapsed >= config.duration:
+                        stop_reason = "duration"
+                        machine.stop()
+                        break
+            except _Abort:
+                raise
+            except KeyboardInterrupt:
+                # only where signals could not be caught as a flag (not the main thread)
+                stop_reason = "interrupted"
+                machine.stop()
+            _join_draining(machine, drain)
+        except _Abort:
+            _abort(tracer, drain, writer, meta)
+        if signals.received and stop_reason != "error":
             stop_reason = "interrupted"
         elapsed = time.monotonic() - t0
         end_ns = _core.now_ns()
-        result = _finish(config, guest, machine, tracer, writer, meta, log_fd, stop_reason, elapsed,
-                         end_ns, clock)
+        result = _finish(config, guest, machine, tracer, drain, writer, meta, log_fd, stop_reason,
+                         elapsed, end_ns, clock)
     return result
 
 
-def _finish(config, guest, machine, tracer, writer, meta, log_fd, stop_reason, elapsed, end_ns, clock):
+class _Drain:
+    """Moves records from the rings to the trace writer, and keeps draining
+    (discarding) after the writer failed, so that no producer ever waits for a
+    drain that will not come."""
+
+    def __init__(self, tracer, writer):
+        self.tracer = tracer
+        self.writer = writer
+        self.failure = None         # one-line reason the trace could not be written
+        self.unwritten = 0          # records drained after the failure
+        self.flushes = 0
+        self.max_interval_s = 0.0
+        self._last = None
+
+    def once(self, final=False):
+        records = self.tracer.drain()
+        losses = self.tracer.take_losses(final)
+        if self.writer is None:
+            return
+        if self.failure:
+            self.unwritten += len(records)
+            return
+        try:
+            self.writer.write_records(records)
+            self.writer.write_losses(losses)
+            self.writer.flush()
+        except (OSError, pa.ArrowException) as e:
+            self.failure = "write failed: " + _one_line(e)
+            self.unwritten += len(records)
+            self.tracer.abandon()
+            return
+        now = time.monotonic()
+        if self._last is not None:
+            self.max_interval_s = max(self.max_interval_s, now - self._last)
+        self._last = now
+        self.flushes += 1
+
+    def summary(self):
+        return {"interval_s": DRAIN_INTERVAL_S, "flushes": self.flushes,
+                "max_interval_s": round(self.max_interval_s, 4)}
+
+
+def _one_line(exc):
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror if exc.filename is None else f"{exc.filename}: {exc.strerror}"
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
+
+
+def _join_draining(machine, drain):
+    """Wait for every thread of the machine to end while still draining: a
+    thread in lossless mode may be waiting for room in its ring (possibly while
+    it holds the BQL that others wait for), and only the drain frees it."""
+    joiner = threading.Thread(target=machine.join, name="kvmscope-join", daemon=True)
+    joiner.start()
+    while joiner.is_alive():
+        joiner.join(0.005)
+        drain.once()
+
+
+def _abort(tracer, drain, writer, meta):
+    """A second interrupt: leave at once.  What was flushed stays readable;
+    meta.json says the recording was aborted."""
+    tracer.abandon()
+    if writer is not None and not drain.failure:
+        try:
+            writer.flush()
+            meta.update(state="aborted", stop_reason="aborted", drain=drain.summary())
+            writer.write_meta(meta)
+        except (OSError, pa.ArrowException):
+            pass
+    sys.stderr.write("kvmscope: aborted by a second interrupt"
+                     + (f"; the trace in {writer.path} holds what was flushed\n" if writer else "\n"))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
+
+
+def _finish(config, guest, machine, tracer, drain, writer, meta, log_fd, stop_reason, elapsed, end_ns,
+            clock):
     """After the threads ended: last drain, meta.json, the result."""
     machine.flush_console()
     stats = machine.stats()
@@ -196,21 +285,45 @@ def _finish(config, guest, machine, tracer, writer, meta, log_fd, stop_reason, e
     if failed_status and stop_reason == "guest exit":
         stop_reason = "guest exit: " + ", ".join(
             f"vcpu{v['vcpu']} status {v['exit_status']}" for v in failed_status)
-    ok = not stats["error"] and not failed_status
+    drain.once(final=True)
+    if drain.failure:
+        messages.append(f"trace: {drain.failure}; {drain.unwritten} records not written"
+                        f" (what was written before stays readable)")
+    ok = not stats["error"] and not failed_status and not drain.failure
     records = tracer.counts()
     if writer:
-        writer.write_records(tracer.drain())
-        writer.close()
         os.close(log_fd)
-        meta.update(state="failed" if stats["error"] else
-                    ("stopped" if stop_reason in ("duration", "interrupted") else "complete"),
-                    end_ns=end_ns, stop_reason=stop_reason, messages=messages, records=records,
-                    tables=dict(writer.counts), stats=stats)
-        writer.write_meta(meta)
+        if drain.failure:
+            state = "failed"
+        elif stats["error"]:
+            state = "failed"
+        else:
+            state = "stopped" if stop_reason in ("duration", "interrupted") else "complete"
+        meta.update(state=state, end_ns=end_ns, stop_reason=stop_reason, messages=messages,
+                    records=records, tables=dict(writer.counts), stats=stats, drain=drain.summary())
+        if state == "failed":
+            meta["failure"] = drain.failure or (messages[0] if messages else "the run failed")
+        try:
+            writer.close()
+        except (OSError, pa.ArrowException) as e:
+            if not drain.failure:
+                drain.failure = "write failed: " + _one_line(e)
+                meta.update(state="failed", failure=drain.failure)
+                messages.append(f"trace: {drain.failure}")
+                ok = False
+        try:
+            writer.write_meta(meta)
+        except OSError as e:
+            messages.append(f"trace: could not update meta.json: {_one_line(e)}")
+            ok = False
     return RunResult(config=config, stop_reason=stop_reason, ok=ok, elapsed_s=elapsed,
                      stats=stats, records=records, tables=dict(writer.counts) if writer else {},
                      console=machine.console(), clock=clock,
                      trace_path=config.output if writer else None, messages=messages)
+
+
+class _Abort(KeyboardInterrupt):
+    """A second SIGINT/SIGTERM while recording: abort at once."""
 
 
 class _StopSignals:
@@ -225,7 +338,7 @@ class _StopSignals:
 
     def _handler(self, signum, frame):
         if self.received is not None:
-            raise KeyboardInterrupt
+            raise _Abort
         self.received = signum
 
     def __enter__(self):

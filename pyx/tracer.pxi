@@ -36,6 +36,9 @@ cdef class Tracer:
     cdef readonly bint enabled
     cdef readonly list names
     cdef readonly list roles
+    # end of the last drained record per ring (ns), for a gap that starts at a drain boundary
+    cdef int64_t last_end_ns[KS_MAX_THREADS]
+    cdef list _losses
 
     def __cinit__(self, capacity=1 << 16, lossless=False, enabled=True):
         cdef uint64_t cap = 64
@@ -49,6 +52,10 @@ cdef class Tracer:
         self.nthreads = 0
         self.names = []
         self.roles = []
+        self._losses = []
+        cdef int i
+        for i in range(KS_MAX_THREADS):
+            self.last_end_ns[i] = INT64_MIN
 
     def __dealloc__(self):
         cdef int i
@@ -108,6 +115,9 @@ cdef class Tracer:
     def drain(self):
         """Move all committed records out of the rings.
 
+        Gaps left by dropped records are collected on the way; read them with
+        :meth:`take_losses`.
+
         Returns
         -------
         numpy.ndarray
@@ -115,27 +125,96 @@ cdef class Tracer:
             nanoseconds, missing timestamps as ``INT64_MIN``.
         """
         cdef uint64_t pending = 0, n, got = 0, i
+        cdef uint64_t first_seq[KS_MAX_THREADS]
+        cdef uint64_t offset[KS_MAX_THREADS]
+        cdef uint64_t count[KS_MAX_THREADS]
         cdef int k
         cdef ks_ring *r
+        cdef ks_gap gap
         for k in range(self.nthreads):
             r = self.rings[k]
             if r != NULL:
                 pending += ks_ring_pending(r)
         out = np.empty(pending, dtype=RECORD_DTYPE)
-        if pending == 0:
-            return out
-        cdef ks_record *buf = <ks_record *><size_t>out.ctypes.data
+        cdef ks_record *buf = <ks_record *><size_t>out.ctypes.data if pending else NULL
         with nogil:
             for k in range(self.nthreads):
                 r = self.rings[k]
-                if r != NULL and got < pending:
-                    got += ks_ring_pop(r, buf + got, pending - got)
+                count[k] = 0
+                if r != NULL:
+                    first_seq[k] = r.tail
+                    offset[k] = got
+                    if got < pending:
+                        count[k] = ks_ring_pop(r, buf + got, pending - got)
+                        got += count[k]
             for i in range(got):
                 buf[i].t0 = ks_raw_to_ns(&g_clock, buf[i].t0)
                 buf[i].t1 = ks_raw_to_ns(&g_clock, buf[i].t1)
                 buf[i].t2 = ks_raw_to_ns(&g_clock, buf[i].t2)
                 buf[i].t3 = ks_raw_to_ns(&g_clock, buf[i].t3)
+        for k in range(self.nthreads):
+            r = self.rings[k]
+            if r == NULL:
+                continue
+            # a gap before record `seq` lies between records seq-1 and seq
+            while ks_ring_next_gap(r, first_seq[k] + count[k], &gap):
+                if gap.seq > first_seq[k]:
+                    after = _record_end(&buf[offset[k] + gap.seq - first_seq[k] - 1])
+                else:
+                    after = self.last_end_ns[k]
+                if gap.seq < first_seq[k]:      # cannot happen (logged before its record commits)
+                    gap.seq = first_seq[k]
+                before = _record_start(&buf[offset[k] + gap.seq - first_seq[k]]) if count[k] else INT64_MIN
+                self._losses.append((k, gap.lost, None if after == INT64_MIN else after,
+                                     None if before == INT64_MIN else before))
+            if count[k]:
+                self.last_end_ns[k] = _record_end(&buf[offset[k] + count[k] - 1])
         return out[:got]
+
+    def take_losses(self, bint final=False):
+        """Gaps found by :meth:`drain` since the last call: ``(thread, lost, after_ns, before_ns)``.
+
+        With ``final`` (every producer has exited), records dropped after a
+        thread's last record are reported too, with ``before_ns`` None.
+        """
+        cdef int k
+        cdef ks_ring *r
+        if final:
+            for k in range(self.nthreads):
+                r = self.rings[k]
+                if r != NULL and r.unlogged_lost:
+                    after = self.last_end_ns[k]
+                    self._losses.append((k, r.unlogged_lost, None if after == INT64_MIN else after, None))
+                    r.unlogged_lost = 0
+        out, self._losses = self._losses, []
+        return out
+
+    def abandon(self):
+        """Stop every lossless wait for good: full rings drop (and count) from now on."""
+        cdef int k
+        for k in range(self.nthreads):
+            if self.rings[k] != NULL:
+                ks_ring_abandon(self.rings[k])
+
+
+cdef inline int64_t _record_start(const ks_record *r) noexcept nogil:
+    """Earliest timestamp of a drained record (INT64_MIN: none)."""
+    cdef int64_t v = INT64_MAX
+    if r.t0 != INT64_MIN and r.t0 < v: v = r.t0
+    if r.t1 != INT64_MIN and r.t1 < v: v = r.t1
+    if r.t2 != INT64_MIN and r.t2 < v: v = r.t2
+    if r.t3 != INT64_MIN and r.t3 < v: v = r.t3
+    return INT64_MIN if v == INT64_MAX else v
+
+
+cdef inline int64_t _record_end(const ks_record *r) noexcept nogil:
+    """Latest timestamp of a drained record (INT64_MIN: none)."""
+    cdef int64_t v = INT64_MIN
+    if r.t0 > v: v = r.t0
+    if r.t1 > v: v = r.t1
+    if r.t2 > v: v = r.t2
+    if r.t3 > v: v = r.t3
+    return v
 
 
 def bench_record_cost(uint64_t n=2000000):

@@ -31,6 +31,13 @@ def _dict(indices, dictionary):
                                           dictionary)
 
 
+def _write_error(exc, table):
+    """OSError naming the table file and the system error, on one line."""
+    err = getattr(exc, "errno", None)
+    text = os.strerror(err) if err else (str(exc).strip().splitlines() or ["write failed"])[-1]
+    return OSError(err, f"{table_file(table)}: {text}")
+
+
 def write_json_atomic(path, obj):
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -169,7 +176,10 @@ class TraceWriter:
             pa.array(cols[2], pa.int64()), pa.array(cols[3], pa.int64())], schema=SCHEMAS["losses"]))
 
     def _write(self, name, batch):
-        self._writers[name].write_batch(batch)
+        try:
+            self._writers[name].write_batch(batch)
+        except OSError as e:
+            raise _write_error(e, name) from None
         self.counts[name] += batch.num_rows
 
     def flush(self):
@@ -177,10 +187,17 @@ class TraceWriter:
             f.flush()
 
     def close(self):
+        """Close every table file (all of them, even after one failed); raise the first failure."""
+        first = None
         for name, w in self._writers.items():
-            w.close()
-            self._files[name].close()
+            for closing in (w, self._files[name]):
+                try:
+                    closing.close()
+                except OSError as e:
+                    first = first or _write_error(e, name)
         self._writers.clear()
+        if first:
+            raise first
 
     def write_meta(self, meta):
         write_json_atomic(os.path.join(self.path, META_FILE), meta)

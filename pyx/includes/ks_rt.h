@@ -136,7 +136,20 @@ typedef char ks_record_is_64_bytes[(sizeof(ks_record) == 64) ? 1 : -1];
 /* Single producer (the thread it belongs to), single consumer (the drain).
  * head and tail live on separate cache lines so that producer and consumer
  * do not false-share; the producer keeps a cached copy of tail and rereads
- * the shared one only when the ring looks full. */
+ * the shared one only when the ring looks full.
+ *
+ * Dropped records leave a gap whose position the checker must know (a
+ * violation next to a gap may be an artefact of the gap).  The producer notes
+ * each gap in a small log when it next commits: (sequence number of the first
+ * record after the gap, records dropped).  A gap can only close after the
+ * drain freed room, and the drain reads the log after every pop, so at most a
+ * couple of entries are ever outstanding. */
+#define KS_GAP_LOG 16
+typedef struct {
+    uint64_t seq;                    /* first record committed after the gap */
+    uint64_t lost;
+} ks_gap;
+
 typedef struct {
     volatile uint64_t head;          /* next slot to write; producer-owned */
     uint64_t cached_tail;
@@ -145,19 +158,46 @@ typedef struct {
     volatile uint64_t written;       /* records committed */
     volatile uint64_t lost;          /* records dropped because the ring was full */
     volatile uint64_t stalls;        /* lossless mode: times the producer waited */
-    int lossless;
-    char pad0[64 - 7 * 8 - sizeof(int)];
+    uint64_t unlogged_lost;          /* dropped since the last gap-log entry; producer-owned */
     volatile uint64_t tail;          /* next slot to read; consumer-owned */
-    char pad1[56];
+    volatile uint64_t gap_tail;      /* next gap-log entry to read; consumer-owned */
+    char pad1[48];
+    int lossless;
+    /* Set once a recording is being abandoned (a second interrupt, or the
+     * trace cannot be written any more): a lossless producer stops waiting
+     * for a drain that will not come, and drops (and counts) instead. */
+    volatile int abandoned;
+    volatile uint64_t gap_head;      /* next gap-log entry to write; producer-owned */
+    ks_gap gaps[KS_GAP_LOG];
 } ks_ring;
+
+typedef char ks_ring_tail_on_own_line[(__builtin_offsetof(ks_ring, tail) == 64) ? 1 : -1];
+
+static inline void ks_ring_abandon(ks_ring *r) { __atomic_store_n(&r->abandoned, 1, __ATOMIC_RELEASE); }
+
+static inline void ks_ring_drop(ks_ring *r) {
+    ks_add_relaxed_u64(&r->lost, 1);
+    r->unlogged_lost++;
+}
+
+/* Producer: log the gap that ends at sequence number h. */
+static inline void ks_ring_log_gap(ks_ring *r, uint64_t h) {
+    uint64_t gh = r->gap_head;
+    if (gh - __atomic_load_n(&r->gap_tail, __ATOMIC_ACQUIRE) >= KS_GAP_LOG)
+        return;                      /* log full: the gap stays open and is logged later */
+    r->gaps[gh % KS_GAP_LOG].seq = h;
+    r->gaps[gh % KS_GAP_LOG].lost = r->unlogged_lost;
+    r->unlogged_lost = 0;
+    __atomic_store_n(&r->gap_head, gh + 1, __ATOMIC_RELEASE);
+}
 
 static inline ks_record *ks_ring_reserve(ks_ring *r) {
     uint64_t h = r->head;
     if (__builtin_expect(h - r->cached_tail > r->mask, 0)) {
         r->cached_tail = __atomic_load_n(&r->tail, __ATOMIC_ACQUIRE);
         while (h - r->cached_tail > r->mask) {
-            if (!r->lossless) {
-                ks_add_relaxed_u64(&r->lost, 1);
+            if (!r->lossless || __atomic_load_n(&r->abandoned, __ATOMIC_ACQUIRE)) {
+                ks_ring_drop(r);
                 return NULL;
             }
             /* back-pressure: wait for the drain rather than drop */
@@ -168,7 +208,22 @@ static inline ks_record *ks_ring_reserve(ks_ring *r) {
             r->cached_tail = __atomic_load_n(&r->tail, __ATOMIC_ACQUIRE);
         }
     }
+    if (__builtin_expect(r->unlogged_lost != 0, 0))
+        ks_ring_log_gap(r, h);
     return &r->buf[h & r->mask];
+}
+
+/* Consumer: take the next logged gap that closed before sequence `upto`
+ * (records below it were popped).  Returns 0 when there is none. */
+static inline int ks_ring_next_gap(ks_ring *r, uint64_t upto, ks_gap *out) {
+    uint64_t gt = r->gap_tail;
+    if (gt == __atomic_load_n(&r->gap_head, __ATOMIC_ACQUIRE))
+        return 0;
+    *out = r->gaps[gt % KS_GAP_LOG];
+    if (out->seq >= upto)
+        return 0;
+    __atomic_store_n(&r->gap_tail, gt + 1, __ATOMIC_RELEASE);
+    return 1;
 }
 
 static inline void ks_ring_commit(ks_ring *r) {

@@ -58,6 +58,10 @@ cdef extern from "ks_rt.h" nogil:
         int64_t t2
         int64_t t3
 
+    ctypedef struct ks_gap:
+        uint64_t seq
+        uint64_t lost
+
     ctypedef struct ks_ring:
         uint64_t head
         ks_record *buf
@@ -65,8 +69,12 @@ cdef extern from "ks_rt.h" nogil:
         uint64_t written
         uint64_t lost
         uint64_t stalls
+        uint64_t unlogged_lost
         int lossless
         uint64_t tail
+
+    void ks_ring_abandon(ks_ring *r)
+    int ks_ring_next_gap(ks_ring *r, uint64_t upto, ks_gap *out)
 
     ks_record *ks_ring_reserve(ks_ring *r)
     void ks_ring_commit(ks_ring *r)

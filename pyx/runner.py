@@ -183,14 +183,14 @@ def record(config, progress=None):
                 stop_reason = "interrupted"
                 machine.stop()
             _join_draining(machine, drain)
+            if signals.received and stop_reason != "error":
+                stop_reason = "interrupted"
+            elapsed = time.monotonic() - t0
+            end_ns = _core.now_ns()
+            result = _finish(config, guest, machine, tracer, drain, writer, meta, log_fd, stop_reason,
+                             elapsed, end_ns, clock)
         except _Abort:
             _abort(tracer, drain, writer, meta)
-        if signals.received and stop_reason != "error":
-            stop_reason = "interrupted"
-        elapsed = time.monotonic() - t0
-        end_ns = _core.now_ns()
-        result = _finish(config, guest, machine, tracer, drain, writer, meta, log_fd, stop_reason,
-                         elapsed, end_ns, clock)
     return result
 
 

@@ -15,6 +15,12 @@ FORMAT_NAME = "kvmscope-trace"
 FORMAT_VERSION = 2
 SUPPORTED_VERSIONS = (1, 2)
 
+#: meta.json "state": "running" while recording (so a killed run keeps it),
+#: then "complete" (the guest ended it), "stopped" (--duration or an interrupt),
+#: "failed" (an error; "failure" says why) or "aborted" (a second interrupt:
+#: the tables hold what was flushed).
+RUN_STATES = ("running", "complete", "stopped", "failed", "aborted")
+
 #: Record type codes of the core's 64-byte ring records (``KS_REC_*``).
 RECORD_TYPES = {"exit": 1, "lock": 2, "bh": 3, "timer": 4, "aio": 5, "loop": 6, "irq": 7}
 

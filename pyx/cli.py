@@ -13,6 +13,7 @@ refuses it; any other exception is a bug and keeps its traceback.
 import argparse
 import dataclasses
 import json
+import re
 import sys
 
 from . import __version__, guests, units
@@ -45,8 +46,21 @@ class CommandParser(argparse.ArgumentParser):
 
     error_prefix = None
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # "-16M", "-1us", "-5%" are (bad) values to range-check, not unknown options
+        self._negative_number_matcher = re.compile(r"^-(\d|\.\d)")
+
     def error(self, message):
         self.exit(EXIT_USAGE, f"{self.error_prefix or self.prog}: error: {message}\n")
+
+    def parse_args(self, args=None, namespace=None):
+        args, extra = self.parse_known_args(args, namespace)
+        if extra:       # name the command they were given to, not the top-level parser
+            command = getattr(args, "command", None)
+            self.exit(EXIT_USAGE, f"{'kvmscope ' + command if command else self.error_prefix or self.prog}: "
+                                  f"error: unrecognized arguments: {' '.join(extra)}\n")
+        return args
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -123,7 +123,7 @@ def format_duration(ns, sep=" ", exact=False):
         for unit, scale in _SHOWN:
             if ns and ns % scale == 0:
                 return f"{ns // scale}{sep}{unit}"
-        return f"0{sep}ns"
+        return "0"
     a = abs(float(ns))
     for unit, scale in _SHOWN[2:]:            # seconds at most: "90.0 s", not "1.50 min"
         v = ns / scale

@@ -161,3 +161,46 @@ def test_report_on_a_trace_with_no_records(capsys, tmp_path, fmt):
         assert doc["locks"] == [] and doc["trace"]["warnings"]
     if fmt == "text":
         assert "(no records)" in out and "warning: meta.json" in out
+
+
+def test_validate_json(capsys, tmp_path, gen):
+    status, out, _ = run(capsys, "validate", gen, "--format", "json")
+    doc = json.loads(out)
+    assert status == 0 and doc["exit_status"] == 0 and doc["violations"] == 0
+    assert doc["rows"] == [] and doc["records"] > 0
+    bad = LOCKS.assign(acquired_ns=[0, 90, 160])
+    p = write_trace(tmp_path / "b", threads=THREADS, locks=bad)
+    status, out, _ = run(capsys, "validate", p, "--format", "json", "--limit", "1")
+    doc = json.loads(out)
+    assert status == 1 and doc["exit_status"] == 1
+    assert doc["violations"] == 1 and doc["by_kind"] == {"lock_overlap": 1}
+    row = doc["rows"][0]
+    assert (row["table"], row["row"], row["thread_name"], row["ts_ns"]) == ("locks", 1, "main", 90)
+
+
+def test_report_limit_and_its_top_alias_agree(capsys, gen):
+    outs = [run(capsys, "report", gen, "--section", "blockers", opt, "2")[1]
+            for opt in ("--limit", "--top")]
+    assert outs[0] == outs[1] and "7 more rows" in outs[0]
+
+
+def test_the_cli_choices_are_the_library_ones():
+    # kvmscope.cli keeps its own copy so that building the parser loads no pandas
+    from kvmscope import cli as top
+    from kvmscope.analysis import perfetto, plot, regress, report
+    assert top.REPORT_FORMATS == report.FORMATS
+    assert top.REPORT_SECTIONS == tuple(report.SECTIONS)
+    assert (top.DIFF_METRICS, top.DIFF_STATS, top.DIFF_FORMATS) == \
+        (regress.METRICS, regress.STATS, regress.FORMATS)
+    assert top.PLOT_KINDS == plot.KINDS
+    assert top.EXPORT_MAX_EVENTS == perfetto.DEFAULT_MAX_EVENTS
+
+
+def test_analysis_commands_are_registered_explicitly():
+    # a command whose module is broken fails loudly when it runs; it never vanishes
+    from kvmscope import cli as top
+    names = set(top.build_parser()._subparsers._group_actions[0].choices)
+    assert names == {"run", "demo", "guests", "info", "report", "validate",
+                     "diff", "plot", "export"}
+    assert set(cli.COMMANDS) == {"cmd_report", "validate_command", "cmd_diff",
+                                 "cmd_plot", "cmd_export"}

@@ -70,7 +70,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         default = action.default
-        if ("%(default)" in text or not action.option_strings or default in (None, False)
+        if ("%(default)" in text or not action.option_strings or default is None or default is False
                 or default is argparse.SUPPRESS or isinstance(default, (list, tuple))):
             return text
         return text + " (default: %(default)s)"

@@ -39,7 +39,9 @@ class Setting:
         show = {"size": units.format_size,
                 "duration": lambda ns: units.format_duration(ns, sep="", exact=True)}.get(self.kind, str)
         text = f"{show(self.low)} .. {show(self.high)}"
-        if self.multiple > 1:
+        if self.kind == "duration" and self.multiple > 1 and self.multiple == units.NS_PER[self.unit]:
+            text += f", whole {self.unit}"
+        elif self.multiple > 1:
             text += f", a multiple of {show(self.multiple)}"
         return text
 

@@ -3,6 +3,7 @@ on stderr and exit status 2, before /dev/kvm is opened or a trace is read;
 -o refuses to overwrite unless --force, and then replaces only the trace."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -411,3 +412,15 @@ def test_windows():
     for bad in ("1ms", "a:b", "5:3", "1.5:2", "1:2:3"):
         with pytest.raises(ConfigError):
             units.parse_window(bad)
+
+
+def test_docs_cli_md_describes_every_option():
+    path = os.path.join(os.path.dirname(__file__), "..", "docs", "cli.md")
+    with open(path, encoding="utf-8") as f:
+        doc = f.read()
+    for name, p in _subparsers().items():
+        assert f"`{name}" in doc, name
+        for action in p._actions:
+            for option in action.option_strings:
+                if option.startswith("--") and option != "--help":
+                    assert re.search(rf"(?<![\w-]){option}(?![\w-])", doc), (name, option)

@@ -14,9 +14,12 @@ import io
 import os
 import numpy as np
 
+from kvmscope.traceformat import EXIT_REASONS
+
 include "errors.pxi"    # errno -> Python exceptions, in one place
 include "clock.pxi"     # run clock: TSC calibration against CLOCK_MONOTONIC
 include "tracer.pxi"    # per-thread trace rings and their drain
+include "records.pxi"   # one writer per trace record type
 include "lock.pxi"      # instrumented mutex (the BQL)
 include "loop.pxi"      # main loop: fd handlers, timers, bottom halves
 include "aio.pxi"       # AIO worker pool
@@ -25,3 +28,4 @@ include "kvm.pxi"       # /dev/kvm: API version and capability checks
 include "devices.pxi"   # bus lookup and device models
 include "vcpu.pxi"      # vCPU threads looping on KVM_RUN without the GIL
 include "machine.pxi"   # Machine: VM, memory, vCPUs, start/stop, statistics
+include "selftest.pxi"  # self-tests and micro-benchmarks (test suite and bench/ only)

@@ -1,12 +1,10 @@
 # AIO worker pool: a request queue (mutex + condition variable), workers doing real
 # pread/pwrite/fsync, completions signalled to the main loop through an eventfd.
 
-cdef enum:
+cdef enum:                  # `op` of an aio record: index into traceformat.AIO_OPS
     KS_AIO_READ = 1
     KS_AIO_WRITE = 2
     KS_AIO_FSYNC = 3
-
-AIO_OPS = ["none", "read", "write", "fsync"]
 
 
 cdef void aio_submit(ks_aio_pool *p, ks_aio_req *req, ks_thread *self) noexcept nogil:
@@ -103,10 +101,10 @@ cdef void aio_complete_all(ks_aio_pool *p, ks_thread *self) noexcept nogil:
         nxt = rev.next
         rev.complete(rev)
         p.completed += 1
-        trace_rec(self.ring, KS_REC_AIO, <uint16_t>rev.worker_thread, rev.op, rev.submit_thread,
-                  rev.id, <uint32_t>(<int32_t>rev.result if rev.result >= -2147483647 else -2147483647),
-                  <uint64_t>rev.offset, <uint64_t>rev.length,
-                  rev.submit_raw, rev.start_raw, rev.done_raw, ks_now())
+        trace_aio(self.ring, <uint16_t>rev.worker_thread, rev.id, rev.op, <uint64_t>rev.offset,
+                  <uint64_t>rev.length,
+                  <int32_t>rev.result if rev.result >= -2147483647 else -2147483647,
+                  rev.submit_thread, rev.submit_raw, rev.start_raw, rev.done_raw, ks_now())
         free(rev)
         rev = nxt
 

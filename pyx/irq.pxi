@@ -7,19 +7,16 @@ cdef enum:
     KS_VECTOR_BASE = 0x30
     KS_GSI_BASE = 32        # GSIs of the MSI routes (above the IOAPIC's 24 pins)
 
-cdef enum:
+cdef enum:                  # `kind` of an irqs record: index into traceformat.IRQ_KINDS
     KS_IRQEV_RAISE = 0
-    KS_IRQEV_LOWER = 1
-    KS_IRQEV_INJECT = 2
-    KS_IRQEV_KICK = 3
-    KS_IRQEV_WINDOW = 4
-    KS_IRQEV_ACK = 5
+    KS_IRQEV_INJECT = 1
+    KS_IRQEV_KICK = 2
+    KS_IRQEV_WINDOW = 3
+    KS_IRQEV_ACK = 4
 
 cdef extern from *:
     int __builtin_clzll(unsigned long long x) nogil
 
-IRQ_KINDS = ["raise", "lower", "inject", "kick", "window", "ack"]
-IRQ_SOURCES = ["timer", "blk"]
 LAPIC_MMIO = 0xFEE00000
 
 
@@ -28,8 +25,7 @@ cdef inline int irq_gsi(int vcpu, int source) noexcept nogil:
 
 
 cdef inline void irq__event(ks_thread *self, uint8_t kind, int line, int vector, int vcpu) noexcept nogil:
-    trace_rec(self.ring, KS_REC_IRQ, self.id, kind, <int16_t>vcpu, <uint32_t>line, <uint32_t>vector,
-              0, 0, ks_now(), 0, 0, 0)
+    trace_irq(self.ring, self.id, kind, line, vector, <int16_t>vcpu, ks_now())
 
 
 cdef void irq_raise(ks_machine *m, ks_thread *self, int vcpu, int source) noexcept nogil:

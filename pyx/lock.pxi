@@ -56,4 +56,4 @@ cdef inline void lock_release(ks_lock *l, ks_thread *t) noexcept nogil:
     l.last_owner = t.id
     pthread_mutex_unlock(&l.mutex)
     if t.ring != NULL:
-        trace_rec(t.ring, KS_REC_LOCK, t.id, contended, prev, l.id, callsite, 0, 0, req, acq, rel, 0)
+        trace_lock(t.ring, t.id, l.id, callsite, req, acq, rel, prev, contended)

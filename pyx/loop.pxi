@@ -167,8 +167,7 @@ cdef inline void loop__run_timers(ks_loop *l) noexcept nogil:
             expire = due.expire_raw
             fire = ks_now()
             due.cb(due.opaque)
-            trace_rec(l.thr.ring, KS_REC_TIMER, l.thr.id, 0, 0, due.id, 0, 0, 0,
-                      armed, expire, fire, ks_now())
+            trace_timer(l.thr.ring, l.thr.id, due.id, armed, expire, fire, ks_now())
 
 
 cdef inline void loop__run_bhs(ks_loop *l, int run_idle) noexcept nogil:
@@ -190,8 +189,7 @@ cdef inline void loop__run_bhs(ks_loop *l, int run_idle) noexcept nogil:
         start = ks_now()
         bh.cb(bh.opaque)
         bh.runs += 1
-        trace_rec(l.thr.ring, KS_REC_BH, l.thr.id, <uint8_t>bh.idle, who, bh.id, 0, 0, 0,
-                  sched, start, ks_now(), 0)
+        trace_bh(l.thr.ring, l.thr.id, bh.id, who, sched, start, ks_now(), <uint8_t>bh.idle)
 
 
 cdef void *loop__main(void *arg) noexcept nogil:
@@ -262,9 +260,9 @@ cdef void *loop__main(void *arg) noexcept nogil:
 
 cdef inline void loop__record(ks_loop *l, int n, int64_t tmo_raw, int64_t poll_enter,
                               int64_t poll_exit, int64_t dispatch_end, double ns_per_raw) noexcept nogil:
-    trace_rec(l.thr.ring, KS_REC_LOOP, l.thr.id, 0, 0, <uint32_t>(n if n > 0 else 0), 0,
-              l.iterations, <uint64_t>(<int64_t>(tmo_raw * ns_per_raw) if tmo_raw >= 0 else -1),
-              poll_enter, poll_exit, dispatch_end, 0)
+    trace_loop(l.thr.ring, l.thr.id, l.iterations,
+               <int64_t>(tmo_raw * ns_per_raw) if tmo_raw >= 0 else -1,
+               poll_enter, poll_exit, <uint32_t>(n if n > 0 else 0), dispatch_end)
 
 
 cdef int loop_init(ks_loop *l, ks_machine *m, uint32_t dispatch_callsite) except -1:
@@ -307,134 +305,3 @@ cdef void loop_destroy(ks_loop *l) noexcept nogil:
     if l.notify_fd >= 0:
         close(l.notify_fd)
         l.notify_fd = -1
-
-
-# ---- self-test of the loop on real threads and real file descriptors ------------
-cdef struct ks_selftest:
-    ks_loop *loop
-    int pipe_r
-    int allow_read          # read_poll answer
-    int reads
-    int bytes_read
-    int bh_runs
-    int idle_runs
-    int cancelled_runs
-    int timer_order[4]
-    int ntimer_fired
-
-
-cdef int selftest__read_poll(void *opaque) noexcept nogil:
-    return (<ks_selftest *>opaque).allow_read
-
-
-cdef void selftest__read(void *opaque) noexcept nogil:
-    cdef ks_selftest *st = <ks_selftest *>opaque
-    cdef char buf[64]
-    cdef long n = read(st.pipe_r, buf, sizeof(buf))
-    st.reads += 1
-    if n > 0:
-        st.bytes_read += n
-
-
-cdef void selftest__bh(void *opaque) noexcept nogil:
-    (<ks_selftest *>opaque).bh_runs += 1
-
-
-cdef void selftest__idle(void *opaque) noexcept nogil:
-    (<ks_selftest *>opaque).idle_runs += 1
-
-
-cdef void selftest__cancelled(void *opaque) noexcept nogil:
-    (<ks_selftest *>opaque).cancelled_runs += 1
-
-
-cdef struct ks_selftest_timer:
-    ks_selftest *st
-    int tag
-
-
-cdef void selftest__timer(void *opaque) noexcept nogil:
-    cdef ks_selftest_timer *t = <ks_selftest_timer *>opaque
-    if t.st.ntimer_fired < 4:
-        t.st.timer_order[t.st.ntimer_fired] = t.tag
-    t.st.ntimer_fired += 1
-
-
-def loop_selftest():
-    """Exercise the main loop on its own thread with real fds, timers and bottom halves.
-
-    Returns a dict of what happened, for the test suite: a read handler gated
-    by ``read_poll``, bottom halves scheduled from another thread (coalesced,
-    cancelled, idle), and timers firing in deadline order after ``timer_del``.
-    """
-    cdef ks_machine *m = <ks_machine *>calloc(1, sizeof(ks_machine))
-    cdef ks_loop *l = <ks_loop *>calloc(1, sizeof(ks_loop))
-    cdef ks_selftest st
-    cdef ks_thread other
-    cdef ks_bh *bh
-    cdef ks_bh *idle
-    cdef ks_bh *cancelled
-    cdef ks_timer *timers[4]
-    cdef ks_selftest_timer tags[4]
-    cdef int i, cancelled_ok
-    cdef int64_t now
-    cdef double rpn = raw_per_ns()
-    if m == NULL or l == NULL:
-        raise MemoryError()
-    memset(&st, 0, sizeof(st))
-    memset(&other, 0, sizeof(other))
-    other.id = 1
-    r, w = os.pipe()
-    try:
-        lock_init(&m.bql, 0)
-        m.loop = l
-        loop_init(l, m, 0)
-        st.loop = l
-        st.pipe_r = r
-        loop_set_fd_handler(l, r, selftest__read, NULL, selftest__read_poll, &st)
-        bh = bh_new(l, selftest__bh, &st, 0)
-        idle = bh_new(l, selftest__idle, &st, 1)
-        cancelled = bh_new(l, selftest__cancelled, &st, 0)
-        # deadlines 40, 10, 30 ms and one deleted: expect the order 1, 2, 0
-        for i in range(4):
-            tags[i].st = &st
-            tags[i].tag = i
-            timers[i] = timer_new(l, selftest__timer, &tags[i])
-        now = ks_now()
-        timer_mod_locked(timers[0], now + <int64_t>(40e6 * rpn))
-        timer_mod_locked(timers[1], now + <int64_t>(10e6 * rpn))
-        timer_mod_locked(timers[2], now + <int64_t>(30e6 * rpn))
-        timer_mod_locked(timers[3], now + <int64_t>(20e6 * rpn))
-        timer_del_locked(timers[3])
-        os.write(w, b"x" * 10)          # not read while read_poll says no
-        loop_start(l)
-        with nogil:
-            usleep(20000)
-        reads_while_gated = st.reads
-        with nogil:
-            pthread_mutex_lock(&m.bql.mutex)
-            st.allow_read = 1
-            pthread_mutex_unlock(&m.bql.mutex)
-            loop__notify(l)             # read_poll is asked again on the next iteration
-            # three schedules from this thread before the loop runs it coalesce
-            pthread_mutex_lock(&m.bql.mutex)
-            bh_schedule(bh, &other)
-            bh_schedule(bh, &other)
-            bh_schedule(bh, &other)
-            bh_schedule(cancelled, &other)
-            cancelled_ok = bh_cancel(cancelled)
-            bh_schedule(idle, &other)
-            pthread_mutex_unlock(&m.bql.mutex)
-            usleep(80000)
-            loop_stop_join(l)
-        return {"reads_while_gated": reads_while_gated, "reads": st.reads, "bytes_read": st.bytes_read,
-                "bh_runs": st.bh_runs, "idle_runs": st.idle_runs, "cancelled_runs": st.cancelled_runs,
-                "cancel_returned": cancelled_ok, "timer_order": [st.timer_order[i] for i in range(min(4, st.ntimer_fired))],
-                "timers_fired": st.ntimer_fired, "iterations": l.iterations}
-    finally:
-        loop_stop_join(l)
-        loop_destroy(l)
-        free(l)
-        free(m)
-        os.close(r)
-        os.close(w)

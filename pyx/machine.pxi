@@ -1,12 +1,5 @@
 # Machine: the VM, guest RAM, the board's devices, vCPU threads, and the end-of-run statistics.
 
-EXIT_REASON_NAMES = {
-    KVM_EXIT_UNKNOWN: "unknown", KVM_EXIT_EXCEPTION: "exception", KVM_EXIT_IO: "io",
-    KVM_EXIT_HYPERCALL: "hypercall", KVM_EXIT_DEBUG: "debug", KVM_EXIT_HLT: "hlt",
-    KVM_EXIT_MMIO: "mmio", KVM_EXIT_IRQ_WINDOW_OPEN: "irq_window_open",
-    KVM_EXIT_SHUTDOWN: "shutdown", KVM_EXIT_FAIL_ENTRY: "fail_entry", KVM_EXIT_INTR: "intr",
-    KVM_EXIT_INTERNAL_ERROR: "internal_error", KVM_EXIT_SYSTEM_EVENT: "system_event",
-}
 
 cdef bint _kick_handler_installed = False
 
@@ -270,7 +263,7 @@ cdef class Machine:
             if ioctl(self.kvm.fd, KVM_GET_SUPPORTED_CPUID, c) == 0:
                 break
             free(c)
-            if errno != 7 or nent > 4096:      # E2BIG: ask again with more room
+            if errno != E2BIG or nent > 4096:      # ask again with more room
                 raise_errno("KVM_GET_SUPPORTED_CPUID")
             nent *= 2
         for i in range(c.nent):
@@ -378,12 +371,6 @@ cdef class Machine:
             raise ValueError(f"guest write of {n} bytes at {addr:#x} is outside guest RAM ({self.m.mem_size:#x} bytes)")
         if n:
             memcpy(self.m.mem + addr, &data[0], n)
-
-    def read_mem(self, uint64_t addr, uint64_t n):
-        """Bytes of guest RAM at guest-physical ``addr``."""
-        if addr > self.m.mem_size or n > self.m.mem_size - addr:
-            raise ValueError(f"guest read of {n} bytes at {addr:#x} is outside guest RAM ({self.m.mem_size:#x} bytes)")
-        return PyBytes_FromStringAndSize(<char *>self.m.mem + addr, n)
 
     def load_image(self, const uint8_t[::1] image):
         """Load a flat guest binary at ``CODE_ADDR``."""
@@ -509,7 +496,7 @@ cdef class Machine:
             exit_time = {}
             for r in range(KS_EXIT_REASONS):
                 if v.exits_by_reason[r]:
-                    name = EXIT_REASON_NAMES.get(r, f"reason{r}")
+                    name = EXIT_REASONS[r] if r < len(EXIT_REASONS) else f"reason{r}"
                     by_reason[name] = v.exits_by_reason[r]
                     exit_time[name] = {"total_ns": int(v.exit_time_raw[r] * scale),
                                        "max_ns": int(v.exit_time_max_raw[r] * scale)}

@@ -31,7 +31,7 @@ EXIT_REASONS = ("unknown", "exception", "io", "hypercall", "debug", "hlt", "mmio
                 "osi", "papr_hcall", "s390_ucontrol", "watchdog", "s390_tsch", "epr",
                 "system_event")
 AIO_OPS = ("none", "read", "write", "fsync")
-IRQ_KINDS = ("raise", "lower", "inject", "kick", "window", "ack")
+IRQ_KINDS = ("raise", "inject", "kick", "window", "ack")
 
 #: Logical type of a dictionary-encoded string column.  Any integer index
 #: type is accepted on load; the synthetic writer uses int32 indices.
@@ -97,6 +97,55 @@ SCHEMAS = {
 }
 
 TABLES = tuple(SCHEMAS)
+
+#: Where each column of a recorded table comes from in the core's 64-byte ring
+#: record (``ks_record`` in ``ks_rt.h``; slots ``b0..b2`` u8, ``h0`` i16,
+#: ``w0 w1`` u32, ``q0 q1`` u64, ``t0..t3`` raw timestamps).  Per table: the
+#: record type and, per column, ``(slot, names)`` where ``names`` is the
+#: dictionary of a dictionary column (a name listed here, or one the recording
+#: provides: devices, callsites, locks, bottom_halves, timers) or None.  The
+#: core's writers (``pyx/records.pxi``) fill the slots named here, and a test
+#: writes one record of each type through them and reads it back.
+RECORD_LAYOUT = {
+    "exits": ("exit", {
+        "thread": ("thread", None), "vcpu": ("h0", None), "reason": ("b0", "exit_reasons"),
+        "addr": ("q0", None), "size": ("b1", None), "is_write": ("b2", None),
+        "data": ("q1", None), "count": ("w0", None), "device": ("w1", "devices"),
+        "exit_ns": ("t0", None), "entry_ns": ("t1", None)}),
+    "locks": ("lock", {
+        "thread": ("thread", None), "lock": ("w0", "locks"), "callsite": ("w1", "callsites"),
+        "request_ns": ("t0", None), "acquired_ns": ("t1", None), "released_ns": ("t2", None),
+        "prev_owner": ("h0", None), "contended": ("b0", None)}),
+    "bh": ("bh", {
+        "thread": ("thread", None), "bh": ("w0", None), "name": ("w0", "bottom_halves"),
+        "sched_thread": ("h0", None), "scheduled_ns": ("t0", None), "run_ns": ("t1", None),
+        "done_ns": ("t2", None), "idle": ("b0", None)}),
+    "timers": ("timer", {
+        "thread": ("thread", None), "timer": ("w0", None), "name": ("w0", "timers"),
+        "armed_ns": ("t0", None), "expire_ns": ("t1", None), "fire_ns": ("t2", None),
+        "done_ns": ("t3", None)}),
+    "aio": ("aio", {
+        "thread": ("thread", None), "req": ("w0", None), "op": ("b0", "aio_ops"),
+        "offset": ("q0", None), "length": ("q1", None), "result": ("w1", None),
+        "submit_thread": ("h0", None), "submit_ns": ("t0", None), "start_ns": ("t1", None),
+        "done_ns": ("t2", None), "complete_ns": ("t3", None)}),
+    "loop": ("loop", {
+        "thread": ("thread", None), "iter": ("q0", None), "timeout_ns": ("q1", None),
+        "poll_enter_ns": ("t0", None), "poll_exit_ns": ("t1", None), "nready": ("w0", None),
+        "dispatch_end_ns": ("t2", None)}),
+    "irqs": ("irq", {
+        "thread": ("thread", None), "kind": ("b0", "irq_kinds"), "line": ("w0", None),
+        "vector": ("w1", None), "vcpu": ("h0", None), "ts_ns": ("t0", None)}),
+}
+
+#: Dictionaries the format itself fixes (the others come with each recording).
+FIXED_NAMES = {"exit_reasons": EXIT_REASONS, "aio_ops": AIO_OPS, "irq_kinds": IRQ_KINDS}
+
+#: Device id of an access that no device claimed (``UNASSIGNED`` in the core):
+#: named "unassigned" in the trace.
+DEVICE_UNASSIGNED = 0xFFFFFFFF
+#: Device id of an exit that is not an access (``NOT_IO``): an empty name.
+DEVICE_NOT_IO = 0xFFFFFFFE
 
 #: Tables a version-1 trace does not have (loaded as empty).
 ADDED_IN = {"losses": 2}

@@ -8,15 +8,12 @@ import os
 import numpy as np
 import pyarrow as pa
 
-from .traceformat import (AIO_OPS, EXIT_REASONS, FORMAT_NAME, FORMAT_VERSION, IRQ_KINDS, META_FILE,
-                          RECORD_TYPES, SCHEMAS, table_file)
+from .traceformat import (DEVICE_UNASSIGNED, FIXED_NAMES, FORMAT_NAME, FORMAT_VERSION, META_FILE,
+                          RECORD_LAYOUT, RECORD_TYPES, SCHEMAS, table_file)
 
 FORMAT = FORMAT_NAME
 
 NULL_NS = np.iinfo(np.int64).min
-
-REC_EXIT, REC_LOCK, REC_BH, REC_TIMER, REC_AIO, REC_LOOP, REC_IRQ = (
-    RECORD_TYPES[k] for k in ("exit", "lock", "bh", "timer", "aio", "loop", "irq"))
 
 
 def _ns(col):
@@ -73,17 +70,15 @@ class TraceWriter:
             self._files[name] = f
             self._writers[name] = pa.ipc.new_stream(
                 f, schema, options=pa.ipc.IpcWriteOptions(compression=compression))
-        self._reasons = pa.array(EXIT_REASONS, pa.string())
-        self._reason_index = np.zeros(256, dtype=np.int32)        # unknown codes -> "unknown"
-        self._reason_index[:len(EXIT_REASONS)] = np.arange(len(EXIT_REASONS))
-        self._devices = pa.array(list(devices) + ["unassigned", ""], pa.string())
-        self._ndevices = len(devices)
-        self._callsites = pa.array(list(callsites), pa.string())
-        self._locks = pa.array(list(locks), pa.string())
-        self._bh_names = pa.array(list(bh_names), pa.string())
-        self._timer_names = pa.array(list(timer_names), pa.string())
-        self._aio_ops = pa.array(AIO_OPS, pa.string())
-        self._irq_kinds = pa.array(IRQ_KINDS, pa.string())
+        # name list -> (dictionary, index of an id outside it)
+        self._dicts = {}
+        for name, values in FIXED_NAMES.items():
+            values = list(values) if "unknown" in values else list(values) + [""]
+            self._dicts[name] = (pa.array(values, pa.string()), values.index("unknown" if "unknown" in values else ""))
+        for name, values in (("devices", list(devices) + ["unassigned"]), ("callsites", callsites),
+                             ("locks", locks), ("bottom_halves", bh_names), ("timers", timer_names)):
+            values = list(values) + [""]
+            self._dicts[name] = (pa.array(values, pa.string()), len(values) - 1)
         self._threads_written = False
 
     def write_threads(self, info):
@@ -102,69 +97,37 @@ class TraceWriter:
         if len(rec) == 0:
             return
         types = rec["type"]
-        exits = rec[types == REC_EXIT]
-        if len(exits):
-            self._write("exits", self._exits_batch(exits))
-        for code, name, build in ((REC_LOCK, "locks", self._locks_batch), (REC_BH, "bh", self._bh_batch),
-                                  (REC_TIMER, "timers", self._timers_batch), (REC_AIO, "aio", self._aio_batch),
-                                  (REC_LOOP, "loop", self._loop_batch), (REC_IRQ, "irqs", self._irqs_batch)):
-            sel = rec[types == code]
+        for table, (rtype, _) in RECORD_LAYOUT.items():
+            sel = rec[types == RECORD_TYPES[rtype]]
             if len(sel):
-                self._write(name, build(sel))
+                self._write(table, self._batch(table, sel))
 
-    def _exits_batch(self, r):
-        dev = r["w1"].astype(np.int64)
-        dev_index = np.where(dev < self._ndevices, dev,
-                             np.where(dev == 0xFFFFFFFF, self._ndevices, self._ndevices + 1))
-        return pa.record_batch([
-            pa.array(r["thread"].astype(np.int16)), pa.array(r["h0"]),
-            _dict(self._reason_index[r["b0"]], self._reasons),
-            pa.array(r["q0"]), pa.array(r["b1"]), pa.array(r["b2"].astype(bool)),
-            pa.array(r["q1"]), pa.array(r["w0"]), _dict(dev_index, self._devices),
-            _ns(r["t0"]), _ns(r["t1"]),
-        ], schema=SCHEMAS["exits"])
+    def _batch(self, table, r):
+        """One record batch of ``table`` from drained records, column by column as RECORD_LAYOUT says."""
+        schema = SCHEMAS[table]
+        columns = []
+        for field in schema:
+            slot, names = RECORD_LAYOUT[table][1][field.name]
+            values = r[slot]
+            if names is not None:
+                columns.append(self._dict_column(names, values))
+            elif field.name.endswith("_ns"):
+                columns.append(_ns(values))
+            elif pa.types.is_boolean(field.type):
+                columns.append(pa.array(values != 0))
+            else:
+                if pa.types.is_signed_integer(field.type) and values.dtype.kind == "u":
+                    values = values.view(values.dtype.str.replace("u", "i"))  # two's complement slot
+                columns.append(pa.array(values.astype(field.type.to_pandas_dtype(), copy=False)))
+        return pa.record_batch(columns, schema=schema)
 
-    def _locks_batch(self, r):
-        return pa.record_batch([
-            pa.array(r["thread"].astype(np.int16)), _dict(r["w0"], self._locks),
-            _dict(r["w1"], self._callsites), _ns(r["t0"]), _ns(r["t1"]), _ns(r["t2"]),
-            pa.array(r["h0"]), pa.array(r["b0"].astype(bool)),
-        ], schema=SCHEMAS["locks"])
-
-    def _bh_batch(self, r):
-        return pa.record_batch([
-            pa.array(r["thread"].astype(np.int16)), pa.array(r["w0"].astype(np.int32)),
-            _dict(r["w0"], self._bh_names), pa.array(r["h0"]), _ns(r["t0"]), _ns(r["t1"]),
-            _ns(r["t2"]), pa.array(r["b0"].astype(bool)),
-        ], schema=SCHEMAS["bh"])
-
-    def _timers_batch(self, r):
-        return pa.record_batch([
-            pa.array(r["thread"].astype(np.int16)), pa.array(r["w0"].astype(np.int32)),
-            _dict(r["w0"], self._timer_names), _ns(r["t0"]), _ns(r["t1"]), _ns(r["t2"]), _ns(r["t3"]),
-        ], schema=SCHEMAS["timers"])
-
-    def _aio_batch(self, r):
-        return pa.record_batch([
-            pa.array(r["thread"].astype(np.int16)), pa.array(r["w0"].astype(np.int64)),
-            _dict(r["b0"], self._aio_ops), pa.array(r["q0"].astype(np.int64)),
-            pa.array(r["q1"].astype(np.int64)), pa.array(r["w1"].view(np.int32).astype(np.int64)),
-            pa.array(r["h0"]), _ns(r["t0"]), _ns(r["t1"]), _ns(r["t2"]), _ns(r["t3"]),
-        ], schema=SCHEMAS["aio"])
-
-    def _loop_batch(self, r):
-        return pa.record_batch([
-            pa.array(r["thread"].astype(np.int16)), pa.array(r["q0"].astype(np.int64)),
-            pa.array(r["q1"].view(np.int64)), _ns(r["t0"]), _ns(r["t1"]),
-            pa.array(r["w0"].astype(np.int32)), _ns(r["t2"]),
-        ], schema=SCHEMAS["loop"])
-
-    def _irqs_batch(self, r):
-        return pa.record_batch([
-            pa.array(r["thread"].astype(np.int16)), _dict(r["b0"], self._irq_kinds),
-            pa.array(r["w0"].view(np.int32)), pa.array(r["w1"].view(np.int32)),
-            pa.array(r["h0"]), _ns(r["t0"]),
-        ], schema=SCHEMAS["irqs"])
+    def _dict_column(self, names, values):
+        dictionary, fallback = self._dicts[names]
+        idx = values.astype(np.int64)
+        if names == "devices":
+            idx = np.where(idx == DEVICE_UNASSIGNED, len(dictionary) - 2, idx)
+        idx = np.where((idx >= 0) & (idx < len(dictionary)), idx, fallback)
+        return _dict(idx, dictionary)
 
     def write_losses(self, losses):
         """Append loss rows: a list of (thread, lost, after_ns, before_ns), None for unknown."""

@@ -50,7 +50,7 @@ cdef inline int vcpu__dispatch(ks_vcpu *v, int space, uint64_t addr, uint8_t *da
     return rc
 
 
-cdef inline int vcpu__handle_io(ks_vcpu *v, ks_record *ex) noexcept nogil:
+cdef inline int vcpu__handle_io(ks_vcpu *v, ks_exit *ex) noexcept nogil:
     cdef kvm_run *run = v.run
     cdef uint32_t size = run.io.size, count = run.io.count, device = UNASSIGNED
     cdef uint64_t off = run.io.data_offset
@@ -66,16 +66,16 @@ cdef inline int vcpu__handle_io(ks_vcpu *v, ks_record *ex) noexcept nogil:
     if vcpu__dispatch(v, KS_SPACE_PIO, run.io.port, data, size, count, is_write, &device) != 0:
         vcpu__fatal(v, "device error on port 0x%llx", run.io.port)
         return -1
-    ex.b1 = <uint8_t>size
-    ex.b2 = <uint8_t>is_write
-    ex.w0 = count
-    ex.w1 = device
-    ex.q0 = run.io.port
-    ex.q1 = load_le(data, size)
+    ex.size = <uint8_t>size
+    ex.is_write = <uint8_t>is_write
+    ex.count = count
+    ex.device = device
+    ex.addr = run.io.port
+    ex.data = load_le(data, size)
     return 0
 
 
-cdef inline int vcpu__handle_mmio(ks_vcpu *v, ks_record *ex) noexcept nogil:
+cdef inline int vcpu__handle_mmio(ks_vcpu *v, ks_exit *ex) noexcept nogil:
     cdef kvm_run *run = v.run
     cdef uint32_t size = run.mmio.len, device = UNASSIGNED
     cdef int is_write = run.mmio.is_write
@@ -85,12 +85,12 @@ cdef inline int vcpu__handle_mmio(ks_vcpu *v, ks_record *ex) noexcept nogil:
     if vcpu__dispatch(v, KS_SPACE_MMIO, run.mmio.phys_addr, run.mmio.data, size, 1, is_write, &device) != 0:
         vcpu__fatal(v, "device error on MMIO access at 0x%llx", run.mmio.phys_addr)
         return -1
-    ex.b1 = <uint8_t>size
-    ex.b2 = <uint8_t>is_write
-    ex.w0 = 1
-    ex.w1 = device
-    ex.q0 = run.mmio.phys_addr
-    ex.q1 = load_le(run.mmio.data, size)
+    ex.size = <uint8_t>size
+    ex.is_write = <uint8_t>is_write
+    ex.count = 1
+    ex.device = device
+    ex.addr = run.mmio.phys_addr
+    ex.data = load_le(run.mmio.data, size)
     return 0
 
 
@@ -99,7 +99,7 @@ cdef void *vcpu__main(void *arg) noexcept nogil:
     cdef ks_machine *m = v.m
     cdef kvm_run *run = v.run
     cdef ks_ring *ring = v.thr.ring
-    cdef ks_record ex
+    cdef ks_exit ex
     cdef bint pending = False
     cdef int ret, err, done = 0
     cdef uint32_t reason, prev_reason = KS_EXIT_REASONS
@@ -109,11 +109,11 @@ cdef void *vcpu__main(void *arg) noexcept nogil:
     sigfillset(&mask)
     sigdelset(&mask, SIGUSR1)
     # SEGV, BUS, FPE, ILL, ABRT stay deliverable: they are synchronous faults
-    sigdelset(&mask, 11)
-    sigdelset(&mask, 7)
-    sigdelset(&mask, 8)
-    sigdelset(&mask, 4)
-    sigdelset(&mask, 6)
+    sigdelset(&mask, SIGSEGV)
+    sigdelset(&mask, SIGBUS)
+    sigdelset(&mask, SIGFPE)
+    sigdelset(&mask, SIGILL)
+    sigdelset(&mask, SIGABRT)
     pthread_sigmask(SIG_SETMASK, &mask, NULL)
     ks_set_tls_kvm_run(run)
     v.thr.tid = ks_gettid()
@@ -132,8 +132,7 @@ cdef void *vcpu__main(void *arg) noexcept nogil:
             if d > v.exit_time_max_raw[prev_reason]:
                 v.exit_time_max_raw[prev_reason] = d
         if pending:
-            ex.t1 = t
-            ks_ring_push(ring, &ex)
+            trace_exit(ring, v.thr.id, &ex, t)
             pending = False
         if not m.irqchip_kernel and irq_user_before_run(v) != 0:
             vcpu__fatal(v, "KVM_INTERRUPT failed (vector pending: %llu)", 1)
@@ -141,20 +140,10 @@ cdef void *vcpu__main(void *arg) noexcept nogil:
         ret = ioctl(v.fd, KVM_RUN, 0)
         t_exit = ks_now()
         if ring != NULL:
-            ex.type = KS_REC_EXIT
-            ex.thread = v.thr.id
-            ex.h0 = v.index
-            ex.b0 = 0
-            ex.b1 = 0
-            ex.b2 = 0
-            ex.w0 = 0
-            ex.w1 = NOT_IO
-            ex.q0 = 0
-            ex.q1 = 0
-            ex.t0 = t_exit
-            ex.t1 = 0
-            ex.t2 = 0
-            ex.t3 = 0
+            memset(&ex, 0, sizeof(ex))
+            ex.vcpu = v.index
+            ex.device = NOT_IO
+            ex.exit_time = t_exit
             pending = True
         v.exits_total += 1
         if ret < 0:
@@ -164,7 +153,7 @@ cdef void *vcpu__main(void *arg) noexcept nogil:
                 run.immediate_exit = 0
                 v.exits_by_reason[KVM_EXIT_INTR] += 1
                 prev_reason = KVM_EXIT_INTR
-                ex.b0 = KVM_EXIT_INTR
+                ex.reason = KVM_EXIT_INTR
                 continue
             snprintf(v.errmsg, sizeof(v.errmsg), "vcpu%d: KVM_RUN failed: %s", v.index, strerror(err))
             m.error = 1
@@ -172,7 +161,7 @@ cdef void *vcpu__main(void *arg) noexcept nogil:
         reason = run.exit_reason
         prev_reason = reason if reason < KS_EXIT_REASONS else 0
         v.exits_by_reason[prev_reason] += 1
-        ex.b0 = <uint8_t>(reason if reason < 256 else 0)
+        ex.reason = <uint8_t>(reason if reason < 256 else 0)
         if reason == KVM_EXIT_IO:
             if vcpu__handle_io(v, &ex) != 0:
                 break
@@ -207,7 +196,7 @@ cdef void *vcpu__main(void *arg) noexcept nogil:
             vcpu__fatal(v, "unhandled exit reason %llu", reason)
             break
     if pending and ring != NULL:
-        ks_ring_push(ring, &ex)     # last exit: never re-entered, entry_ns stays null
+        trace_exit(ring, v.thr.id, &ex, 0)      # last exit: never re-entered, entry_ns stays null
     v.last_exit_ns = ks_mono_ns()
     if m.error:
         machine_request_stop(m, v)

@@ -22,11 +22,9 @@
 /* ---- atomics ---------------------------------------------------------- */
 static inline int ks_load_acquire_int(const volatile int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void ks_store_release_int(volatile int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
-static inline int ks_fetch_add_int(volatile int *p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL); }
 static inline int ks_cas_int(volatile int *p, int expected, int desired) {
     return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
 }
-static inline int ks_exchange_int(volatile int *p, int v) { return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL); }
 static inline void ks_or_u64(volatile uint64_t *p, uint64_t v) { __atomic_fetch_or(p, v, __ATOMIC_ACQ_REL); }
 static inline uint64_t ks_and_u64(volatile uint64_t *p, uint64_t v) { return __atomic_fetch_and(p, v, __ATOMIC_ACQ_REL); }
 static inline uint64_t ks_load_acquire_u64(const volatile uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }

@@ -62,6 +62,11 @@ cdef extern from "<signal.h>" nogil:
         SIG_SETMASK
         SIGUSR1
         SIGUSR2
+        SIGSEGV
+        SIGBUS
+        SIGFPE
+        SIGILL
+        SIGABRT
 
 cdef extern from "<sys/eventfd.h>" nogil:
     int eventfd(unsigned int initval, int flags)
@@ -132,6 +137,7 @@ cdef extern from "<errno.h>" nogil:
         EPERM
         EIO
         ENOMEM
+        E2BIG
 
 cdef extern from "<string.h>" nogil:
     char *strerror(int errnum)

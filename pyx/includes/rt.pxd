@@ -6,10 +6,8 @@ cdef extern from "ks_rt.h" nogil:
     int KS_DEBUG
     int ks_load_acquire_int(const int *p)
     void ks_store_release_int(int *p, int v)
-    int ks_fetch_add_int(int *p, int v)
     uint64_t ks_load_relaxed_u64(const uint64_t *p)
     int ks_cas_int(int *p, int expected, int desired)
-    int ks_exchange_int(int *p, int v)
     void ks_or_u64(uint64_t *p, uint64_t v)
     uint64_t ks_and_u64(uint64_t *p, uint64_t v)
     uint64_t ks_load_acquire_u64(const uint64_t *p)

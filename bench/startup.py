@@ -15,7 +15,9 @@ The installed `kvmscope` runs. --before DIR also runs another source tree,
 interleaved with it and printed beside it: a checkout of the commit before a
 change with its core built in place (`git archive REV | tar -x -C DIR`, then
 `python setup.py build_ext --inplace` in DIR and the guest binaries copied into
-DIR/pyx/guests). --save writes the figures as JSON.
+DIR/pyx/guests). --save writes the figures as JSON. Each tree runs once first,
+unmeasured, with PYTHONDONTWRITEBYTECODE unset, so that its modules start from
+their bytecode caches as in an installed package.
 """
 import argparse
 import json
@@ -41,6 +43,8 @@ class Command:
     def __init__(self, tree, tmp):
         os.makedirs(tmp)
         self.env = dict(os.environ)
+        # as an installed package: modules compiled once, not at every start
+        self.env.pop("PYTHONDONTWRITEBYTECODE", None)
         if tree is None:
             exe = shutil.which("kvmscope", path=os.path.dirname(sys.executable)) or shutil.which("kvmscope")
             self.prefix = [exe] if exe else [sys.executable, "-m", "kvmscope.cli"]
@@ -86,6 +90,9 @@ def measure(repeat, trees):
     samples = [{"help": [], "run": [], "kvmrun": [], "first": []} for _ in trees]
     with tempfile.TemporaryDirectory() as tmp:
         cmds = [Command(tree, os.path.join(tmp, f"c{j}")) for j, tree in enumerate(trees)]
+        for j, cmd in enumerate(cmds):  # warm-up: writes the bytecode caches
+            cmd.wall("run", "pio-storm", "-n", "1", "--no-trace", "-q")
+            cmd.to_first_exit(os.path.join(tmp, f"warm{j}"))
         for i in range(repeat):          # interleaved: drift in machine load hits every figure alike
             for j, (cmd, s) in enumerate(zip(cmds, samples)):
                 s["help"].append(cmd.wall("--help"))

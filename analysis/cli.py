@@ -15,7 +15,7 @@ from .. import cli as _cli
 from .trace import Trace, TraceError
 
 #: ``kvmscope validate`` exit statuses.
-EXIT_OK, EXIT_VIOLATIONS, EXIT_UNREADABLE = 0, 1, 2
+EXIT_OK, EXIT_VIOLATIONS, EXIT_UNREADABLE, EXIT_INCOMPLETE = 0, 1, 2, 3
 
 
 def _write(text, stream=None):
@@ -111,21 +111,29 @@ def cmd_validate_json(args):
     """``kvmscope validate --format json``: one object on stdout, ``trace``,
     ``records``, ``violations`` (the count), ``by_kind``, ``rows`` (at most
     ``--limit``: table, row, thread, thread_name, ts_ns, kind, detail),
-    ``warnings`` and ``exit_status`` (0 clean, 1 violations; an unreadable
-    trace is one line on stderr and status 2)."""
+    ``complete`` and ``coverage`` (how the data is incomplete), ``warnings``
+    and ``exit_status``, as in text: 0 clean, 1 violations, 3 no violation
+    in incomplete data; an unreadable trace is one line on stderr and 2."""
+    from .replay import describe_coverage, is_complete
     trace = _load(args)
     if trace is None:
         return EXIT_UNREADABLE
-    v = trace.check(tolerance_ns=args.tolerance_ns)
+    try:
+        v = trace.check(tolerance_ns=args.tolerance_ns)
+        complete = is_complete(trace)
+        gaps = [] if complete else describe_coverage(trace)
+    except TraceError as e:
+        return _fail(args.command, e)
     shown = v if not args.limit else v.head(args.limit)
     names = dict(zip(trace.threads["thread"], trace.threads["name"]))
     rows = json.loads(shown.to_json(orient="records"))
     for row in rows:
         row["thread_name"] = names.get(row["thread"])
-    status = EXIT_OK if v.empty else EXIT_VIOLATIONS
+    status = EXIT_VIOLATIONS if not v.empty else (EXIT_OK if complete else EXIT_INCOMPLETE)
     doc = {"trace": os.fspath(args.trace), "records": int(trace.num_records), "violations": len(v),
            "by_kind": {k: int(c) for k, c in v["kind"].value_counts().items()},
-           "rows": rows, "warnings": list(trace.warnings), "exit_status": status}
+           "rows": rows, "complete": bool(complete), "coverage": list(gaps),
+           "warnings": list(trace.warnings), "exit_status": status}
     _write(json.dumps(doc, indent=1) + "\n")
     return status
 

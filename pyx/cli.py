@@ -459,7 +459,8 @@ def add_analysis_commands(sub, funcs=None):
     p = _command(sub, "validate", "check a trace's invariants",
                  "Check a trace directory: schema, one lock owner at a time, matched "
                  "releases, per-thread time order, stage order.\n"
-                 "Exit status: 0 clean, 1 violations, 2 unreadable trace.", func("validate_command"))
+                 "Exit status: 0 clean, 1 violations, 2 unreadable trace, 3 no violation "
+                 "but the data is incomplete.", func("validate_command"))
     p.add_argument("trace", metavar="TRACE", help="trace directory")
     _format_option(p, what="output format: text (one line per violation) or json (one object)")
     _limit_option(p, "print at most N violations", 100)
@@ -574,7 +575,8 @@ def build_parser(prog="kvmscope", commands=("recording", "analysis"), funcs=None
     parser = CommandParser(prog=prog, formatter_class=HelpFormatter,
                            description="Record and analyse lock contention inside a KVM VMM.\n"
                                        "Exit status: 0 success, 1 failed guest / violations / "
-                                       "regression, 2 bad input or unusable host, 130 interrupted.")
+                                       "regression, 2 bad input or unusable host, 3 validate: "
+                                       "incomplete data, 130 interrupted.")
     parser.error_prefix = "kvmscope"
     parser.add_argument("--version", action="version", version=f"kvmscope {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

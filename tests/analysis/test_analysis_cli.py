@@ -178,6 +178,16 @@ def test_validate_json(capsys, tmp_path, gen):
     assert (row["table"], row["row"], row["thread_name"], row["ts_ns"]) == ("locks", 1, "main", 90)
 
 
+def test_validate_json_on_incomplete_data(capsys, tmp_path):
+    from kvmscope.analysis.synth import make_killed_trace
+    p = make_killed_trace(tmp_path / "killed", 2000, seed=3)
+    status, out, _ = run(capsys, "validate", p, "--format", "json")
+    doc = json.loads(out)
+    assert status == doc["exit_status"] == 3 and doc["violations"] == 0
+    assert doc["complete"] is False
+    assert any(line.startswith("killed: data ends at ") for line in doc["coverage"])
+
+
 def test_report_limit_and_its_top_alias_agree(capsys, gen):
     outs = [run(capsys, "report", gen, "--section", "blockers", opt, "2")[1]
             for opt in ("--limit", "--top")]

@@ -1,5 +1,5 @@
-"""``python -m kvmscope.analysis report|validate TRACE``: the analysis
-commands without the compiled core."""
+"""``python -m kvmscope.analysis COMMAND``: the analysis commands (report,
+validate, diff, plot, export) without the compiled core."""
 
 import sys
 

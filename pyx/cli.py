@@ -572,8 +572,10 @@ def build_parser(prog="kvmscope", commands=("recording", "analysis"), funcs=None
     >>> args.duration, args.memory, args.func.__name__
     (2.0, 33554432, 'cmd_run')
     """
+    what = ("Record and analyse lock contention inside a KVM VMM." if "recording" in commands
+            else "Analyse kvmscope traces (no compiled core needed).")
     parser = CommandParser(prog=prog, formatter_class=HelpFormatter,
-                           description="Record and analyse lock contention inside a KVM VMM.\n"
+                           description=what + "\n"
                                        "Exit status: 0 success, 1 failed guest / violations / "
                                        "regression, 2 bad input or unusable host, 3 validate: "
                                        "incomplete data, 130 interrupted.")

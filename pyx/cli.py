@@ -303,9 +303,10 @@ def cmd_demo(args):
     args.guest, args.vcpus = "pio-storm", 2
     result = _record(args)
     status = _run_status(result)
-    if status != EXIT_OK:
+    if status != EXIT_OK or args.no_trace:      # nothing to report on
         if not args.quiet:
-            print(format_summary(result))
+            print(json.dumps(summary_dict(result), indent=1) if args.format == "json"
+                  else format_summary(result))
         return status
     from .analysis import Trace, report
     trace = Trace.load(args.output)

@@ -133,7 +133,8 @@ cdef int scratch__access(void *opaque, ks_vcpu *vcpu, uint64_t offset, uint8_t *
 # Registers (32-bit, banked per vCPU: each vCPU has its own request slot):
 #   0x00 command (write: 1 read, 2 write, 3 flush; starts the request)
 #   0x04 sector  0x08 count (512-byte sectors)  0x0c guest buffer address
-#   0x10 status (read): 0 done, 1 busy, >= 0x10 error
+#   0x10 status (read): 0 done, 1 busy (a command written then is refused and
+#        leaves it busy), >= 0x10 error
 # Every command ends with the blk interrupt on the issuing vCPU.
 cdef enum:
     KS_BLK_SECTOR = 512
@@ -168,7 +169,10 @@ cdef void blk__command(ks_blk *b, ks_vcpu *vcpu, uint32_t cmd) noexcept nogil:
     cdef ks_aio_req *req
     b.requests += 1
     if bank.status == 1:
-        blk__fail(b, vcpu, 0x10)
+        # refused, and the status stays busy: one request in flight per bank,
+        # so a guest cannot queue unbounded work (and host memory) behind it
+        b.errors += 1
+        irq_raise(b.m, &vcpu.thr, vcpu.index, KS_IRQ_BLK)
         return
     if b.fd < 0:
         blk__fail(b, vcpu, 0x15)

@@ -46,6 +46,9 @@ GUESTS = {g.name: g for g in [
           min_memory=4 << 20),
     Guest("disk-bad-dma", "programs DMA outside guest RAM and other bad block requests; exit status = "
                           "requests not refused with the right error", 0, uses_disk=True, min_memory=4 << 20),
+    Guest("hostile", "N random attacks per vCPU on every device: bad values, widths, string I/O, MMIO "
+                     "across region and page ends, bad block requests and DMA addresses; exit status = "
+                     "requests not refused with the right status", 5000, uses_disk=True, min_memory=8 << 20),
     Guest("triple-fault", "loads an empty IDT and raises an exception: a triple fault "
                           "(tests the fatal-exit path)", 0),
 ]}

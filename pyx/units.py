@@ -17,9 +17,9 @@ Examples
 ('12.3 us', '50 us')
 """
 
+import collections
 import math
 import re
-from typing import NamedTuple, Optional
 
 from .errors import ConfigError
 
@@ -202,20 +202,18 @@ def format_rate(per_s):
     return f"{per_s:.0f}"
 
 
-class Bound(NamedTuple):
+class Bound(collections.namedtuple("Bound", "ns relative")):
     """One end of a time window: ``ns`` after the trace start (``relative``),
     or an absolute timestamp in ns on the trace's clock."""
 
-    ns: int
-    relative: bool
+    __slots__ = ()
 
 
-class Window(NamedTuple):
-    """A parsed ``START:END``; a missing side is None (trace start or end)."""
+class Window(collections.namedtuple("Window", "start end text")):
+    """A parsed ``START:END``: two :class:`Bound` (None: the trace's start or
+    end) and the text they came from."""
 
-    start: Optional[Bound]
-    end: Optional[Bound]
-    text: str
+    __slots__ = ()
 
     def resolve(self, start_ns, end_ns):
         """``(start, end)`` in absolute ns for a trace spanning *start_ns* ..

@@ -40,18 +40,29 @@ class BuildPyWithGuests(build_py):
             assemble_guest(src, os.path.join(out_dir, name + ".bin"))
 
 
+def sanitizer_flags():
+    """Compile and link flags of KVMSCOPE_SANITIZE=1: AddressSanitizer and UBSan (docs/testing.md)."""
+    if os.environ.get("KVMSCOPE_SANITIZE") != "1":
+        return [], []
+    flags = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g", "-O1"]
+    return flags, flags
+
+
 def extensions():
     from Cython.Build import cythonize
     import numpy
+    san_compile, san_link = sanitizer_flags()
     ext = Extension(
         "kvmscope._core",
         ["pyx/_core.pyx"],
         include_dirs=["pyx/includes", "pyx", numpy.get_include()],
-        extra_compile_args=["-O2", "-Wno-unused-function", "-Wno-unused-variable"],
+        extra_compile_args=["-O2", "-Wno-unused-function", "-Wno-unused-variable"] + san_compile,
+        extra_link_args=san_link,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
                        ("KS_DEBUG", "1" if os.environ.get("KVMSCOPE_DEBUG") == "1" else "0")],
     )
-    return cythonize([ext], include_path=["pyx"], language_level=3,
+    # sanitizer reports name .pxi lines instead of lines of the generated C
+    return cythonize([ext], include_path=["pyx"], language_level=3, emit_linenums=bool(san_compile),
                      compiler_directives={"embedsignature": True})
 
 

@@ -60,3 +60,15 @@ def test_hostile_guest_needs_its_memory(tmp_path):
     proc = kvmscope("run", "hostile", "-m", "4M", "-o", tmp_path / "t", timeout=60)
     assert proc.returncode == 2
     assert "hostile" in proc.stderr and "8M" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_sanitizer_build_runs_the_attacks_clean():
+    """bench/sanitize.py: an ASan+UBSan core runs hostile, disk-bad-dma, mixed and pio-storm
+    with no sanitizer report (about a minute: most of it is the build)."""
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "sanitize.py")], capture_output=True,
+                          text=True, timeout=600)
+    if proc.returncode == 2:
+        pytest.skip(proc.stderr.strip())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "runs clean" in proc.stdout

@@ -97,7 +97,7 @@ def parse_duration(text, default_unit="ns", name=None):
     return int(round(value * NS_PER[unit]))
 
 
-def format_duration(ns, sep=" ", exact=False):
+def format_duration(ns, sep=" ", exact=False, micro="us"):
     """A duration in ns as text with its unit.
 
     Parameters
@@ -108,6 +108,8 @@ def format_duration(ns, sep=" ", exact=False):
     exact : bool
         The largest unit that shows *ns* exactly (``50us``, ``1500ns``), for
         ranges and settings; otherwise three significant digits.
+    micro : str
+        How microseconds are written: ``us``, or ``µs`` for plots.
 
     Examples
     --------
@@ -122,14 +124,14 @@ def format_duration(ns, sep=" ", exact=False):
         ns = int(ns)
         for unit, scale in _SHOWN:
             if ns and ns % scale == 0:
-                return f"{ns // scale}{sep}{unit}"
+                return f"{ns // scale}{sep}{micro if unit == 'us' else unit}"
         return "0"
     a = abs(float(ns))
     for unit, scale in _SHOWN[2:]:            # seconds at most: "90.0 s", not "1.50 min"
         v = ns / scale
         if a >= scale or unit == "ns":
             digits = 0 if unit == "ns" or abs(v) >= 100 else (1 if abs(v) >= 10 else 2)
-            return f"{v:.{digits}f}{sep}{unit}"
+            return f"{v:.{digits}f}{sep}{micro if unit == 'us' else unit}"
     raise AssertionError("unreachable")        # pragma: no cover
 
 

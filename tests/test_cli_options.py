@@ -399,6 +399,7 @@ def test_sizes_rates_and_formatting():
     assert units.format_duration(850) == "850 ns" and units.format_duration(12_345, sep="") == "12.3us"
     assert units.format_duration(4_560_000) == "4.56 ms" and units.format_duration(90e9) == "90.0 s"
     assert units.format_duration(50_000, exact=True) == "50 us"
+    assert units.format_duration(12_345, micro="µs") == "12.3 µs"
 
 
 def test_windows():

@@ -269,7 +269,6 @@ def _record(args):
     from .runner import record
     config = _config_from_args(args)
     config.validate()                   # every bad value refused before /dev/kvm is opened
-    prepare_output(config)
     show_progress = sys.stderr.isatty() and not args.quiet
     try:
         result = record(config, progress=_progress_printer(show_progress))

@@ -10,11 +10,8 @@ import tempfile
 import threading
 import time
 
-import pyarrow as pa
-
 from . import __version__, guests
-from .config import RunConfig  # noqa: F401  (re-exported: kvmscope.runner.RunConfig)
-from .tracewriter import FORMAT, FORMAT_VERSION, TraceWriter
+from .config import RunConfig, prepare_output  # noqa: F401  (RunConfig re-exported here)
 
 PARAMS_MAGIC = 0x534D564B      # "KVMS"
 DRAIN_INTERVAL_S = 0.05        # flush period; a killed run loses at most this much
@@ -70,6 +67,22 @@ def versions():
     return out
 
 
+def _initial_meta(config, machine, clock, format_name, format_version, temporary_disk, disk_path,
+                  disk_sectors, region):
+    """meta.json as written when the run starts (state "running")."""
+    meta = {
+        "format": format_name, "format_version": format_version, "kvmscope_version": __version__,
+        "state": "running", "clock": clock,
+        "config": dataclasses.asdict(config), "host": host_info(), "versions": versions(),
+        "devices": list(machine.devices), "callsites": list(machine.callsites),
+        "locks": ["bql"], "bottom_halves": list(machine.bh_names), "timers": list(machine.timer_names),
+        "disk": {"path": None if temporary_disk else os.path.abspath(disk_path),
+                 "sectors": disk_sectors, "sectors_per_vcpu": region},
+    }
+    meta["config"]["lockless"] = list(config.lockless)
+    return meta
+
+
 def record(config, progress=None):
     """Run a guest under kvmscope and record its trace.
 
@@ -122,17 +135,14 @@ def record(config, progress=None):
 
     writer = None
     log_fd = -1
-    meta = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "kvmscope_version": __version__,
-        "state": "running", "clock": clock,
-        "config": dataclasses.asdict(config), "host": host_info(), "versions": versions(),
-        "devices": list(machine.devices), "callsites": list(machine.callsites),
-        "locks": ["bql"], "bottom_halves": list(machine.bh_names), "timers": list(machine.timer_names),
-        "disk": {"path": None if temporary_disk else os.path.abspath(disk_path),
-                 "sectors": disk_sectors, "sectors_per_vcpu": region},
-    }
-    meta["config"]["lockless"] = list(config.lockless)
+    meta = {}
     if config.trace:
+        # pyarrow (and the pandas it pulls in) only when recording: --no-trace starts faster
+        from .tracewriter import TraceWriter
+        from .traceformat import FORMAT_NAME, FORMAT_VERSION
+        meta = _initial_meta(config, machine, clock, FORMAT_NAME, FORMAT_VERSION, temporary_disk,
+                             disk_path, disk_sectors, region)
+        prepare_output(config)
         writer = TraceWriter(config.output, machine.devices, machine.callsites,
                              bh_names=machine.bh_names, timer_names=machine.timer_names,
                              compression=config.compression)
@@ -146,7 +156,7 @@ def record(config, progress=None):
 
     stop_reason = "guest exit"
     signals = _StopSignals()
-    drain = _Drain(tracer, writer)
+    drain = _Drain(tracer, writer, _core, clock)
     start_ns = _core.now_ns()
     meta["start_ns"] = start_ns
     if writer:
@@ -199,9 +209,11 @@ class _Drain:
     (discarding) after the writer failed, so that no producer ever waits for a
     drain that will not come."""
 
-    def __init__(self, tracer, writer):
+    def __init__(self, tracer, writer, core, clock):
         self.tracer = tracer
         self.writer = writer
+        self._core = core
+        self._clock = clock
         self.failure = None         # one-line reason the trace could not be written
         self.unwritten = 0          # records drained after the failure
         self.flushes = 0
@@ -209,6 +221,11 @@ class _Drain:
         self._last = None
 
     def once(self, final=False):
+        # the run started on a short clock calibration: finish it before the
+        # first timestamp is converted
+        hz = self._core.refine_clock()
+        if hz:
+            self._clock["tsc_hz"] = round(hz)
         records = self.tracer.drain()
         losses = self.tracer.take_losses(final)
         if self.writer is None:
@@ -220,7 +237,7 @@ class _Drain:
             self.writer.write_records(records)
             self.writer.write_losses(losses)
             self.writer.flush()
-        except (OSError, pa.ArrowException) as e:
+        except self.writer.ERRORS as e:
             self.failure = "write failed: " + _one_line(e)
             self.unwritten += len(records)
             self.tracer.abandon()
@@ -263,7 +280,7 @@ def _abort(tracer, drain, writer, meta):
             writer.flush()
             meta.update(state="aborted", stop_reason="aborted", drain=drain.summary())
             writer.write_meta(meta)
-        except (OSError, pa.ArrowException):
+        except writer.ERRORS:
             pass
     sys.stderr.write("kvmscope: aborted by a second interrupt"
                      + (f"; the trace in {writer.path} holds what was flushed\n" if writer else "\n"))
@@ -305,7 +322,7 @@ def _finish(config, guest, machine, tracer, drain, writer, meta, log_fd, stop_re
             meta["failure"] = drain.failure or (messages[0] if messages else "the run failed")
         try:
             writer.close()
-        except (OSError, pa.ArrowException) as e:
+        except writer.ERRORS as e:
             if not drain.failure:
                 drain.failure = "write failed: " + _one_line(e)
                 meta.update(state="failed", failure=drain.failure)

@@ -7,8 +7,6 @@ trace generator all import it; a test checks the compiled core's constants
 against it.  Pure Python: importing it loads neither the core nor pandas.
 """
 
-import pyarrow as pa
-
 FORMAT_NAME = "kvmscope-trace"
 #: 2 added the ``losses`` table (where records were dropped); version 1 traces
 #: still load, with loss positions unknown.
@@ -33,70 +31,10 @@ EXIT_REASONS = ("unknown", "exception", "io", "hypercall", "debug", "hlt", "mmio
 AIO_OPS = ("none", "read", "write", "fsync")
 IRQ_KINDS = ("raise", "inject", "kick", "window", "ack")
 
-#: Logical type of a dictionary-encoded string column.  Any integer index
-#: type is accepted on load; the synthetic writer uses int32 indices.
-DICT_STRING = pa.dictionary(pa.int32(), pa.string())
+#: Table names, in the order the tables are documented.
+TABLES = ("threads", "exits", "locks", "bh", "timers", "aio", "loop", "irqs", "losses")
 
 
-def _s(*fields):
-    return pa.schema([pa.field(name, typ, nullable=nullable)
-                      for name, typ, nullable in fields])
-
-
-_I16, _I32, _I64 = pa.int16(), pa.int32(), pa.int64()
-
-#: Table name -> schema, in the order the tables are documented.
-SCHEMAS = {
-    "threads": _s(
-        ("thread", _I16, False), ("tid", _I32, False),
-        ("name", pa.string(), False), ("role", pa.string(), False)),
-    "exits": _s(
-        ("thread", _I16, False), ("vcpu", _I16, False),
-        ("reason", DICT_STRING, False), ("addr", pa.uint64(), False),
-        ("size", pa.uint8(), False), ("is_write", pa.bool_(), False),
-        ("data", pa.uint64(), False), ("count", pa.uint32(), False),
-        ("device", DICT_STRING, False), ("exit_ns", _I64, False),
-        ("entry_ns", _I64, True)),
-    "locks": _s(
-        ("thread", _I16, False), ("lock", DICT_STRING, False),
-        ("callsite", DICT_STRING, False), ("request_ns", _I64, False),
-        ("acquired_ns", _I64, False), ("released_ns", _I64, False),
-        ("prev_owner", _I16, False), ("contended", pa.bool_(), False)),
-    "bh": _s(
-        ("thread", _I16, False), ("bh", _I32, False),
-        ("name", DICT_STRING, False), ("sched_thread", _I16, False),
-        ("scheduled_ns", _I64, False), ("run_ns", _I64, False),
-        ("done_ns", _I64, False), ("idle", pa.bool_(), False)),
-    "timers": _s(
-        ("thread", _I16, False), ("timer", _I32, False),
-        ("name", DICT_STRING, False), ("armed_ns", _I64, False),
-        ("expire_ns", _I64, False), ("fire_ns", _I64, False),
-        ("done_ns", _I64, False)),
-    "aio": _s(
-        ("thread", _I16, False), ("req", _I64, False),
-        ("op", DICT_STRING, False), ("offset", _I64, False),
-        ("length", _I64, False), ("result", _I64, False),
-        ("submit_thread", _I16, False), ("submit_ns", _I64, False),
-        ("start_ns", _I64, False), ("done_ns", _I64, False),
-        ("complete_ns", _I64, False)),
-    "loop": _s(
-        ("thread", _I16, False), ("iter", _I64, False),
-        ("timeout_ns", _I64, False), ("poll_enter_ns", _I64, False),
-        ("poll_exit_ns", _I64, False), ("nready", _I32, False),
-        ("dispatch_end_ns", _I64, False)),
-    "irqs": _s(
-        ("thread", _I16, False), ("kind", DICT_STRING, False),
-        ("line", _I32, False), ("vector", _I32, False),
-        ("vcpu", _I16, False), ("ts_ns", _I64, False)),
-    # One row per run of records a thread's ring dropped (lossy mode): `lost`
-    # records fell between that thread's records ending at `after_ns` and the
-    # next one starting at `before_ns` (null: none before / data ended).
-    "losses": _s(
-        ("thread", _I16, False), ("lost", _I64, False),
-        ("after_ns", _I64, True), ("before_ns", _I64, True)),
-}
-
-TABLES = tuple(SCHEMAS)
 
 #: Where each column of a recorded table comes from in the core's 64-byte ring
 #: record (``ks_record`` in ``ks_rt.h``; slots ``b0..b2`` u8, ``h0`` i16,
@@ -180,6 +118,7 @@ SPANS = {
 
 def is_dict_string(typ):
     """Whether *typ* is a dictionary-encoded string type (any index width)."""
+    import pyarrow as pa
     return (pa.types.is_dictionary(typ)
             and pa.types.is_integer(typ.index_type)
             and (pa.types.is_string(typ.value_type)
@@ -192,6 +131,7 @@ def type_matches(actual, expected):
     Dictionary-encoded string columns accept any integer index width and large
     strings; every other column must have exactly the documented type.
     """
+    import pyarrow as pa
     if is_dict_string(expected):
         return is_dict_string(actual)
     if pa.types.is_string(expected):
@@ -208,4 +148,93 @@ def describe(typ):
 
 def empty_table(name):
     """An empty table with the documented schema of table *name*."""
-    return SCHEMAS[name].empty_table()
+    return _arrow_part()["SCHEMAS"][name].empty_table()
+
+
+def _build_schemas():
+    """The Arrow side of the format, built on first use so that importing this
+    module does not import pyarrow (``kvmscope run --no-trace`` needs none)."""
+    import pyarrow as pa
+
+    #: Logical type of a dictionary-encoded string column.  Any integer index
+    #: type is accepted on load; the synthetic writer uses int32 indices.
+    DICT_STRING = pa.dictionary(pa.int32(), pa.string())
+
+
+    def _s(*fields):
+        return pa.schema([pa.field(name, typ, nullable=nullable)
+                          for name, typ, nullable in fields])
+
+
+    _I16, _I32, _I64 = pa.int16(), pa.int32(), pa.int64()
+
+    #: Table name -> schema, in the order the tables are documented.
+    SCHEMAS = {
+        "threads": _s(
+            ("thread", _I16, False), ("tid", _I32, False),
+            ("name", pa.string(), False), ("role", pa.string(), False)),
+        "exits": _s(
+            ("thread", _I16, False), ("vcpu", _I16, False),
+            ("reason", DICT_STRING, False), ("addr", pa.uint64(), False),
+            ("size", pa.uint8(), False), ("is_write", pa.bool_(), False),
+            ("data", pa.uint64(), False), ("count", pa.uint32(), False),
+            ("device", DICT_STRING, False), ("exit_ns", _I64, False),
+            ("entry_ns", _I64, True)),
+        "locks": _s(
+            ("thread", _I16, False), ("lock", DICT_STRING, False),
+            ("callsite", DICT_STRING, False), ("request_ns", _I64, False),
+            ("acquired_ns", _I64, False), ("released_ns", _I64, False),
+            ("prev_owner", _I16, False), ("contended", pa.bool_(), False)),
+        "bh": _s(
+            ("thread", _I16, False), ("bh", _I32, False),
+            ("name", DICT_STRING, False), ("sched_thread", _I16, False),
+            ("scheduled_ns", _I64, False), ("run_ns", _I64, False),
+            ("done_ns", _I64, False), ("idle", pa.bool_(), False)),
+        "timers": _s(
+            ("thread", _I16, False), ("timer", _I32, False),
+            ("name", DICT_STRING, False), ("armed_ns", _I64, False),
+            ("expire_ns", _I64, False), ("fire_ns", _I64, False),
+            ("done_ns", _I64, False)),
+        "aio": _s(
+            ("thread", _I16, False), ("req", _I64, False),
+            ("op", DICT_STRING, False), ("offset", _I64, False),
+            ("length", _I64, False), ("result", _I64, False),
+            ("submit_thread", _I16, False), ("submit_ns", _I64, False),
+            ("start_ns", _I64, False), ("done_ns", _I64, False),
+            ("complete_ns", _I64, False)),
+        "loop": _s(
+            ("thread", _I16, False), ("iter", _I64, False),
+            ("timeout_ns", _I64, False), ("poll_enter_ns", _I64, False),
+            ("poll_exit_ns", _I64, False), ("nready", _I32, False),
+            ("dispatch_end_ns", _I64, False)),
+        "irqs": _s(
+            ("thread", _I16, False), ("kind", DICT_STRING, False),
+            ("line", _I32, False), ("vector", _I32, False),
+            ("vcpu", _I16, False), ("ts_ns", _I64, False)),
+        # One row per run of records a thread's ring dropped (lossy mode): `lost`
+        # records fell between that thread's records ending at `after_ns` and the
+        # next one starting at `before_ns` (null: none before / data ended).
+        "losses": _s(
+            ("thread", _I16, False), ("lost", _I64, False),
+            ("after_ns", _I64, True), ("before_ns", _I64, True)),
+    }
+    assert tuple(SCHEMAS) == TABLES
+    return {"SCHEMAS": SCHEMAS, "DICT_STRING": DICT_STRING}
+
+
+_arrow = None
+
+
+def _arrow_part():
+    global _arrow
+    if _arrow is None:
+        _arrow = _build_schemas()
+    return _arrow
+
+
+def __getattr__(name):
+    """``SCHEMAS`` (table name -> Arrow schema) and ``DICT_STRING`` (the logical type
+    of a dictionary-encoded string column) are built on first access."""
+    if name in ("SCHEMAS", "DICT_STRING"):
+        return _arrow_part()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,16 +16,47 @@ FORMAT = FORMAT_NAME
 NULL_NS = np.iinfo(np.int64).min
 
 
+# Arrays are built from their buffers: pyarrow's array() and record_batch()
+# import pandas to inspect their argument, which costs a recording's start ~0.3 s.
+
+def _arrow(values, typ, mask=None):
+    """Arrow array of fixed-width ``typ`` from a numpy array (``mask``: True where null)."""
+    n = len(values)
+    if pa.types.is_boolean(typ):
+        data = np.packbits(np.asarray(values, dtype=bool), bitorder="little")
+    else:
+        data = np.ascontiguousarray(values, dtype=typ.to_pandas_dtype())
+    validity = None
+    if mask is not None and mask.any():
+        validity = pa.py_buffer(np.packbits(~mask, bitorder="little"))
+    return pa.Array.from_buffers(typ, n, [validity, pa.py_buffer(data)])
+
+
+def _strings(values):
+    encoded = [v.encode("utf-8") for v in values]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    return pa.Array.from_buffers(pa.string(), len(encoded),
+                                 [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
+
+
+def _column(values, typ):
+    """Arrow array of ``typ`` from a Python sequence (None: null)."""
+    values = list(values)
+    if pa.types.is_string(typ):
+        return _strings(values)
+    mask = np.array([v is None for v in values], dtype=bool)
+    return _arrow(np.array([0 if v is None else v for v in values]), typ, mask)
+
+
 def _ns(col):
     """int64 Arrow array with the null marker turned into nulls."""
     col = np.ascontiguousarray(col, dtype=np.int64)
-    mask = col == NULL_NS
-    return pa.array(col, type=pa.int64(), mask=mask if mask.any() else None)
+    return _arrow(col, pa.int64(), col == NULL_NS)
 
 
 def _dict(indices, dictionary):
-    return pa.DictionaryArray.from_arrays(pa.array(np.ascontiguousarray(indices, dtype=np.int32)),
-                                          dictionary)
+    return pa.DictionaryArray.from_arrays(_arrow(indices, pa.int32()), dictionary)
 
 
 def _write_error(exc, table):
@@ -46,6 +77,8 @@ def write_json_atomic(path, obj):
 class TraceWriter:
     """Writes one trace directory: a stream file per table, plus meta.json.
 
+    ``TraceWriter.ERRORS`` are the exceptions a failed write raises.
+
     Parameters
     ----------
     path : str
@@ -57,6 +90,8 @@ class TraceWriter:
     locks : list of str
         Lock names, indexed by lock id.
     """
+
+    ERRORS = (OSError, pa.ArrowException)
 
     def __init__(self, path, devices, callsites, locks=("bql",), bh_names=(), timer_names=(),
                  compression=None):
@@ -74,11 +109,11 @@ class TraceWriter:
         self._dicts = {}
         for name, values in FIXED_NAMES.items():
             values = list(values) if "unknown" in values else list(values) + [""]
-            self._dicts[name] = (pa.array(values, pa.string()), values.index("unknown" if "unknown" in values else ""))
+            self._dicts[name] = (_strings(values), values.index("unknown" if "unknown" in values else ""))
         for name, values in (("devices", list(devices) + ["unassigned"]), ("callsites", callsites),
                              ("locks", locks), ("bottom_halves", bh_names), ("timers", timer_names)):
             values = list(values) + [""]
-            self._dicts[name] = (pa.array(values, pa.string()), len(values) - 1)
+            self._dicts[name] = (_strings(values), len(values) - 1)
         self._threads_written = False
 
     def write_threads(self, info):
@@ -86,8 +121,8 @@ class TraceWriter:
         if self._threads_written or not info:
             return
         cols = list(zip(*info))
-        batch = pa.record_batch([pa.array(cols[0], pa.int16()), pa.array(cols[1], pa.int32()),
-                                 pa.array(cols[2], pa.string()), pa.array(cols[3], pa.string())],
+        batch = pa.RecordBatch.from_arrays([_column(cols[0], pa.int16()), _column(cols[1], pa.int32()),
+                                 _column(cols[2], pa.string()), _column(cols[3], pa.string())],
                                 schema=SCHEMAS["threads"])
         self._write("threads", batch)
         self._threads_written = True
@@ -114,12 +149,12 @@ class TraceWriter:
             elif field.name.endswith("_ns"):
                 columns.append(_ns(values))
             elif pa.types.is_boolean(field.type):
-                columns.append(pa.array(values != 0))
+                columns.append(_arrow(values != 0, field.type))
             else:
                 if pa.types.is_signed_integer(field.type) and values.dtype.kind == "u":
                     values = values.view(values.dtype.str.replace("u", "i"))  # two's complement slot
-                columns.append(pa.array(values.astype(field.type.to_pandas_dtype(), copy=False)))
-        return pa.record_batch(columns, schema=schema)
+                columns.append(_arrow(values, field.type))
+        return pa.RecordBatch.from_arrays(columns, schema=schema)
 
     def _dict_column(self, names, values):
         dictionary, fallback = self._dicts[names]
@@ -134,9 +169,9 @@ class TraceWriter:
         if not losses:
             return
         cols = list(zip(*losses))
-        self._write("losses", pa.record_batch([
-            pa.array(cols[0], pa.int16()), pa.array(cols[1], pa.int64()),
-            pa.array(cols[2], pa.int64()), pa.array(cols[3], pa.int64())], schema=SCHEMAS["losses"]))
+        self._write("losses", pa.RecordBatch.from_arrays([
+            _column(cols[0], pa.int16()), _column(cols[1], pa.int64()),
+            _column(cols[2], pa.int64()), _column(cols[3], pa.int64())], schema=SCHEMAS["losses"]))
 
     def _write(self, name, batch):
         try:

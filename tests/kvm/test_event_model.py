@@ -75,7 +75,7 @@ def test_aio_requests_go_through_every_stage_in_order(tmp_path):
 def test_guest_ticks_match_timer_fires(tmp_path):
     out = tmp_path / "t"
     n = 30
-    proc = kvmscope("run", "timer-hlt", "--vcpus", 2, "-n", n, "--timer-period-us", 500, "-o", out, check=0)
+    proc = kvmscope("run", "timer-hlt", "--vcpus", 2, "-n", n, "--timer-period", "500us", "-o", out, check=0)
     t = Trace.load(out)
     m = meta(out)
     for v in m["stats"]["vcpus"]:

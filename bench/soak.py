@@ -47,6 +47,18 @@ def rss_kib(pid):
     return None
 
 
+def threads(pid):
+    """Each thread's name and the kernel function it sleeps in (what a hang waits for)."""
+    rows = []
+    for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as c, open(f"/proc/{pid}/task/{tid}/wchan") as w:
+                rows.append(f"{c.read().strip()}:{w.read().strip() or 'running'}")
+        except OSError:
+            pass
+    return " ".join(rows)
+
+
 def record(args, out, stop_after, grace, signal_at=None, sample=False):
     """Run `kvmscope run ARGS -o OUT`; optionally SIGINT it after ``signal_at`` seconds.
 
@@ -75,8 +87,10 @@ def record(args, out, stop_after, grace, signal_at=None, sample=False):
     status = proc.poll()
     end = time.monotonic()
     if status is None:
+        stderr_note = "threads at the kill: " + threads(proc.pid)
         proc.kill()
         proc.wait()
+        return None, end - (signalled or t0 + stop_after), samples, stderr_note
     stderr = proc.stderr.read()
     proc.stderr.close()
     stop = signalled if signalled is not None else t0 + stop_after
@@ -106,7 +120,7 @@ def soak(opts, workdir):
     problems = []
     if status is None:
         problems.append(f"still running {opts.grace:.0f} s after its --duration {opts.duration} s: killed "
-                        f"(deadlock)")
+                        f"(deadlock); {stderr}")
     elif status != 0:
         problems.append(f"kvmscope run exited {status}: {stderr.strip()}")
     rss = [r for _, r in samples]
@@ -148,7 +162,7 @@ def stop_cycles(opts, workdir):
         out = os.path.join(workdir, f"cycle{i}")
         status, late, _, stderr = record(args, out, opts.duration, opts.grace)
         if status is None:
-            problems.append(f"run {i}: still running {opts.grace:.0f} s after --duration: killed (hang)")
+            problems.append(f"run {i}: still running {opts.grace:.0f} s after --duration: killed (hang); {stderr}")
             break
         if status != 0:
             problems.append(f"run {i}: exited {status}: {stderr.strip()}")

@@ -30,6 +30,9 @@ RUNS = [
     ("disk-bad-dma", ["disk-bad-dma"], 0),
     ("mixed", ["mixed", "--vcpus", "2"], 0),
     ("pio-storm", ["pio-storm", "--vcpus", "2", "-n", "20000"], 0),
+    # the stop path with every ring full and every thread waiting for the drain
+    ("mixed-lossless-stop", ["mixed", "--vcpus", "4", "-n", "1000000000", "--ring", "64", "--lossless",
+                             "--duration", "1"], 0),
 ]
 RUN_TIMEOUT_S = 120
 

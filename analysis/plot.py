@@ -456,9 +456,10 @@ def plot_timeline(trace, window=None, lock="bql", threads=None,
         edges = np.linspace(lo, hi, nbins + 1).astype(np.int64)
         rows, s, e, code = _dominant(rows, s, e, code, len(STATES), edges)
         if len(o_s):
-            ncol = int(o_th.max()) + 1
-            o_row, o_s, o_e, o_th = _dominant(o_row, o_s, o_e, o_th, ncol,
-                                              edges)
+            owners, o_code = np.unique(o_th, return_inverse=True)
+            o_row, o_s, o_e, o_code = _dominant(o_row, o_s, o_e, o_code,
+                                                len(owners), edges)
+            o_th = owners[o_code]
         notes.append(f"aggregated: state covering most of each "
                      f"{fmt_ns((hi - lo) / nbins)}")
     else:
@@ -468,10 +469,10 @@ def plot_timeline(trace, window=None, lock="bql", threads=None,
     _rects(ax, x(s), x(e), rows, list(colors[code]))
     tcolor = thread_colors(trace)
     if len(o_s):
-        palette = np.array([tcolor.get(int(t), "#000000")
-                            for t in range(int(o_th.max()) + 1)],
+        owners, o_code = np.unique(o_th, return_inverse=True)
+        palette = np.array([tcolor.get(int(t), "#000000") for t in owners],
                            dtype=object)
-        _rects(ax, x(o_s), x(o_e), o_row, list(palette[o_th]))
+        _rects(ax, x(o_s), x(o_e), o_row, list(palette[o_code]))
 
     # Hand-off arrows: both ends in the window and on rows shown.
     narrows = 0

@@ -341,7 +341,8 @@ def queue_depth(trace, queue="aio"):
 _I64_MAX = np.iinfo(np.int64).max
 
 #: States of ``meta.json`` after which the tables may end before the run did.
-INCOMPLETE_STATES = {"running": "killed", "failed": "failed"}
+INCOMPLETE_STATES = {"running": "killed", "failed": "failed",
+                     "aborted": "aborted"}
 
 COVERAGE_COLUMNS = ["kind", "thread", "thread_name", "start_ns", "end_ns",
                     "lost", "detail"]
@@ -555,10 +556,10 @@ def coverage(trace):
     A thread's records can be missing in three ways: its ring dropped them
     (lossy mode: the ``losses`` table places each run of dropped records;
     a version-1 trace only counts them in ``meta.json``, so the whole
-    thread is then uncertain), or the run was killed or failed before they
-    were flushed (``meta.json`` ``state`` is ``running`` or ``failed``: each
-    thread's data ends at its last timestamp in any table), or a table file
-    was cut short.  :func:`check` reports nothing that such missing data
+    thread is then uncertain), or the run was killed, failed or aborted
+    before they were flushed (``meta.json`` ``state`` is ``running``,
+    ``failed`` or ``aborted``: each thread's data ends at its last
+    timestamp in any table), or a table file was cut short.  :func:`check` reports nothing that such missing data
     could explain.
 
     Parameters
@@ -597,7 +598,8 @@ def describe_coverage(trace):
     """Plain lines saying how the trace is incomplete (empty if it is not).
 
     ``killed: data ends at 2.3100 s (main), 2.3500 s (vcpu0)``, ``failed:
-    write failed: No space left on device; data ends at ...``, the tables
+    write failed: No space left on device; data ends at ...``, ``aborted
+    (a second interrupt): data ends at ...``, the tables
     cut short, and ``lost 312 records on vcpu1 between 1.2034 s and
     1.2051 s`` (one line per thread when a thread lost records more than
     five times).  Times are seconds from the trace start.
@@ -616,6 +618,8 @@ def describe_coverage(trace):
         lines.append(f"killed: {at}")
     elif state == "failed":
         lines.append(f"failed: {failure_reason(base.meta)}; {at}")
+    elif state == "aborted":
+        lines.append(f"aborted (a second interrupt): {at}")
     elif base.cut:
         lines.append(f"cut short: {at}")
     for why in base.cut.values():

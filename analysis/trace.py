@@ -17,7 +17,8 @@ import pyarrow.ipc as ipc
 
 from . import replay as _replay
 from . import stats as _stats
-from ..traceformat import META_FILE
+from ..errors import KvmscopeError
+from ..traceformat import META_FILE, RUN_STATES
 from .schema import (ADDED_IN, FORMAT_NAME, FORMAT_VERSION, SCHEMAS, SPANS, SUPPORTED_VERSIONS,
                      TABLES, describe, empty_table, table_file, type_matches)
 
@@ -29,7 +30,7 @@ _SHORT_READ = ("Expected to be able to read", "Expected to read",
                "bytes available", "was null or length 0")
 
 
-class TraceError(ValueError):
+class TraceError(KvmscopeError, ValueError):
     """A trace directory that cannot be read: the message names the file and
     the column or problem, on one line."""
 
@@ -41,7 +42,7 @@ class TraceError(ValueError):
 META_MAX_BYTES = 16 << 20
 
 #: Values of ``meta.json`` ``state``.
-STATES = ("running", "complete", "stopped", "failed")
+STATES = RUN_STATES
 
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 
@@ -154,9 +155,8 @@ def _check_meta(meta, fname):
                          f"(this kvmscope reads {', '.join(map(str, SUPPORTED_VERSIONS))})")
 
     def wrong(key, v, expected):
-        raise TraceError(f"{fname}: {key!r} is {_json_type(v)}"
-                         + (f" ({_short(v)})" if _json_type(v) == "an integer" else "")
-                         + f", expected {expected}")
+        what = _short(v) if type(v) is int else _json_type(v)
+        raise TraceError(f"{fname}: {key!r} is {what}, expected {expected}")
 
     state = meta.get("state")
     if state is not None:
@@ -167,8 +167,8 @@ def _check_meta(meta, fname):
                              f"one of {', '.join(STATES)}")
     for key in ("start_ns", "end_ns"):
         v = meta.get(key)
-        if v is not None and not _is_int(v):
-            wrong(key, v, "an integer of ns (int64)")
+        if v is not None and not _is_int(v, 0, TS_MAX):
+            wrong(key, v, f"ns of CLOCK_MONOTONIC, an integer 0 .. {TS_MAX}")
     for key in ("config", "clock", "host", "versions", "stats"):
         v = meta.get(key)
         if v is not None and not isinstance(v, dict):
@@ -203,7 +203,7 @@ def _check_meta(meta, fname):
 def _short(v, n=60):
     """repr of a meta value, cut to *n* characters (a value may be huge)."""
     if type(v) is int and abs(v) >= 10 ** n:
-        return f"an integer of {len(str(abs(v)))} digits"
+        return f"an integer of {len(str(abs(v)))} digits"   # no huge str()
     text = repr(v)
     return text if len(text) <= n else text[:n] + "..."
 
@@ -226,6 +226,10 @@ def _read_stream(fname):
         raise TraceError(f"{fname}: cannot read: {_os_reason(e)}") from None
     try:
         reader = ipc.open_stream(source)
+        reader.schema.names         # decoded here, not in a later step
+    except UnicodeDecodeError:
+        raise TraceError(f"{fname}: corrupt Arrow stream: a column name is not "
+                         "valid UTF-8") from None
     except (pa.ArrowException, OSError, MemoryError) as e:
         raise TraceError(f"{fname}: corrupt Arrow stream: "
                          f"{_first_line(e)}") from None
@@ -255,6 +259,13 @@ def _read_stream(fname):
 def _conform(table, name, where):
     """Check *table* against the schema of *name*; return it with the
     documented columns first.  Raises TraceError naming *where*."""
+    try:
+        return _conform_table(table, name, where)
+    except UnicodeDecodeError:
+        raise TraceError(f"{where}: a column name is not valid UTF-8") from None
+
+
+def _conform_table(table, name, where):
     schema = SCHEMAS[name]
     names = table.schema.names
     keep = []
@@ -275,6 +286,7 @@ def _conform(table, name, where):
                              f"{table.column(idx).null_count} nulls but is "
                              "not nullable")
         keep.append(idx)
+    _check_ranges(table, name, where)
     # Undocumented columns are kept when their names are unambiguous.
     extra = [i for i, c in enumerate(names)
              if c not in schema.names and names.count(c) == 1]
@@ -285,7 +297,59 @@ def _conform(table, name, where):
         table.validate(full=True)
     except (pa.ArrowException, MemoryError) as e:
         raise TraceError(f"{where}: corrupt Arrow data: {_first_line(e)}") from None
+    return _unique_dictionaries(table, schema, where)
+
+
+def _unique_dictionaries(table, schema, where):
+    """Dictionary columns whose dictionary repeats a value or holds a null
+    (valid Arrow, never written by the recorder) re-encoded, so that each
+    becomes a pandas category; a null that way in a column that may not
+    have one is an error."""
+    for i, field in enumerate(table.schema):
+        if not pa.types.is_dictionary(field.type):
+            continue
+        col = table.column(i)
+        if all(not c.dictionary.null_count
+               and len(pc.unique(c.dictionary)) == len(c.dictionary)
+               for c in col.chunks):
+            continue
+        dense = col.cast(field.type.value_type)
+        documented = field.name in schema.names
+        if documented and not schema.field(field.name).nullable and dense.null_count:
+            raise TraceError(f"{where}: column {field.name!r} has "
+                             f"{dense.null_count} nulls but is not nullable")
+        table = table.set_column(i, field.name, pc.dictionary_encode(dense))
     return table
+
+
+#: Largest timestamp accepted: 2**62 ns (146 years of CLOCK_MONOTONIC), so
+#: that differences and sums of a few of them cannot overflow int64.
+TS_MAX = 1 << 62
+
+# Value ranges of documented integer columns beyond their type: every
+# timestamp is CLOCK_MONOTONIC ns; a poll timeout is -1 (infinite) or ns.
+_RANGES = {("loop", "timeout_ns"): (-1, TS_MAX), ("losses", "lost"): (1, TS_MAX)}
+
+
+def _check_ranges(table, name, where):
+    """TraceError for a documented timestamp or count out of its range."""
+    if not table.num_rows:
+        return
+    for field in SCHEMAS[name]:
+        key = (name, field.name)
+        if key not in _RANGES and not field.name.endswith("_ns"):
+            continue
+        lo, hi = _RANGES.get(key, (0, TS_MAX))
+        col = table.column(field.name)
+        mm = pc.min_max(col).as_py()
+        if mm["min"] is None or (lo <= mm["min"] and mm["max"] <= hi):
+            continue
+        bad = mm["min"] if mm["min"] < lo else mm["max"]
+        row = pc.index(col, pa.scalar(bad, col.type)).as_py()
+        raise TraceError(f"{where}: column {field.name!r} has {bad} at row {row}, "
+                         f"outside {lo} .. {hi}"
+                         + (" (ns of CLOCK_MONOTONIC)" if field.name.endswith("_ns")
+                            else ""))
 
 
 # --------------------------------------------------------------------------
@@ -309,12 +373,26 @@ def _columns(table, name):
 
 
 def _thread_names(thread_ids, threads):
-    """Categorical of thread names for an int array of thread ids."""
+    """Categorical of thread names for an int array of thread ids; an id
+    missing from the threads table is named ``thread <id>``."""
     names = pd.Index(pd.unique(threads["name"].to_numpy()))
-    lut = np.full(1 << 16, -1, dtype=np.int16)
+    lut = np.full(1 << 16, -1, dtype=np.int32)
     lut[threads["thread"].to_numpy().astype(np.int64) + (1 << 15)] = \
         names.get_indexer(threads["name"].to_numpy())
-    codes = lut[np.asarray(thread_ids).astype(np.int32) + (1 << 15)]
+    idx = np.asarray(thread_ids).astype(np.int32) + (1 << 15)
+    codes = lut[idx]
+    if (codes < 0).any():
+        taken = set(names)
+        extra = []
+        for u in np.unique(idx[codes < 0]):         # per unknown id
+            name = f"thread {int(u) - (1 << 15)}"
+            while name in taken:
+                name += "?"
+            taken.add(name)
+            lut[u] = len(names) + len(extra)
+            extra.append(name)
+        names = names.append(pd.Index(extra))
+        codes = lut[idx]
     return pd.Categorical.from_codes(codes, categories=names)
 
 
@@ -521,7 +599,7 @@ class Trace:
             table = self.arrow(name)
             try:
                 cols = _columns(table, name)
-            except pa.ArrowException as e:
+            except (pa.ArrowException, ValueError, TypeError) as e:
                 # Validated on load; an undocumented column may still not
                 # convert.
                 raise TraceError(f"{self.path or 'trace'}: table {name}: "
@@ -798,6 +876,9 @@ def _meta_warnings(meta):
     if meta.get("state") == "running":
         out.append("meta.json: state is 'running': the run was killed; "
                    "tables hold what was flushed before that")
+    elif meta.get("state") == "aborted":
+        out.append("meta.json: state is 'aborted': a second interrupt stopped "
+                   "the run at once; tables hold what was flushed before that")
     elif meta.get("state") == "failed":
         why = failure_reason(meta)
         out.append(f"meta.json: state is 'failed' ({why}); tables hold what "

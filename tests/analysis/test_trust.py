@@ -220,3 +220,277 @@ def test_real_killed_trace_validates_as_killed(tmp_path):
     assert not re.search(r"\d violations in", r.stdout)
     line = next(l for l in r.stdout.splitlines() if l.startswith("killed: "))
     assert "(main)" in line and "(vcpu0)" in line and "(vcpu1)" in line
+
+
+# --------------------------------------------------------------------------
+# 2. and 3. missing and corrupt input: one line and exit status 2, or a
+# result; never a traceback, a hang or a read of something that is not a file
+
+SAMPLE = os.path.join(TRACES, "timer-hlt-2vcpu")
+
+
+@pytest.fixture
+def sample(tmp_path):
+    dst = tmp_path / "t"
+    shutil.copytree(SAMPLE, dst)
+    return str(dst)
+
+
+def _commands(path, tmp):
+    return [["report", path], ["validate", path],
+            ["export", path, "--perfetto", os.path.join(tmp, "out.json")],
+            ["plot", path, "-o", os.path.join(tmp, "out.png"), "--dpi", "40"],
+            ["plot", path, "--kind", "contention", "-o",
+             os.path.join(tmp, "out.png"), "--dpi", "40"],
+            ["diff", SAMPLE, path, "--resamples", "100"]]
+
+
+def every_command(capsys, path, tmp, error=None):
+    """Run every command on *path*: with *error*, each must print exactly one
+    line on stderr holding it and exit with 2; without, give a result."""
+    for argv in _commands(path, str(tmp)):
+        status, out, err = run(capsys, *argv)
+        assert "Traceback" not in err, (argv, err)
+        if error is not None:
+            assert status == 2, (argv, status, out, err)
+            lines = err.strip().splitlines()
+            assert len(lines) == 1 and error in lines[0], (argv, err)
+        else:
+            assert status in ((0, 1, EXIT_INCOMPLETE) if argv[0] == "validate"
+                              else (0, 1)), (argv, status, err)
+            assert out.strip() or argv[0] in ("plot",), argv
+
+
+def _rewrite(path, table_name, change):
+    f = os.path.join(path, table_name + ".arrows")
+    with open(f, "rb") as fh:
+        t = ipc.open_stream(pa.py_buffer(fh.read())).read_all()
+    t = change(t)
+    with ipc.new_stream(f, t.schema) as w:
+        w.write_table(t, max_chunksize=100)
+
+
+def _replace_column(t, name, arr):
+    i = t.schema.get_field_index(name)
+    return t.set_column(i, pa.field(name, arr.type, nullable=arr.null_count > 0), arr)
+
+
+@pytest.mark.parametrize("how, error", [
+    ("delete", "locks.arrows: missing"),
+    ("directory", "locks.arrows: not a regular file (a directory)"),
+    ("loop", "locks.arrows: cannot read: Too many levels of symbolic links"),
+    ("dangling", "locks.arrows: dangling symbolic link"),
+    ("fifo", "locks.arrows: not a regular file (a FIFO)"),
+    ("devzero", "locks.arrows: not a regular file (a character device)"),
+    ("empty", "locks.arrows: no rows, but meta.json says it has 1209"),
+])
+def test_missing_table_file_is_an_error(capsys, sample, tmp_path, how, error):
+    f = os.path.join(sample, "locks.arrows")
+    os.remove(f)
+    if how == "directory":
+        os.mkdir(f)
+    elif how == "loop":
+        os.symlink("locks.arrows", f)
+    elif how == "dangling":
+        os.symlink("gone.arrows", f)
+    elif how == "fifo":
+        os.mkfifo(f)
+    elif how == "devzero":
+        os.symlink("/dev/zero", f)
+    elif how == "empty":
+        open(f, "wb").close()
+    every_command(capsys, sample, tmp_path, error)
+
+
+def test_any_missing_table_of_the_format_is_an_error(capsys, sample, tmp_path):
+    # meta.json says 0 rows of aio: the file must still be there.
+    assert _meta(sample)["tables"]["aio"] == 0
+    os.remove(os.path.join(sample, "aio.arrows"))
+    every_command(capsys, sample, tmp_path, "aio.arrows: missing")
+
+
+def test_losses_file_is_required_from_format_2(capsys, tmp_path):
+    p = make_lossy_trace(tmp_path / "v2", 2000, seed=1)
+    os.remove(os.path.join(p, "losses.arrows"))
+    every_command(capsys, p, tmp_path, "losses.arrows: missing")
+    # A format-1 trace never had one.
+    assert "losses.arrows" not in os.listdir(SAMPLE)
+    every_command(capsys, SAMPLE, tmp_path)
+
+
+TOO_BIG = "1" + "0" * 400
+
+
+@pytest.mark.parametrize("key, raw, error", [
+    ("config", "[1, 2]", "'config' is a list, expected an object"),
+    ("start_ns", '"12"', "'start_ns' is a string, expected ns"),
+    ("start_ns", "[1]", "'start_ns' is a list"),
+    ("start_ns", str(2 ** 64), f"'start_ns' is {2 ** 64}, expected ns"),
+    ("start_ns", TOO_BIG, "'start_ns' is an integer of 401 digits"),
+    ("start_ns", "1.5", "'start_ns' is a number with a fraction"),
+    ("start_ns", "true", "'start_ns' is a boolean"),
+    ("end_ns", '"x"', "'end_ns' is a string"),
+    ("end_ns", "-5", "'end_ns' is -5, expected ns"),
+    ("end_ns", "NaN", "'end_ns' is not a finite number"),
+    ("state", '"exploded"', "'state' is 'exploded', expected one of running"),
+    ("records", '{"vcpu0": 5}', "'records.vcpu0' is 5, expected an object"),
+    ("records", '{"vcpu0": {"lost": "3"}}', "'records.vcpu0.lost' is a string"),
+    ("tables", '{"locks": -1}', "'tables.locks' is -1, expected a row count"),
+    ("config", '{"guest": ["x"]}', "'config.guest' is a list, expected a string"),
+    ("failure", "[]", "'failure' is a list, expected a string"),
+])
+def test_meta_fields_of_the_wrong_type(capsys, sample, tmp_path, key, raw, error):
+    m = _meta(sample)
+    m[key] = "@RAW@"
+    with open(os.path.join(sample, "meta.json"), "w") as f:
+        f.write(json.dumps(m).replace('"@RAW@"', raw))
+    every_command(capsys, sample, tmp_path, "meta.json: " + error)
+
+
+@pytest.mark.parametrize("how, error", [
+    ("huge", "meta.json: 17825792 bytes, more than the 16 MiB"),
+    ("devzero", "meta.json: not a regular file (a character device)"),
+    ("directory", "meta.json: not a regular file (a directory)"),
+    ("fifo", "meta.json: not a regular file (a FIFO)"),
+    ("deep", "meta.json: corrupt JSON: maximum recursion depth"),
+    ("utf8", "meta.json: corrupt JSON: 'utf-8' codec can't decode"),
+    ("list", "meta.json: expected a JSON object, got a list"),
+])
+def test_meta_file_that_cannot_be_used(capsys, sample, tmp_path, how, error):
+    f = os.path.join(sample, "meta.json")
+    if how == "huge":
+        with open(f, "r+b") as fh:      # sparse
+            fh.truncate(17 << 20)
+    elif how in ("devzero", "directory", "fifo"):
+        os.remove(f)
+        {"devzero": lambda: os.symlink("/dev/zero", f), "directory": lambda: os.mkdir(f),
+         "fifo": lambda: os.mkfifo(f)}[how]()
+    elif how == "deep":
+        with open(f, "w") as fh:
+            fh.write("[" * 100_000)
+    elif how == "utf8":
+        with open(f, "rb") as fh:
+            data = fh.read()
+        with open(f, "wb") as fh:
+            fh.write(data.replace(b"timer-hlt", b"timer\xffhlt"))
+    elif how == "list":
+        with open(f, "w") as fh:
+            fh.write("[]")
+    every_command(capsys, sample, tmp_path, error)
+
+
+def _bad_utf8(arr):
+    bufs = arr.buffers()
+    data = bytearray(bufs[2].to_pybytes())
+    data[0] = 0xFF
+    return pa.Array.from_buffers(arr.type, len(arr), [bufs[0], bufs[1],
+                                                      pa.py_buffer(bytes(data))])
+
+
+def test_invalid_utf8_in_a_string_column(capsys, sample, tmp_path):
+    _rewrite(sample, "threads", lambda t: _replace_column(
+        t, "name", _bad_utf8(t.column("name").combine_chunks())))
+    every_command(capsys, sample, tmp_path,
+                  "threads.arrows: corrupt Arrow data: Column 2: In chunk 0: "
+                  "Invalid: Invalid UTF8")
+
+
+def test_invalid_utf8_in_a_dictionary(capsys, sample, tmp_path):
+    def change(t):
+        c = t.column("callsite").combine_chunks()
+        return _replace_column(t, "callsite", pa.DictionaryArray.from_arrays(
+            c.indices, _bad_utf8(c.dictionary), safe=False))
+    _rewrite(sample, "locks", change)
+    every_command(capsys, sample, tmp_path, "locks.arrows: corrupt Arrow data")
+
+
+def test_dictionary_index_out_of_range(capsys, sample, tmp_path):
+    def change(t):
+        c = t.column("reason").combine_chunks()
+        idx = c.indices.to_numpy().copy()
+        idx[3] = 999
+        return _replace_column(t, "reason", pa.DictionaryArray.from_arrays(
+            pa.array(idx), c.dictionary, safe=False))
+    _rewrite(sample, "exits", change)
+    every_command(capsys, sample, tmp_path,
+                  "exits.arrows: corrupt Arrow data: Column 2: In chunk 0: "
+                  "Invalid: Dictionary indices invalid")
+
+
+def test_repeated_dictionary_values_still_load(capsys, sample, tmp_path):
+    def change(t):
+        c = t.column("callsite").combine_chunks()
+        d = c.dictionary.to_pylist()
+        d[1] = d[0]
+        return _replace_column(t, "callsite", pa.DictionaryArray.from_arrays(
+            c.indices, pa.array(d)))
+    _rewrite(sample, "locks", change)
+    every_command(capsys, sample, tmp_path)
+
+
+def test_nulls_where_not_allowed(capsys, sample, tmp_path):
+    def change(t):
+        r = t.column("released_ns").combine_chunks()
+        mask = np.zeros(len(r), bool)
+        mask[5] = True
+        return _replace_column(t, "released_ns", pa.array(
+            r.to_numpy(), pa.int64(), mask=mask))
+    _rewrite(sample, "locks", change)
+    every_command(capsys, sample, tmp_path,
+                  "locks.arrows: column 'released_ns' has 1 nulls but is not nullable")
+
+
+@pytest.mark.parametrize("value", [-1, np.iinfo(np.int64).max, np.iinfo(np.int64).min])
+def test_timestamps_out_of_range(capsys, sample, tmp_path, value):
+    def change(t):
+        e = t.column("exit_ns").to_numpy().copy()
+        e[7] = value
+        return _replace_column(t, "exit_ns", pa.array(e))
+    _rewrite(sample, "exits", change)
+    every_command(capsys, sample, tmp_path,
+                  f"exits.arrows: column 'exit_ns' has {value} at row 7, outside 0 .. ")
+
+
+def test_timestamps_out_of_order_are_violations(capsys, sample, tmp_path):
+    def change(t):
+        r = t.column("released_ns").to_numpy().copy()
+        r[::7] = r[::7] - 5_000_000
+        return _replace_column(t, "released_ns", pa.array(r))
+    _rewrite(sample, "locks", change)
+    every_command(capsys, sample, tmp_path)
+    status, out, _ = run(capsys, "validate", sample)
+    assert status == 1 and "lock_released_before_acquired" in out
+
+
+@pytest.mark.parametrize("ids", [(-32768, 32767), (-1, 300)])
+def test_unknown_thread_ids(capsys, sample, tmp_path, ids):
+    for table in ("locks", "exits", "irqs"):
+        def change(t):
+            th = t.column("thread").to_numpy().copy()
+            for k, v in enumerate(ids):
+                th[k::3] = v
+            return _replace_column(t, "thread", pa.array(th, pa.int16()))
+        _rewrite(sample, table, change)
+    every_command(capsys, sample, tmp_path)
+    for kind in ("timeline", "wait", "exits") if ids[0] < -1 else ():
+        by = [] if kind == "timeline" else ["--by", "thread"]
+        status, _, err = run(capsys, "plot", sample, "--kind", kind, *by,
+                             "-o", tmp_path / "o.png", "--dpi", "40")
+        assert status == 0, (kind, err)
+    status, out, _ = run(capsys, "validate", sample)
+    assert status == 1 and "unknown_thread" in out
+
+
+def test_trace_path_that_is_not_a_directory(capsys, tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    every_command(capsys, str(f), tmp_path, "not a directory")
+    every_command(capsys, str(tmp_path / "nope"), tmp_path, "not found")
+
+
+def test_aborted_trace_reports_it(capsys, tmp_path):
+    p = make_killed_trace(tmp_path / "aborted", 3000, seed=4, state="aborted")
+    status, out, err = run(capsys, "validate", p)
+    assert status == EXIT_INCOMPLETE
+    assert "aborted (a second interrupt): data ends at " in out
+    assert "state is 'aborted'" in err

@@ -6,6 +6,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -72,6 +73,12 @@ def examples(page):
     return out
 
 
+def python_examples(page):
+    """The ```python blocks of a page."""
+    with open(os.path.join(ROOT, page)) as f:
+        return [m.group(1) for m in re.finditer(r"```python\n(.*?)```", f.read(), re.S)]
+
+
 def _needs_kvm(command):
     words = command.split()
     return any(words[i] == "kvmscope" and i + 1 < len(words) and words[i + 1] in KVM_COMMANDS
@@ -79,7 +86,7 @@ def _needs_kvm(command):
 
 
 def _case_ids():
-    return [p for p in PAGES if examples(p)]
+    return [p for p in PAGES if examples(p) or python_examples(p)]
 
 
 @pytest.mark.parametrize("page", _case_ids())
@@ -104,6 +111,15 @@ def test_documented_commands_run_as_shown(page, tmp_path):
         else:
             # 1: diff found the documented regression; 3: validate on an incomplete trace
             assert proc.returncode in (0, 1, 3), where
+        ran += 1
+    recorded = {"traces/demo", "runs/"}       # what only a KVM example above records
+    for code in python_examples(page):
+        if not KVM_USABLE and any(path in code for path in recorded):
+            skipped += 1
+            continue
+        proc = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, f"{page}: python example failed:\n{code}\n{proc.stderr[-3000:]}"
         ran += 1
     if not ran:
         pytest.skip(f"{page}: every example needs KVM ({KVM_REASON})")

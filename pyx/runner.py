@@ -4,16 +4,14 @@ import os
 import platform
 import signal
 import socket
-import struct
 import sys
 import tempfile
 import threading
 import time
 
-from . import __version__, guests
+from . import __version__, board, guests
 from .config import RunConfig, prepare_output  # noqa: F401  (RunConfig re-exported here)
 
-PARAMS_MAGIC = 0x534D564B      # "KVMS"
 DRAIN_INTERVAL_S = 0.05        # flush period; a killed run loses at most this much
 
 
@@ -125,9 +123,10 @@ def record(config, progress=None):
     disk_sectors = os.path.getsize(disk_path) // 512 if not temporary_disk else config.disk_size // 512
     region = min(1024, disk_sectors // config.vcpus)
     machine.load_image(image)
-    machine.write_mem(0x1000, struct.pack("<IIQQQIII", PARAMS_MAGIC, config.vcpus, config.iterations,
-                                          config.seed & (2 ** 64 - 1), config.memory,
-                                          config.timer_period_us, region, config.port_burst))
+    machine.write_mem(board.PARAMS_ADDR, board.pack_params(
+        nvcpus=config.vcpus, iterations=config.iterations, seed=config.seed & (2 ** 64 - 1),
+        mem_size=config.memory, timer_period_us=config.timer_period_us, region=region,
+        port_burst=config.port_burst))
     for callsite, ns in config.inject_hold.items():
         machine.set_inject_hold(callsite, ns)
     for device in config.lockless:

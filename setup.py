@@ -1,5 +1,6 @@
 """Build kvmscope: compile the Cython core in pyx/ and assemble the guest programs."""
 import glob
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -9,8 +10,23 @@ import tempfile
 from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 GUEST_SRC = os.path.join("pyx", "guests")
-GUEST_LOAD_ADDR = "0x10000"    # CODE_ADDR of the board (pyx/devices.pxi)
+
+
+def load_board():
+    """pyx/board.py, loaded by path: the package itself is not importable before it is built."""
+    spec = importlib.util.spec_from_file_location("kvmscope_board", os.path.join(HERE, "pyx", "board.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The board is defined once, in pyx/board.py; its guest include (pyx/guests/board.inc) and
+# the core's constants (pyx/board.pxi) are generated here, before cythonize and the guests.
+BOARD = load_board()
+BOARD.write_generated(HERE)
+GUEST_LOAD_ADDR = f"{BOARD.CODE_ADDR:#x}"
 
 
 def assemble_guest(src, out_bin):

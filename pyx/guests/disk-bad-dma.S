@@ -21,14 +21,14 @@
         mov 4(%ebp), %esi                       # sector
         cmp $0xfffffffe, %esi
         jne 2f
-        mov $BLK_PORT+0x14, %dx                 # the image's size in sectors
+        mov $BLK_SIZE_REG, %dx                  # the image's size in sectors
         in %dx, %eax
         mov %eax, %esi
 2:      mov 8(%ebp), %ecx                       # count
         mov 12(%ebp), %edi                      # buffer
         cmp $0xfffffffe, %edi
         jne 3f
-        mov P_MEMSIZE, %edi                     # the last 256 bytes of RAM
+        mov P_MEM_SIZE, %edi                    # the last 256 bytes of RAM
         sub $256, %edi
 3:      mov (%ebp), %eax                        # command
         push %eax
@@ -45,17 +45,19 @@
 9:      mov %ebx, %eax
         GUEST_EXIT
         .p2align 2
+        .set RD, BLK_CMD_READ
+        .set WR, BLK_CMD_WRITE
 cases:  #       command sector      count   buffer      expected
-        .long   1, 0,          1,      0xfffffffe, 0x12    # buffer crosses the end of RAM
-        .long   1, 0,          1,      0xfffffe00, 0x12    # buffer far outside RAM
-        .long   2, 0,          8,      0xfffffff0, 0x12    # write from outside RAM
-        .long   1, 0xfffffffe, 1,      0x200000,   0x11    # sector just past the image
-        .long   1, 0xffffffff, 2,      0x200000,   0x11    # sector number overflow
-        .long   1, 0,          0,      0x200000,   0x14    # zero sectors
-        .long   1, 0,          100000, 0x200000,   0x14    # too many sectors
-        .long   7, 0,          1,      0x200000,   0x10    # unknown command
-        .long   2, 0,          1,      0x200000,   0       # a valid write still works
-        .long   1, 0,          1,      0x200000,   0       # and a valid read
+        .long   RD, 0,          1,      0xfffffffe, BLK_STATUS_BAD_DMA      # buffer crosses the end of RAM
+        .long   RD, 0,          1,      0xfffffe00, BLK_STATUS_BAD_DMA      # buffer far outside RAM
+        .long   WR, 0,          8,      0xfffffff0, BLK_STATUS_BAD_DMA      # write from outside RAM
+        .long   RD, 0xfffffffe, 1,      DMA_BASE,   BLK_STATUS_BAD_RANGE    # sector just past the image
+        .long   RD, 0xffffffff, 2,      DMA_BASE,   BLK_STATUS_BAD_RANGE    # sector number overflow
+        .long   RD, 0,          0,      DMA_BASE,   BLK_STATUS_BAD_COUNT    # zero sectors
+        .long   RD, 0,          100000, DMA_BASE,   BLK_STATUS_BAD_COUNT    # too many sectors
+        .long   7,  0,          1,      DMA_BASE,   BLK_STATUS_BAD_COMMAND  # unknown command
+        .long   WR, 0,          1,      DMA_BASE,   BLK_STATUS_OK           # a valid write still works
+        .long   RD, 0,          1,      DMA_BASE,   BLK_STATUS_OK           # and a valid read
         .long   0xffffffff
         IRQ_CODE
         GUEST_GDT

@@ -25,19 +25,22 @@
         .set JUNK, 0x400000                     # DMA and string-input target, shared
         .set JUNK_SIZE, 0x40000
         .set END_ZONE, 0x21000                  # valid DMA near the end of RAM stays in it
-        .set BLK_SECTOR_REG, BLK_PORT+4
-        .set BLK_COUNT_REG, BLK_PORT+8
-        .set BLK_BUF_REG, BLK_PORT+12
-        .set BLK_STATUS_REG, BLK_PORT+0x10
-        .set BLK_SIZE_REG, BLK_PORT+0x14
-        .set ST_BUSY, 1
         .set NATTACKS, 10
+        .set BLK_WRAP, 1 << (32 - BLK_SECTOR_SHIFT)  # sectors whose byte size is 2^32
+        # command_value and atk_blk_burst compute commands as 1 + (0, 1 or 2)
+        .if BLK_CMD_READ != 1 || BLK_CMD_WRITE != 2 || BLK_CMD_FLUSH != 3
+        .error "hostile.S: block commands are no longer read 1, write 2, flush 3"
+        .endif
+        # atk_any_port only reads in the 64 ports of the timer and block devices
+        .if (TIMERDEV_PORT & 0xffc0) != (BLK_PORT & 0xffc0) || ((BLK_PORT + BLK_PORT_SIZE - 1) & 0xffc0) != (BLK_PORT & 0xffc0)
+        .error "hostile.S: the timer and block devices are no longer in one 64-port block"
+        .endif
 
         GUEST_ENTRY
         PERCPU_BASE
         IDT_SETUP
         push %eax
-        shl $11, %eax
+        shl $IDT_SHIFT, %eax
         lea IDT_BASE+TIMER_VECTOR*8(%eax), %edi
         mov $isr_tick, %edx
         call idt_set_gate
@@ -161,11 +164,11 @@ board_port:
         ret
 
         .p2align 2
-ports:  .long DEBUG_PORT-1, 3
-        .long SERIAL_PORT-1, 10
-        .long TIMERDEV_PORT-1, 10
-        .long BLK_PORT-1, 0x22
-        .long EXIT_PORT-1, 6                    # read only
+ports:  .long DEBUG_PORT-1, DEBUG_PORT_SIZE+2
+        .long SERIAL_PORT-1, SERIAL_PORT_SIZE+2
+        .long TIMERDEV_PORT-1, TIMERDEV_PORT_SIZE+2
+        .long BLK_PORT-1, BLK_PORT_SIZE+2
+        .long EXIT_PORT-1, EXIT_PORT_SIZE+2     # read only
 
 # ---- value classes --------------------------------------------------------
 printable:                                      # EAX = a console byte ('\n' 1 in 16)
@@ -215,38 +218,38 @@ buf_classes:
 11:     mov $END_ZONE, %eax                     # near the end of RAM
         call rand_below
         neg %eax
-        add P_MEMSIZE, %eax
+        add P_MEM_SIZE, %eax
         jmp 19f
 12:     mov (%esp), %eax                        # ends exactly at the end of RAM
-        shl $9, %eax
+        shl $BLK_SECTOR_SHIFT, %eax
         neg %eax
-        add P_MEMSIZE, %eax
+        add P_MEM_SIZE, %eax
         jmp 19f
 13:     mov (%esp), %eax                        # one byte over the end of RAM
-        shl $9, %eax
+        shl $BLK_SECTOR_SHIFT, %eax
         neg %eax
-        add P_MEMSIZE, %eax
+        add P_MEM_SIZE, %eax
         inc %eax
         jmp 19f
 14:     mov $0x10000, %eax                      # at or past the end of RAM
         call rand_below
-        add P_MEMSIZE, %eax
+        add P_MEM_SIZE, %eax
         jmp 19f
 15:     mov $0x20000, %eax                      # wrapping 2^32
         call rand_below
         not %eax
         jmp 19f
 16:     call rand                               # anything outside RAM, else junk
-        cmp P_MEMSIZE, %eax
+        cmp P_MEM_SIZE, %eax
         jae 19f
         and $0xfff, %eax
         add $JUNK, %eax
 19:     pop %ecx
         # a valid count with an address that would land in RAM below the
         # end zone and outside the junk zone is moved into the junk zone
-        cmp P_MEMSIZE, %eax
+        cmp P_MEM_SIZE, %eax
         jae 21f
-        mov P_MEMSIZE, %edx
+        mov P_MEM_SIZE, %edx
         sub $END_ZONE, %edx
         cmp %edx, %eax
         jae 21f
@@ -278,7 +281,7 @@ sector_classes:
         ret
 13:     mov $4, %eax                            # sector * 512 wraps 2^32 in 32 bits
         call rand_below
-        add $0x800000, %eax
+        add $BLK_WRAP, %eax
         ret
 14:     jmp rand
 15:     xor %eax, %eax
@@ -295,15 +298,15 @@ count_classes:
         call rand_below
         inc %eax
         ret
-11:     mov $256, %eax                          # 1..256
+11:     mov $BLK_MAX_SECTORS, %eax              # 1..256
         call rand_below
         inc %eax
         ret
 12:     xor %eax, %eax
         ret
-13:     mov $257, %eax
+13:     mov $BLK_MAX_SECTORS+1, %eax
         ret
-14:     mov $0x800000, %eax                     # count * 512 = 2^32
+14:     mov $BLK_WRAP, %eax                     # count * 512 = 2^32
         ret
 15:     jmp rand
 
@@ -317,15 +320,15 @@ command_value:                                  # EAX = a block command
         ret
 1:      shr $1, %eax                            # 0..5 -> 0, 0, 1, 1, 2, 2
         inc %eax                                # read, read, write, write, flush, flush
-        cmp $3, %eax
+        cmp $BLK_CMD_FLUSH, %eax
         jne 2f
         mov $4, %eax                            # one in four flushes is command 4
         call rand_below
         cmp $3, %eax
         jb 3f
-        mov $4, %eax
+        mov $BLK_CMD_FLUSH+1, %eax
         ret
-3:      mov $3, %eax
+3:      mov $BLK_CMD_FLUSH, %eax
 2:      ret
 
 # ---- PIO -------------------------------------------------------------------
@@ -338,14 +341,14 @@ atk_board_out:                                  # a random write to a board port
         cmp $BLK_BUF_REG, %ebx
         jne 1f
         push %ecx
-        mov $256, %ecx
+        mov $BLK_MAX_SECTORS, %ecx
         call buf_value                          # DMA addresses stay safe, 32-bit writes
         pop %ecx
         mov $2, %ecx
-1:      cmp $SERIAL_PORT, %ebx
+1:      cmp $SERIAL_THR_REG, %ebx
         jne 2f
         call printable
-2:      cmp $TIMERDEV_PORT, %ebx
+2:      cmp $TIMERDEV_PERIOD_REG, %ebx
         jne 3f
         call period_value
 3:      mov %ebx, %edx
@@ -364,14 +367,14 @@ atk_any_port:                                   # any port; reads only near the 
         movzwl %ax, %ebx
         call random_width
         mov %ebx, %eax
-        and $0xfff0, %eax
-        cmp $0x3f0, %eax
+        and $0xfff0, %eax                       # the 16-port blocks of the serial port
+        cmp $SERIAL_PORT & 0xfff0, %eax
         je 1f
-        cmp $0x500, %eax
+        cmp $EXIT_PORT & 0xfff0, %eax           # and the exit device,
         je 1f
         mov %ebx, %eax
-        and $0xffc0, %eax
-        cmp $0x540, %eax
+        and $0xffc0, %eax                       # the 64 of the timer and block devices
+        cmp $TIMERDEV_PORT & 0xffc0, %eax
         je 1f
         call rand
         test $1, %eax
@@ -401,7 +404,7 @@ atk_string_io:
         mov %al, %bh                            # bh = 1: in, 0: out
         test %bh, %bh
         jnz 3f
-        cmp $EXIT_PORT, %edx
+        cmp $EXIT_STATUS_REG, %edx
         jne 3f
         mov $DEBUG_PORT, %edx                   # the exit device ends the run: not here
 3:      push %edx
@@ -440,7 +443,7 @@ count_sizes:
         mov %eax, %esi
         shr $1, %esi
         neg %esi
-        add P_MEMSIZE, %esi
+        add P_MEM_SIZE, %esi
         mov %esi, %edi
         jmp 18f
 14:     mov %eax, %ecx
@@ -463,7 +466,7 @@ count_sizes:
         test %bh, %bh
         jnz 19f
         mov %edx, %eax                          # output to the console: its text
-        and $0xfff8, %eax
+        and $0x10000-SERIAL_PORT_SIZE, %eax
         cmp $SERIAL_PORT, %eax
         jne 19f
         mov $text, %esi
@@ -478,7 +481,7 @@ count_sizes:
         call *string_ops(,%eax,4)
         cld
         pop %edx
-        and $0xffe0, %edx
+        and $0x10000-BLK_PORT_SIZE, %edx
         cmp $BLK_PORT, %edx
         jne 20f
         call blk_junk_buf                       # an output burst may have set the address
@@ -504,7 +507,7 @@ string_ops:
 # accesses are 8-byte cmpxchg8b (the only 8-byte access of 32-bit code), some
 # rep stosb of up to 16 bytes.
 atk_scratch:
-        mov $0x1008, %eax
+        mov $SCRATCH_MMIO_SIZE+8, %eax
         call rand_below
         lea SCRATCH_MMIO-4(%eax), %edi
         call rand
@@ -516,7 +519,7 @@ atk_scratch:
         call rand
         test $1, %eax
         jz 1f
-        add $0x1000, %edi
+        add $SCRATCH_MMIO_SIZE, %edi
 1:
         call random_width
         mov $8, %eax
@@ -552,23 +555,23 @@ atk_mmio:
         call rand_below
         test %eax, %eax
         jnz 1f
-        mov $0xfec00000-0xc0000000-4, %eax
+        mov $IOAPIC_MMIO-RAM_MAX-4, %eax
         call rand_below
-        lea 0xc0000000(%eax), %edi
+        lea RAM_MAX(%eax), %edi
         jmp 3f
 1:      cmp $1, %eax
         jne 2f
         mov $4, %eax                            # the last bytes of RAM and what follows
         call rand_below
         neg %eax
-        add P_MEMSIZE, %eax
+        add P_MEM_SIZE, %eax
         mov %eax, %edi
         mov $2, %ecx
         jmp 3f
-2:      mov $0x3ebfe, %eax                      # across a page end
+2:      mov $(IOAPIC_MMIO-RAM_MAX)/0x1000-2, %eax  # across a page end
         call rand_below
         shl $12, %eax
-        lea 0xc0001000(%eax), %edi
+        lea RAM_MAX+0x1000(%eax), %edi
         mov $3, %eax
         call rand_below
         inc %eax
@@ -586,18 +589,18 @@ atk_timer:
         cmp $1, %eax
         jb 1f
         je 2f
-        mov $TIMERDEV_PORT, %ebx
+        mov $TIMERDEV_PERIOD_REG, %ebx
         cmp $2, %eax
         je 3f
-        add $4, %ebx
+        add $TIMERDEV_REG_ACK-TIMERDEV_REG_PERIOD, %ebx
 3:      call random_width
         mov %ebx, %edx
         jmp pio_in
 1:      call period_value
-        mov $TIMERDEV_PORT, %dx
+        mov $TIMERDEV_PERIOD_REG, %dx
         out %eax, %dx
         ret
-2:      mov $TIMERDEV_PORT+4, %dx               # acknowledge: at most one more tick
+2:      mov $TIMERDEV_ACK_REG, %dx              # acknowledge: at most one more tick
         out %eax, %dx
         ret
 
@@ -613,7 +616,7 @@ blk_wait:
 1:      cli
         mov $BLK_STATUS_REG, %dx
         in %dx, %eax
-        cmp $ST_BUSY, %eax
+        cmp $BLK_STATUS_BUSY, %eax
         jne 2f
         sti                                     # sti;hlt: the completion cannot slip in between
         hlt
@@ -624,30 +627,30 @@ blk_wait:
 # expected: the status for command EBX, sector ESI, count ECX, buffer EDI, in
 # the order the device checks them (docs/guests.md).
 expected:
-        mov $0x10, %eax
+        mov $BLK_STATUS_BAD_COMMAND, %eax
         test %ebx, %ebx
         jz 1f
-        cmp $3, %ebx
+        cmp $BLK_CMD_FLUSH, %ebx
         ja 1f
-        mov $0, %eax
+        mov $BLK_STATUS_OK, %eax
         je 1f                                   # flush: nothing else is looked at
-        mov $0x14, %eax
+        mov $BLK_STATUS_BAD_COUNT, %eax
         test %ecx, %ecx
         jz 1f
-        cmp $256, %ecx
+        cmp $BLK_MAX_SECTORS, %ecx
         ja 1f
-        mov $0x11, %eax
+        mov $BLK_STATUS_BAD_RANGE, %eax
         mov %esi, %edx
         add %ecx, %edx
         jc 1f
         cmp PD_SECTORS(%ebp), %edx
         ja 1f
-        mov $0x12, %eax
+        mov $BLK_STATUS_BAD_DMA, %eax
         mov %ecx, %edx
-        shl $9, %edx
+        shl $BLK_SECTOR_SHIFT, %edx
         add %edi, %edx
         jc 1f
-        cmp P_MEMSIZE, %edx
+        cmp P_MEM_SIZE, %edx
         ja 1f
         xor %eax, %eax
 1:      ret
@@ -673,7 +676,7 @@ atk_blk_request:
         mov $BLK_BUF_REG, %dx
         out %eax, %dx
         mov %ebx, %eax
-        mov $BLK_PORT, %dx
+        mov $BLK_CMD_REG, %dx
         out %eax, %dx
         call expected
         push %eax
@@ -707,14 +710,14 @@ atk_blk_burst:
         and $1, %eax
         inc %eax                                # read or write
         mov %eax, %ebx
-        mov $BLK_PORT, %dx
+        mov $BLK_CMD_REG, %dx
         out %eax, %dx
         mov $64, %eax
         call rand_below
         inc %eax
         mov %eax, %ecx
-        mov $BLK_PORT, %dx
-        cmp $1, %ebx
+        mov $BLK_CMD_REG, %dx
+        cmp $BLK_CMD_READ, %ebx
         jne 1f
         mov $read_cmds, %esi
         rep outsb
@@ -726,7 +729,7 @@ atk_blk_burst:
         rep outsl
 2:      mov $BLK_STATUS_REG, %dx
         in %dx, %eax
-        cmp $ST_BUSY, %eax
+        cmp $BLK_STATUS_BUSY, %eax
         jbe 3f
         incl PD_BAD(%ebp)
 3:      call blk_wait
@@ -739,9 +742,9 @@ atk_blk_burst:
 isr_tick:
         push %eax
         mov %esp, %eax
-        and $0xfffff000, %eax
+        and $-STACK_PER_VCPU, %eax
         incl PD_TICKS(%eax)
-        movl $0, LAPIC_EOI
+        movl $0, LAPIC_EOI_REG
         pop %eax
         IRQ_RETURN
 
@@ -754,6 +757,6 @@ text:
         .endr
         .p2align 2
 read_cmds:
-        .fill 4096, 1, 1
+        .fill 4096, 1, BLK_CMD_READ
 write_cmds:
-        .fill 1024, 4, 2
+        .fill 1024, 4, BLK_CMD_WRITE

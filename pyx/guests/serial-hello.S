@@ -12,11 +12,11 @@
 2:      movb (%esi), %bl
         test %bl, %bl
         jz 4f
-3:      mov $SERIAL_LSR, %dx
+3:      mov $SERIAL_LSR_REG, %dx
         in %dx, %al
-        test $0x20, %al                         # transmitter holding register empty?
+        test $SERIAL_LSR_THRE, %al              # transmitter holding register empty?
         jz 3b
-        mov $SERIAL_PORT, %dx
+        mov $SERIAL_THR_REG, %dx
         mov %bl, %al
         out %al, %dx
         inc %esi

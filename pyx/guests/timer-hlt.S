@@ -1,4 +1,4 @@
-# timer-hlt: each vCPU programs the timer device (P_PERIOD_US), halts between
+# timer-hlt: each vCPU programs the timer device (P_TIMER_PERIOD_US), halts between
 # timer interrupts until it has counted P_ITERATIONS ticks, stops the timer
 # and exits with the number of ticks it counted.
         .include "common.inc"
@@ -6,8 +6,8 @@
         GUEST_ENTRY
         PERCPU_BASE
         IDT_SETUP
-        mov P_PERIOD_US, %eax
-        mov $TIMERDEV_PORT, %dx
+        mov P_TIMER_PERIOD_US, %eax
+        mov $TIMERDEV_PERIOD_REG, %dx
         out %eax, %dx
         mov P_ITERATIONS, %ecx
         sti
@@ -17,7 +17,7 @@
         jmp 1b
 2:      cli
         xor %eax, %eax
-        mov $TIMERDEV_PORT, %dx
+        mov $TIMERDEV_PERIOD_REG, %dx
         out %eax, %dx                           # stop the timer
         mov PD_TICKS(%ebp), %eax
         GUEST_EXIT

@@ -349,8 +349,8 @@ def busiest_window(trace, width_ns=1_000_000, lock=None):
 
 
 def plot_timeline(trace, window=None, lock="bql", threads=None,
-                  max_arrows=150, max_intervals=20_000, ax=None,
-                  figsize=None):
+                  max_arrows=150, max_intervals=20_000, max_threads=48,
+                  ax=None, figsize=None):
     """Per-thread timeline: what each thread did, who owned the lock, and
     the hand-offs between owners.
 
@@ -380,6 +380,9 @@ def plot_timeline(trace, window=None, lock="bql", threads=None,
         Above this many intervals in the window, each row shows the state
         covering most time per bin (about one bin per pixel column), and
         the title says so.
+    max_threads : int
+        Without *threads*, at most this many thread rows (main loop, vCPUs
+        and AIO workers first); the title says how many were left out.
     ax : matplotlib.axes.Axes, optional
         Draw here instead of in a new figure.
     figsize : (float, float), optional
@@ -407,8 +410,13 @@ def plot_timeline(trace, window=None, lock="bql", threads=None,
         window = busiest_window(trace, 1_000_000, lock)
     lo, hi = _window(trace, window)
     names = _names(trace)
+    if max_threads < 1:
+        raise ValueError(f"max_threads must be at least 1, not {max_threads}")
     ids = (_event_threads(trace) if threads is None
            else [int(i) for i in trace.thread_ids(threads)])
+    left_out = 0
+    if threads is None and len(ids) > max_threads:
+        left_out, ids = len(ids) - max_threads, ids[:max_threads]
     locks = ([lock] if isinstance(lock, str) else
              sorted(map(str, trace.locks["lock"].unique())) if lock is None
              else list(lock))
@@ -428,7 +436,7 @@ def plot_timeline(trace, window=None, lock="bql", threads=None,
         return (np.asarray(ns, dtype=np.int64) - t0) / scale
 
     bar.update(1, "replaying thread states")
-    st = sub.thread_states()
+    st = sub.thread_states(ids if left_out else None)
     rows = row_of[st["thread"].to_numpy().astype(np.int64) + (1 << 15)]
     s = np.maximum(st["start_ns"].to_numpy(), lo)
     e = np.minimum(st["end_ns"].to_numpy(), hi)
@@ -448,7 +456,7 @@ def plot_timeline(trace, window=None, lock="bql", threads=None,
     nrows = nlockrows + len(ids)
     size = figsize or (12, 1.6 + 0.42 * max(nrows, 2))
     fig, ax = _figure(ax, size)
-    notes = []
+    notes = [f"{left_out} more threads not shown"] if left_out else []
     aggregated = len(s) + len(o_s) > max_intervals
     if aggregated:
         bar.update(1, "aggregating")
@@ -776,7 +784,8 @@ def _bins(lo, hi, bins):
 
 
 def plot_contention(trace, by="thread", value="wait", lock=None, bins=200,
-                    window=None, log=False, ax=None, figsize=None):
+                    window=None, log=False, max_rows=40, ax=None,
+                    figsize=None):
     """Contention over time as a heatmap: time bins x (threads, locks or
     call sites).
 
@@ -797,6 +806,9 @@ def plot_contention(trace, by="thread", value="wait", lock=None, bins=200,
         ``(start_ns, end_ns)``; default the whole trace.
     log : bool
         Logarithmic colour scale.
+    max_rows : int
+        At most this many rows: the ones that waited most, the rest summed
+        into one ``other`` row.
     ax, figsize
         As in :func:`plot_timeline`.
 
@@ -822,8 +834,21 @@ def plot_contention(trace, by="thread", value="wait", lock=None, bins=200,
     title = (f"Contention over time ({'wait time' if value == 'wait' else 'contended acquisitions'}"
              f" per {by.replace('callsite', 'call site')}): "
              f"{_trace_label(trace)}")
+    if max_rows < 2:
+        raise ValueError(f"max_rows must be at least 2, not {max_rows}")
     codes, labels = group_codes(waits, keys[by]) if len(waits) else (None, [])
-    nrows = len(labels)
+    names = [" ".join(str(labels[k].iloc[i]) for k in labels.columns)
+             for i in range(len(labels))] if len(waits) else []
+    if len(names) > max_rows:
+        # The rows that waited most; the rest in one row.
+        weight = np.bincount(codes, weights=waits["wait_ns"].to_numpy()
+                             .astype(np.float64), minlength=len(names))
+        top = np.argsort(-weight, kind="stable")[:max_rows - 1]
+        remap = np.full(len(names), max_rows - 1)
+        remap[top] = np.arange(len(top))
+        names = [names[g] for g in top] + [f"other ({len(names) - len(top)})"]
+        codes = remap[codes]
+    nrows = len(names)
     size = figsize or (12, 2.2 + 0.35 * max(nrows, 2))
     fig, ax = _figure(ax, size)
     if not len(waits):
@@ -855,17 +880,15 @@ def plot_contention(trace, by="thread", value="wait", lock=None, bins=200,
                     norm=norm, origin="upper",
                     extent=((lo - t0) / scale, (hi - t0) / scale,
                             nrows - 0.5, -0.5))
-    ax.set_yticks(np.arange(nrows),
-                  [" ".join(str(labels[k].iloc[i]) for k in labels.columns)
-                   for i in range(nrows)])
+    ax.set_yticks(np.arange(nrows), names)
     _time_axis(ax, unit)
     ax.set_title(f"{title}\nbins of {fmt_ns(width)}", fontsize=10)
     fig.colorbar(img, ax=ax, label=cbar_label, pad=0.01)
     return fig
 
 
-def plot_exit_rate(trace, by="reason", bins=200, window=None, ax=None,
-                   figsize=(12, 4.5)):
+def plot_exit_rate(trace, by="reason", bins=200, window=None, max_lines=12,
+                   ax=None, figsize=(12, 4.5)):
     """vCPU exits per second over time, one line per exit reason (or
     device, or vCPU thread).
 
@@ -877,6 +900,9 @@ def plot_exit_rate(trace, by="reason", bins=200, window=None, ax=None,
         Time bins across the window.
     window : (int, int), optional
         ``(start_ns, end_ns)``; default the whole trace.
+    max_lines : int
+        At most this many lines: the groups with the most exits, the rest
+        summed into one ``other`` line.
     ax, figsize
         As in :func:`plot_timeline`.
 
@@ -892,6 +918,8 @@ def plot_exit_rate(trace, by="reason", bins=200, window=None, ax=None,
            "thread": "thread_name"}.get(by)
     if col is None:
         raise ValueError(f"by must be reason, device or thread, not {by!r}")
+    if max_lines < 2:
+        raise ValueError(f"max_lines must be at least 2, not {max_lines}")
     lo, hi = _window(trace, window)
     ex = trace.exits
     ts = ex["exit_ns"].to_numpy()
@@ -908,11 +936,21 @@ def plot_exit_rate(trace, by="reason", bins=200, window=None, ax=None,
     t0 = trace.start_ns
     centers = ((edges[:-1] + edges[1:]) / 2 - t0) / scale
     counts = np.bincount(codes, minlength=len(labels))
-    for g in np.argsort(-counts, kind="stable"):     # a loop over groups
-        rate = np.histogram(ts[codes == g], edges)[0] / width_s
-        name = labels[col].iloc[g] or "(none)"
+    order = np.argsort(-counts, kind="stable")
+    if len(order) > max_lines:
+        rest = order[max_lines - 1:]
+        order = order[:max_lines - 1]
+    else:
+        rest = order[:0]
+    lines = [(labels[col].iloc[g] or "(none)", codes == g, counts[g])
+             for g in order]
+    if len(rest):
+        lines.append((f"other ({len(rest)})", np.isin(codes, rest),
+                      counts[rest].sum()))
+    for name, sel, n in lines:                       # a loop over lines
+        rate = np.histogram(ts[sel], edges)[0] / width_s
         ax.plot(centers, rate, lw=1.2, drawstyle="steps-mid",
-                label=f"{name} ({counts[g]:,} exits)")
+                label=f"{name} ({n:,} exits)")
     ax.set_xlim((lo - t0) / scale, (hi - t0) / scale)
     ax.set_ylim(bottom=0)
     _time_axis(ax, unit)

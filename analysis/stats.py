@@ -416,7 +416,7 @@ NO_HOLDER = -1
 
 
 def _attribute(w, first, order, acq, rel, req, thread, lut, nt, nohold,
-               waits, total):
+               waits):
     """Attribute the waits at lock-order positions *w* to the owners before
     them, adding into the *waits*/*total* bins (waiter * nt + holder).
 
@@ -443,16 +443,48 @@ def _attribute(w, first, order, acq, rel, req, thread, lut, nt, nohold,
         ov = np.minimum(w1[idx], r) - np.maximum(w0[idx], acq[oj])
         ht = lut[thread[oj].astype(np.int32) + (1 << 15)]
         m = (ov > 0) & (ht != wt[idx])
-        pair = wt[idx[m]] * nt + ht[m]
-        waits += np.bincount(pair, minlength=nt * nt)
-        total += np.bincount(pair, weights=ov[m], minlength=nt * nt)
+        waits.add(wt[idx[m]] * nt + ht[m], ov[m])
         covered[idx[m]] += ov[m]
     # What no owner covered: the lock was free, the waiter not yet running.
     rest = np.maximum((w1 - w0) - covered, 0)
     pos = rest > 0
-    pair = wt[pos] * nt + nohold
-    waits += np.bincount(pair, minlength=nt * nt)
-    total += np.bincount(pair, weights=rest[pos], minlength=nt * nt)
+    waits.add(wt[pos] * nt + nohold, rest[pos])
+
+
+class _PairSums:
+    """Count and sum of values per (waiter, holder) bin: dense bins for the
+    usual handful of threads, sorted sparse ones when a damaged trace has
+    thousands of thread ids (nt * nt bins would not fit in memory)."""
+
+    DENSE_MAX = 1 << 16
+
+    def __init__(self, nbins):
+        self.nbins = nbins
+        self.dense = nbins <= self.DENSE_MAX
+        if self.dense:
+            self.count = np.zeros(nbins, dtype=np.int64)
+            self.total = np.zeros(nbins, dtype=np.float64)
+        else:
+            self.parts = []
+
+    def add(self, pair, values):
+        if self.dense:
+            self.count += np.bincount(pair, minlength=self.nbins)
+            self.total += np.bincount(pair, weights=values, minlength=self.nbins)
+        elif len(pair):
+            self.parts.append((pair, values))
+
+    def result(self):
+        """(bins, counts, sums) of the bins that got anything."""
+        if self.dense:
+            keep = np.flatnonzero(self.count)
+            return keep, self.count[keep], self.total[keep]
+        if not self.parts:
+            return (np.zeros(0, np.int64),) * 2 + (np.zeros(0),)
+        pair = np.concatenate([p for p, _ in self.parts])
+        values = np.concatenate([v for _, v in self.parts]).astype(np.float64)
+        keep, inv = np.unique(pair, return_inverse=True)
+        return keep, np.bincount(inv), np.bincount(inv, weights=values)
 
 
 def blockers(trace, lock=None):
@@ -486,7 +518,7 @@ def blockers(trace, lock=None):
     # Dense thread index (with a slot for "no holder"), so that each
     # (waiter, holder) pair is one bincount bin.
     ids = np.unique(np.r_[np.unique(thread), NO_HOLDER]).astype(np.int64)
-    lut = np.zeros(1 << 16, dtype=np.int16)
+    lut = np.zeros(1 << 16, dtype=np.int64)
     lut[ids + (1 << 15)] = np.arange(len(ids))
     nt, nohold = len(ids), int(lut[NO_HOLDER + (1 << 15)])
     lcode = df["lock"].cat.codes.to_numpy()[order]
@@ -497,17 +529,16 @@ def blockers(trace, lock=None):
         # A loop over locks, then over chunks of waits.
         if s == e:
             continue
-        waits = np.zeros(nt * nt, dtype=np.int64)
-        total = np.zeros(nt * nt, dtype=np.float64)
+        waits = _PairSums(nt * nt)
         wpos = s + np.flatnonzero(cont[s:e])
         for c in range(0, len(wpos), CHUNK):
             _attribute(wpos[c:c + CHUNK], s, order, acq, rel, req, thread,
-                       lut, nt, nohold, waits, total)
-        keep = np.flatnonzero(waits)
+                       lut, nt, nohold, waits)
+        keep, count, total = waits.result()
         frames.append(pd.DataFrame({
             "lock": df["lock"].cat.categories[lcode[s]],
             "waiter": ids[keep // nt], "holder": ids[keep % nt],
-            "waits": waits[keep], "wait_ns": total[keep].astype(np.int64)}))
+            "waits": count, "wait_ns": total.astype(np.int64)}))
     cols = ["lock", "waiter", "holder", "waits", "wait_ns"]
     out = (pd.concat(frames, ignore_index=True) if frames
            else pd.DataFrame({c: np.zeros(0, np.int64) for c in cols}))

@@ -494,3 +494,34 @@ def test_aborted_trace_reports_it(capsys, tmp_path):
     assert status == EXIT_INCOMPLETE
     assert "aborted (a second interrupt): data ends at " in out
     assert "state is 'aborted'" in err
+
+
+def test_thousands_of_thread_ids_stay_bounded(capsys, tmp_path, monkeypatch):
+    """A damaged thread column with ids spread over the int16 range: the
+    who-blocks-whom table is built from the pairs that occur, not a
+    threads x threads grid."""
+    from kvmscope.analysis import stats
+    tables = generate(4000, 3, 1, seed=9)
+    locks = tables["locks"]
+    th = np.random.default_rng(1).integers(-32768, 32767, locks.num_rows)
+    tables["locks"] = locks.set_column(0, "thread", pa.array(th.astype(np.int16)))
+    p = write_trace(tmp_path / "t", **tables)
+    t = Trace.load(p)
+    sparse = t.blockers()
+    assert len(sparse) > 100 and sparse["wait_ns"].sum() > 0
+    status, out, _ = run(capsys, "report", p, "--section", "blockers")
+    assert status == 0 and "thread " in out
+    # The dense bins of a normal trace give the same figures.
+    monkeypatch.setattr(stats._PairSums, "DENSE_MAX", 1 << 40)
+    small = write_trace(tmp_path / "small", **generate(4000, 3, 1, seed=9))
+    dense = Trace.load(small).blockers()
+    monkeypatch.setattr(stats._PairSums, "DENSE_MAX", 0)
+    assert Trace.load(small).blockers().equals(dense)
+    # Plots keep to a readable number of rows.
+    from kvmscope.analysis import plot
+    fig = plot.plot_timeline(t)
+    assert "more threads not shown" in fig.axes[0].get_title()
+    assert len(fig.axes[0].get_yticks()) <= 48 + 1
+    fig = plot.plot_contention(t)
+    labels = [x.get_text() for x in fig.axes[0].get_yticklabels()]
+    assert len(labels) == 40 and labels[-1].startswith("other (")

@@ -17,6 +17,7 @@ import numpy as np
 from kvmscope.traceformat import EXIT_REASONS
 
 include "errors.pxi"    # errno -> Python exceptions, in one place
+include "board.pxi"     # the board's constants, generated from board.py by setup.py
 include "clock.pxi"     # run clock: TSC calibration against CLOCK_MONOTONIC
 include "tracer.pxi"    # per-thread trace rings and their drain
 include "records.pxi"   # one writer per trace record type
@@ -25,7 +26,14 @@ include "loop.pxi"      # main loop: fd handlers, timers, bottom halves
 include "aio.pxi"       # AIO worker pool
 include "irq.pxi"       # interrupt delivery: in-kernel irqchip or userspace
 include "kvm.pxi"       # /dev/kvm: API version and capability checks
-include "devices.pxi"   # bus lookup and device models
+include "bus.pxi"       # the bus: region table, registration, lookup
+include "stop.pxi"      # stopping a run: the stop flag and the vCPU kicks
+include "dev_debugport.pxi"  # device models, one part each
+include "dev_exit.pxi"
+include "dev_serial.pxi"
+include "dev_scratch.pxi"
+include "dev_timer.pxi"
+include "dev_blk.pxi"
 include "vcpu.pxi"      # vCPU threads looping on KVM_RUN without the GIL
 include "machine.pxi"   # Machine: VM, memory, vCPUs, start/stop, statistics
 include "selftest.pxi"  # self-tests and micro-benchmarks (test suite and bench/ only)

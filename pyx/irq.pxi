@@ -1,10 +1,9 @@
 # Interrupt delivery: in-kernel irqchip (MSIs to each vCPU's local APIC through irqfd), or
 # the userspace path (pending vector, a signal kick, KVM_INTERRUPT when the guest can take it).
 
+# Interrupt sources (KS_IRQ_TIMER, KS_IRQ_BLK) raise vector KS_VECTOR_BASE + source;
+# the board defines both (kvmscope.board, board.pxi).
 cdef enum:
-    KS_IRQ_TIMER = 0        # interrupt sources; vector = KS_VECTOR_BASE + source
-    KS_IRQ_BLK = 1
-    KS_VECTOR_BASE = 0x30
     KS_GSI_BASE = 32        # GSIs of the MSI routes (above the IOAPIC's 24 pins)
 
 cdef enum:                  # `kind` of an irqs record: index into traceformat.IRQ_KINDS
@@ -16,8 +15,6 @@ cdef enum:                  # `kind` of an irqs record: index into traceformat.I
 
 cdef extern from *:
     int __builtin_clzll(unsigned long long x) nogil
-
-LAPIC_MMIO = 0xFEE00000
 
 
 cdef inline int irq_gsi(int vcpu, int source) noexcept nogil:
@@ -118,7 +115,7 @@ cdef void irq_wake_halted(ks_machine *m) noexcept nogil:
 cdef int lapic_stub__access(void *opaque, ks_vcpu *vcpu, uint64_t offset, uint8_t *data,
                             uint32_t size, int is_write) noexcept nogil:
     if is_write:
-        if offset == 0xB0:
+        if offset == KS_LAPIC_REG_EOI:
             irq__event(&vcpu.thr, KS_IRQEV_ACK, -1, -1, vcpu.index)
     else:
         memset(data, 0, size)

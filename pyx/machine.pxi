@@ -21,10 +21,10 @@ cdef int _install_kick_handler() except -1:
 cdef class Machine:
     """A KVM virtual machine on the kvmscope board, with real vCPU threads.
 
-    The board: RAM from guest-physical 0; guest code at ``CODE_ADDR``, the
-    parameter block at ``PARAMS_ADDR``; a debug port (0x80), the exit device
-    (0x501), a 16550-style serial port (0x3f8) and a scratch MMIO page at
-    ``SCRATCH_MMIO``.  vCPUs start in flat 32-bit protected mode with EAX =
+    The board (``kvmscope.board``): RAM from guest-physical 0; guest code at
+    ``CODE_ADDR``, the parameter block at ``PARAMS_ADDR``; a debug port, the
+    exit device, a 16550-style serial port, a scratch MMIO page, the timer and
+    block devices.  vCPUs start in flat 32-bit protected mode with EAX =
     vCPU index and EBX = parameter block address.
 
     Parameters
@@ -86,15 +86,16 @@ cdef class Machine:
             if ioctl(m.vm_fd, KVM_CREATE_IRQCHIP, 0) < 0:
                 raise_errno("KVM_CREATE_IRQCHIP")
         self._setup_event_model(disk_path, aio_threads)
-        self._add_region("debugport", KS_SPACE_PIO, DEBUG_PORT, 1, debugport__access, m, False)
-        self._add_region("exitdev", KS_SPACE_PIO, EXIT_PORT, 4, exitdev__access, m, False)
-        self._add_region("serial", KS_SPACE_PIO, SERIAL_PORT, 8, serial__access, m, False)
-        self._add_region("scratch", KS_SPACE_MMIO, SCRATCH_MMIO, SCRATCH_SIZE, scratch__access, m, False)
-        self._add_region("timerdev", KS_SPACE_PIO, TIMERDEV_PORT, 8, timerdev__access, m.timerdev, False)
-        self._add_region("blk", KS_SPACE_PIO, BLK_PORT, 0x20, blk__access, m.blk, False)
+        self._add_region("debugport", KS_SPACE_PIO, KS_DEBUG_PORT, KS_DEBUG_PORT_SIZE, debugport__access, m, False)
+        self._add_region("exitdev", KS_SPACE_PIO, KS_EXIT_PORT, KS_EXIT_PORT_SIZE, exitdev__access, m, False)
+        self._add_region("serial", KS_SPACE_PIO, KS_SERIAL_PORT, KS_SERIAL_PORT_SIZE, serial__access, m, False)
+        self._add_region("scratch", KS_SPACE_MMIO, KS_SCRATCH_MMIO, KS_SCRATCH_MMIO_SIZE, scratch__access, m, False)
+        self._add_region("timerdev", KS_SPACE_PIO, KS_TIMERDEV_PORT, KS_TIMERDEV_PORT_SIZE, timerdev__access,
+                         m.timerdev, False)
+        self._add_region("blk", KS_SPACE_PIO, KS_BLK_PORT, KS_BLK_PORT_SIZE, blk__access, m.blk, False)
         if not m.irqchip_kernel:
             # EOIs of the guest become trace events; no BQL, like an in-kernel APIC
-            self._add_region("lapic", KS_SPACE_MMIO, LAPIC_MMIO, 0x1000, lapic_stub__access, m, True)
+            self._add_region("lapic", KS_SPACE_MMIO, KS_LAPIC_MMIO, KS_LAPIC_MMIO_SIZE, lapic_stub__access, m, True)
         for i in range(vcpus):
             self._create_vcpu(i)
         tracer.register(&m.loop.thr, "main", "main")
@@ -151,7 +152,7 @@ cdef class Machine:
             if fd < 0:
                 raise_errno(f"cannot open disk image {disk_path}")
             m.blk.fd = fd
-            m.blk.size = (os.fstat(fd).st_size // BLK_SECTOR) * BLK_SECTOR
+            m.blk.size = (os.fstat(fd).st_size // KS_BLK_SECTOR_SIZE) * KS_BLK_SECTOR_SIZE
         return 0
 
     cdef int _add_timer(self, int vcpu) except -1:
@@ -179,7 +180,7 @@ cdef class Machine:
             for src in range(KS_IRQ_SOURCES):
                 routes.entries[i].gsi = irq_gsi(v, src)
                 routes.entries[i].type = KVM_IRQ_ROUTING_MSI
-                routes.entries[i].u.msi.address_lo = LAPIC_MMIO | (v << 12)
+                routes.entries[i].u.msi.address_lo = KS_LAPIC_MMIO | (v << 12)
                 routes.entries[i].u.msi.address_hi = 0
                 routes.entries[i].u.msi.data = KS_VECTOR_BASE + src     # fixed delivery, edge
                 i += 1
@@ -202,22 +203,8 @@ cdef class Machine:
 
     cdef int _add_region(self, str name, int space, uint64_t base, uint64_t size,
                          ks_io_fn fn, void *opaque, bint lockless) except -1:
-        cdef ks_region *r
-        if self.m.nregions >= KS_MAX_REGIONS:
-            raise KvmscopeError("too many device regions")
-        if space == KS_SPACE_MMIO and base < self.m.mem_size:
-            raise KvmscopeError(f"MMIO region {name} at {base:#x} overlaps guest RAM")
-        r = &self.m.regions[self.m.nregions]
-        r.space = space
-        r.base = base
-        r.size = size
-        r.fn = fn
-        r.opaque = opaque
-        r.lockless = lockless
-        r.callsite = len(self.callsites)
+        bus_add(self.m, self.devices, name, space, base, size, fn, opaque, lockless, len(self.callsites))
         self.callsites.append(("pio:" if space == KS_SPACE_PIO else "mmio:") + name)
-        self.devices.append(name)
-        self.m.nregions += 1
         return 0
 
     cdef int _create_vcpu(self, int index) except -1:
@@ -308,10 +295,10 @@ cdef class Machine:
             raise_errno("KVM_SET_SREGS")
         memset(&regs, 0, sizeof(regs))
         regs.rflags = 2
-        regs.rip = CODE_ADDR
-        regs.rsp = STACK_TOP - <uint64_t>v.index * STACK_PER_VCPU
+        regs.rip = KS_CODE_ADDR
+        regs.rsp = KS_STACK_TOP - <uint64_t>v.index * KS_STACK_PER_VCPU
         regs.rax = v.index
-        regs.rbx = PARAMS_ADDR
+        regs.rbx = KS_PARAMS_ADDR
         if ioctl(v.fd, KVM_SET_REGS, &regs) < 0:
             raise_errno("KVM_SET_REGS")
         return 0
@@ -374,9 +361,9 @@ cdef class Machine:
 
     def load_image(self, const uint8_t[::1] image):
         """Load a flat guest binary at ``CODE_ADDR``."""
-        if image.shape[0] > CODE_MAX:
-            raise ValueError(f"guest image of {image.shape[0]} bytes exceeds the {CODE_MAX}-byte code area")
-        self.write_mem(CODE_ADDR, image)
+        if image.shape[0] > KS_CODE_MAX:
+            raise ValueError(f"guest image of {image.shape[0]} bytes exceeds the {KS_CODE_MAX}-byte code area")
+        self.write_mem(KS_CODE_ADDR, image)
 
     # ---- options ---------------------------------------------------------
     def set_console_fds(self, int out_fd=-1, int log_fd=-1):

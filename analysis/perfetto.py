@@ -29,6 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..errors import ConfigError
 from . import replay as _replay
 from .progress import Progress
 from .schema import SPANS
@@ -335,6 +336,13 @@ def export_perfetto(trace, path, window=None, max_events=None,
     >>> info = export_perfetto(t, "out.json", max_events=1_000_000)  # doctest: +SKIP
     >>> info["events"], info["cut_ns"]                               # doctest: +SKIP
     """
+    if max_events is not None and not (isinstance(max_events, (int, np.integer))
+                                       and max_events >= 0):
+        raise ConfigError(f"max_events must be an integer >= 0 (or None: no "
+                          f"limit), not {max_events!r}")
+    if window is not None and not (len(window) == 2 and int(window[0]) < int(window[1])):
+        raise ConfigError(f"window must be (start_ns, end_ns) with start < end, "
+                          f"not {window!r}")
     bar = Progress(10, "export", enabled=None if progress else False)
     lo, hi = (trace.start_ns, trace.end_ns) if window is None else window
     sub = trace if window is None else trace.window(lo, hi)

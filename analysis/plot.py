@@ -24,6 +24,7 @@ import re
 import numpy as np
 import pyarrow.compute as pc
 
+from ..errors import ConfigError
 from .progress import Progress
 from .replay import STATES
 from .stats import group_codes
@@ -172,7 +173,7 @@ def _window(trace, window):
     lo = trace.start_ns if lo is None else int(lo)
     hi = trace.end_ns if hi is None else int(hi)
     if hi <= lo:
-        raise ValueError(f"empty window: end {hi} <= start {lo}")
+        raise ConfigError(f"empty window: end {hi} <= start {lo}")
     return lo, hi
 
 
@@ -287,7 +288,7 @@ def _resolve_lock(trace, lock):
         return str(counts.idxmax())
     for name in [lock] if isinstance(lock, str) else lock:
         if name not in counts.index:
-            raise ValueError(f"no lock {name!r} in this trace; locks are "
+            raise ConfigError(f"no lock {name!r} in this trace; locks are "
                              f"{', '.join(map(str, counts.index))}")
     return lock
 
@@ -323,7 +324,7 @@ def busiest_window(trace, width_ns=1_000_000, lock=None):
     >>> t.window(lo, hi).lock_stats()                       # doctest: +SKIP
     """
     lo, hi = trace.start_ns, trace.end_ns
-    width_ns = int(width_ns)
+    width_ns = _at_least("width_ns", width_ns, 1)
     if hi - lo <= width_ns:
         return lo, max(hi, lo + 1)
     waits = trace.lock_waits(lock)
@@ -410,8 +411,9 @@ def plot_timeline(trace, window=None, lock="bql", threads=None,
         window = busiest_window(trace, 1_000_000, lock)
     lo, hi = _window(trace, window)
     names = _names(trace)
-    if max_threads < 1:
-        raise ValueError(f"max_threads must be at least 1, not {max_threads}")
+    _at_least("max_threads", max_threads, 1)
+    _at_least("max_arrows", max_arrows, 0)
+    _at_least("max_intervals", max_intervals, 1)
     ids = (_event_threads(trace) if threads is None
            else [int(i) for i in trace.thread_ids(threads)])
     left_out = 0
@@ -589,6 +591,7 @@ def _cdf(ax, groups, kind="cdf"):
 def _top_groups(df, keys, values, max_groups):
     """[(label, values)] of the largest groups of *df* by *keys*; the rest
     merged into one "other" group."""
+    max_groups = _at_least("max_groups", max_groups, 1)
     codes, labels = group_codes(df, keys)
     counts = np.bincount(codes, minlength=len(labels))
     order = np.argsort(-counts, kind="stable")
@@ -642,9 +645,9 @@ def plot_distributions(trace, metric="wait", by="callsite", lock=None,
     >>> fig = plot_distributions(t, "hold", by="callsite", lock="bql")  # doctest: +SKIP
     """
     if metric not in ("wait", "hold"):
-        raise ValueError(f"metric must be 'wait' or 'hold', not {metric!r}")
+        raise ConfigError(f"metric must be 'wait' or 'hold', not {metric!r}")
     if by not in _BY:
-        raise ValueError(f"by must be one of {', '.join(_BY)}, not {by!r}")
+        raise ConfigError(f"by must be one of {', '.join(_BY)}, not {by!r}")
     if window is not None:
         trace = trace.window(*_window(trace, window))
     df = trace.locks
@@ -778,8 +781,27 @@ def plot_timer_lateness(trace, kind="cdf", window=None, max_groups=8,
 # --------------------------------------------------------------------------
 # over time
 
+#: Time bins a plot may have.
+BINS_RANGE = (1, 100_000)
+#: Resolutions :func:`save` writes at.
+DPI_RANGE = (10, 1200)
+
+
+def _at_least(name, value, low, high=None):
+    """*value* as an int, or ConfigError naming *name* and its range."""
+    try:
+        ok = int(value) == value and value >= low and (high is None or value <= high)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        rng = f"{low} .. {high}" if high is not None else f"at least {low}"
+        raise ConfigError(f"{name} must be an integer, {rng}; not {value!r}")
+    return int(value)
+
+
 def _bins(lo, hi, bins):
-    edges = np.linspace(lo, hi, int(bins) + 1).astype(np.int64)
+    bins = _at_least("bins", bins, *BINS_RANGE)
+    edges = np.linspace(lo, hi, bins + 1).astype(np.int64)
     return np.unique(edges)
 
 
@@ -824,9 +846,9 @@ def plot_contention(trace, by="thread", value="wait", lock=None, bins=200,
     keys = {"thread": ["thread_name"], "lock": ["lock"],
             "callsite": ["lock", "callsite"]}
     if by not in keys:
-        raise ValueError(f"by must be one of {', '.join(keys)}, not {by!r}")
+        raise ConfigError(f"by must be one of {', '.join(keys)}, not {by!r}")
     if value not in ("wait", "contended"):
-        raise ValueError(f"value must be 'wait' or 'contended', not {value!r}")
+        raise ConfigError(f"value must be 'wait' or 'contended', not {value!r}")
     lo, hi = _window(trace, window)
     waits = trace.lock_waits(lock)
     waits = waits[(waits["start_ns"].to_numpy() < hi)
@@ -834,8 +856,7 @@ def plot_contention(trace, by="thread", value="wait", lock=None, bins=200,
     title = (f"Contention over time ({'wait time' if value == 'wait' else 'contended acquisitions'}"
              f" per {by.replace('callsite', 'call site')}): "
              f"{_trace_label(trace)}")
-    if max_rows < 2:
-        raise ValueError(f"max_rows must be at least 2, not {max_rows}")
+    _at_least("max_rows", max_rows, 2)
     codes, labels = group_codes(waits, keys[by]) if len(waits) else (None, [])
     names = [" ".join(str(labels[k].iloc[i]) for k in labels.columns)
              for i in range(len(labels))] if len(waits) else []
@@ -917,9 +938,8 @@ def plot_exit_rate(trace, by="reason", bins=200, window=None, max_lines=12,
     col = {"reason": "reason", "device": "device",
            "thread": "thread_name"}.get(by)
     if col is None:
-        raise ValueError(f"by must be reason, device or thread, not {by!r}")
-    if max_lines < 2:
-        raise ValueError(f"max_lines must be at least 2, not {max_lines}")
+        raise ConfigError(f"by must be reason, device or thread, not {by!r}")
+    _at_least("max_lines", max_lines, 2)
     lo, hi = _window(trace, window)
     ex = trace.exits
     ts = ex["exit_ns"].to_numpy()
@@ -987,12 +1007,13 @@ def save(fig, path, dpi=120):
     Raises
     ------
     ValueError
-        Another extension.
+        Another extension, or *dpi* outside :data:`DPI_RANGE`.
 
     Examples
     --------
     >>> save(plot_exit_rate(t), "exits.pdf")                  # doctest: +SKIP
     """
+    dpi = _at_least("dpi", dpi, *DPI_RANGE)
     fig.savefig(path, format=_check_format(path), dpi=dpi)
     return os.fspath(path)
 
@@ -1001,7 +1022,7 @@ def _check_format(path):
     """The matplotlib format for *path*'s extension, or ValueError."""
     ext = os.path.splitext(os.fspath(path))[1].lower()
     if ext not in FORMATS:
-        raise ValueError(f"{path}: unsupported output format "
+        raise ConfigError(f"{path}: unsupported output format "
                          f"{ext or '(none)'!r}; use .png, .svg or .pdf")
     return FORMATS[ext]
 
@@ -1036,7 +1057,7 @@ def parse_window(text, trace):
     """
     parts = text.split(":")
     if len(parts) != 2:
-        raise ValueError(f"bad window {text!r}: use START:END, absolute ns "
+        raise ConfigError(f"bad window {text!r}: use START:END, absolute ns "
                          "(1845840947555:1845841947555) or relative to the "
                          "trace start with a unit (10ms:12ms)")
     out = []
@@ -1046,7 +1067,7 @@ def parse_window(text, trace):
             continue
         m = _TIME.match(part)
         if not m or (m.group(2) is None and "." in m.group(1)):
-            raise ValueError(f"bad window bound {part!r}: an integer ns "
+            raise ConfigError(f"bad window bound {part!r}: an integer ns "
                              "timestamp, or a number with ns/us/ms/s")
         if m.group(2) is None:
             out.append(int(m.group(1)))
@@ -1054,5 +1075,5 @@ def parse_window(text, trace):
             out.append(trace.start_ns
                        + int(round(float(m.group(1)) * _SCALE[m.group(2)])))
     if out[1] <= out[0]:
-        raise ValueError(f"empty window {text!r}: end <= start")
+        raise ConfigError(f"empty window {text!r}: end <= start")
     return out[0], out[1]

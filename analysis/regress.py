@@ -29,6 +29,7 @@ import zlib
 import numpy as np
 import pandas as pd
 
+from ..errors import KvmscopeError
 from .trace import Trace
 
 METRICS = ("hold", "wait")
@@ -61,7 +62,7 @@ _MIN_BLOCK = 20
 _MAX_PAIRS = 1 << 20
 
 
-class DiffError(ValueError):
+class DiffError(KvmscopeError, ValueError):
     """A comparison that cannot be made: bad option, unknown lock or call
     site, no runs.  The message is one line."""
 

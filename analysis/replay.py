@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
+from ..errors import ConfigError
 from .schema import SPANS
 
 _I64_MIN = np.iinfo(np.int64).min
@@ -323,7 +324,7 @@ def queue_depth(trace, queue="aio"):
             "aio_inflight": ("aio", "submit_ns", "complete_ns"),
             "bh": ("bh", "scheduled_ns", "run_ns")}
     if queue not in cols:
-        raise ValueError(f"unknown queue {queue!r}; one of {', '.join(cols)}")
+        raise ConfigError(f"unknown queue {queue!r}; one of {', '.join(cols)}")
     table, a, b = cols[queue]
     df = trace.frame(table)
     t = np.concatenate([df[a].to_numpy(), df[b].to_numpy()])
@@ -937,6 +938,8 @@ def check(trace, tolerance_ns=0):
     >>> v = trace.check()                              # doctest: +SKIP
     >>> v.kind.value_counts()                          # doctest: +SKIP
     """
+    if not (isinstance(tolerance_ns, (int, np.integer)) and tolerance_ns >= 0):
+        raise ConfigError(f"tolerance_ns must be an integer >= 0, not {tolerance_ns!r}")
     out = []
     gaps = _coverage(trace)[1]
     _check_threads(trace, out)

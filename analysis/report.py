@@ -14,6 +14,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from ..errors import ConfigError
+
 #: Section name -> (title, function of a Trace returning its DataFrame).
 SECTIONS = {
     "exits": ("Exits by reason (perf kvm stat)",
@@ -77,7 +79,7 @@ def sections(names=None):
     names = [names] if isinstance(names, str) else list(names)
     bad = [n for n in names if n not in SECTIONS]
     if bad:
-        raise ValueError(f"unknown section {bad[0]!r}; one of "
+        raise ConfigError(f"unknown section {bad[0]!r}; one of "
                          f"{', '.join(SECTIONS)}, all")
     return names
 
@@ -251,7 +253,10 @@ def render(trace, built=None, fmt="text", top=None, all_columns=False):
     str
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+    if top is not None and not (isinstance(top, (int, np.integer)) and top >= 0):
+        raise ConfigError(f"top must be an integer >= 0 (0 or None: all rows), "
+                          f"not {top!r}")
     if built is None:
         built = build(trace)
     info = summary(trace)

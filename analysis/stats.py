@@ -10,6 +10,7 @@ deviations are floats.
 import numpy as np
 import pandas as pd
 
+from ..errors import ConfigError
 from . import replay as _replay
 
 PERCENTILES = (50, 99)
@@ -26,6 +27,10 @@ def group_codes(df, keys):
     Categorical keys use their codes (no hashing); others are factorized.
     """
     keys = [keys] if isinstance(keys, str) else list(keys)
+    unknown = [k for k in keys if k not in df.columns]
+    if unknown:
+        raise ConfigError(f"unknown column {unknown[0]!r}; columns are "
+                          f"{', '.join(map(str, df.columns))}")
     codes = np.zeros(len(df), dtype=np.int64)
     uniques = []
     size = 1

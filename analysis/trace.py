@@ -17,7 +17,7 @@ import pyarrow.ipc as ipc
 
 from . import replay as _replay
 from . import stats as _stats
-from ..errors import KvmscopeError
+from ..errors import ConfigError, KvmscopeError
 from ..traceformat import META_FILE, RUN_STATES
 from .schema import (ADDED_IN, FORMAT_NAME, FORMAT_VERSION, SCHEMAS, SPANS, SUPPORTED_VERSIONS,
                      TABLES, describe, empty_table, table_file, type_matches)
@@ -657,7 +657,7 @@ class Trace:
         for t in threads:       # a loop over the user's list, not records
             if isinstance(t, str):
                 if t not in by_name:
-                    raise ValueError(f"unknown thread {t!r}; threads are "
+                    raise ConfigError(f"unknown thread {t!r}; threads are "
                                      f"{', '.join(map(str, by_name))}")
                 ids.append(by_name[t])
             else:

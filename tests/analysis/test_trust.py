@@ -525,3 +525,50 @@ def test_thousands_of_thread_ids_stay_bounded(capsys, tmp_path, monkeypatch):
     fig = plot.plot_contention(t)
     labels = [x.get_text() for x in fig.axes[0].get_yticklabels()]
     assert len(labels) == 40 and labels[-1].startswith("other (")
+
+
+# --------------------------------------------------------------------------
+# 5. impossible arguments of the library functions: a ValueError that says
+# which and what is allowed
+
+@pytest.fixture(scope="module")
+def small_trace():
+    return Trace.load(os.path.join(TRACES, "timer-hlt-2vcpu"))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda t, tmp: t.check(tolerance_ns=-1), "tolerance_ns must be an integer >= 0"),
+    (lambda t, tmp: t.check(tolerance_ns=1.5), "tolerance_ns must be an integer >= 0"),
+    (lambda t, tmp: __import__("kvmscope.analysis.report", fromlist=["x"]).render(
+        t, fmt="text", top=-1), "top must be an integer >= 0"),
+    (lambda t, tmp: t.exit_stats("nonsense"), "unknown column 'nonsense'"),
+    (lambda t, tmp: t.queue_depth("nope"), "unknown queue 'nope'"),
+    (lambda t, tmp: _plot().plot_contention(t, bins=0), "bins must be an integer, 1 .. 100000"),
+    (lambda t, tmp: _plot().plot_exit_rate(t, bins=-5), "bins must be an integer, 1 .. 100000"),
+    (lambda t, tmp: _plot().plot_exit_rate(t, bins=10 ** 9), "bins must be an integer"),
+    (lambda t, tmp: _plot().plot_timeline(t, max_arrows=-1), "max_arrows must be"),
+    (lambda t, tmp: _plot().plot_distributions(t, max_groups=0), "max_groups must be"),
+    (lambda t, tmp: _plot().busiest_window(t, width_ns=0), "width_ns must be"),
+    (lambda t, tmp: _plot().save(_plot().plot_exit_rate(t), os.path.join(tmp, "x.png"),
+                                 dpi=5), "dpi must be an integer, 10 .. 1200"),
+    (lambda t, tmp: _plot().save(_plot().plot_exit_rate(t), os.path.join(tmp, "x.png"),
+                                 dpi=5000), "dpi must be an integer, 10 .. 1200"),
+    (lambda t, tmp: _perfetto().export_perfetto(t, os.path.join(tmp, "x.json"),
+                                                max_events=-1), "max_events must be"),
+    (lambda t, tmp: _perfetto().export_perfetto(t, os.path.join(tmp, "x.json"),
+                                                window=(10, 5)), "start < end"),
+])
+def test_impossible_arguments_are_value_errors(small_trace, tmp_path, call, message):
+    with pytest.raises(ValueError, match=re.escape(message)) as e:
+        call(small_trace, str(tmp_path))
+    assert "\n" not in str(e.value)
+
+
+def _plot():
+    from kvmscope.analysis import plot
+    return plot
+
+
+def _perfetto():
+    from kvmscope.analysis import perfetto
+    return perfetto

@@ -82,7 +82,7 @@ SERIAL_LSR_TEMT = _const("SERIAL_LSR_TEMT", 0x40, "LSR: transmitter empty")
 _sect("scratch page: read/write 64-bit registers")
 SCRATCH_MMIO = _const("SCRATCH_MMIO", 0xd0000000, "MMIO, not RAM")
 SCRATCH_MMIO_SIZE = _const("SCRATCH_MMIO_SIZE", 0x1000, "bytes")
-SCRATCH_REG_SIZE = _const("SCRATCH_REG_SIZE", 8, "bytes per register")
+SCRATCH_REGISTER_BYTES = _const("SCRATCH_REGISTER_BYTES", 8, "bytes per register")
 
 _sect("timer device: periodic interrupts, banked per vCPU")
 TIMERDEV_PORT = _const("TIMERDEV_PORT", 0x540, "PIO")
@@ -167,6 +167,10 @@ def _named(prefix):
     return {name[len(prefix):].lower(): c.value for name, c in CONSTANTS.items() if name.startswith(prefix)}
 
 
+#: Each region's registers, region name -> {register: offset} (its ``<PREFIX>_REG_*`` constants).
+REGISTERS = {name: _named(prefix + "_REG_") for name, prefix in (
+    ("debugport", "DEBUG"), ("exitdev", "EXIT"), ("serial", "SERIAL"), ("scratch", "SCRATCH"),
+    ("timerdev", "TIMERDEV"), ("blk", "BLK"), ("lapic", "LAPIC"))}
 #: Block status codes, name -> value (``BLK_STATUS_*``).
 BLK_STATUS = _named("BLK_STATUS_")
 #: Block commands, name -> value (``BLK_CMD_*``).

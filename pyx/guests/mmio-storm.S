@@ -2,7 +2,7 @@
 # vCPU's scratch register; exits with the number of read-backs that differed.
         .include "common.inc"
         GUEST_ENTRY
-        lea SCRATCH_MMIO(,%eax,SCRATCH_REG_SIZE), %edi         # this vCPU's register
+        lea SCRATCH_MMIO(,%eax,SCRATCH_REGISTER_BYTES), %edi  # this vCPU's register
         mov P_SEED, %ebx
         xor %eax, %ebx                          # per-vCPU value stream
         mov P_ITERATIONS, %ecx

@@ -94,7 +94,7 @@ def cmd_validate(args):
     if v.empty:
         _write(f"{args.trace}: INCOMPLETE: {n} records, no violations in "
                "the data they cover\n")
-        return 3        # incomplete data, documented beside 0, 1 and 2
+        return EXIT_INCOMPLETE
     kinds = v["kind"].value_counts()
     detail = ", ".join(f"{c} {k}" for k, c in kinds.items())
     _write(f"{args.trace}: {len(v)} violations in {n} records ({detail})"

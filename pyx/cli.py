@@ -458,9 +458,12 @@ def add_analysis_commands(sub, funcs=None):
 
     p = _command(sub, "validate", "check a trace's invariants",
                  "Check a trace directory: schema, one lock owner at a time, matched "
-                 "releases, per-thread time order, stage order.\n"
-                 "Exit status: 0 clean, 1 violations, 2 unreadable trace, 3 no violation "
-                 "but the data is incomplete.", func("validate_command"))
+                 "releases, per-thread time order, stage order, in the data the trace "
+                 "covers. Lost records and a killed, failed or aborted run are reported "
+                 "as such (where, which threads), never as violations.\n"
+                 "Exit status: 0 clean, 1 violations, 2 unreadable trace or missing "
+                 "data, 3 no violation in the covered data but the data is incomplete.",
+                 func("validate_command"))
     p.add_argument("trace", metavar="TRACE", help="trace directory")
     _format_option(p, what="output format: text (one line per violation) or json (one object)")
     _limit_option(p, "print at most N violations", 100)

@@ -560,8 +560,8 @@ def coverage(trace):
     thread is then uncertain), or the run was killed, failed or aborted
     before they were flushed (``meta.json`` ``state`` is ``running``,
     ``failed`` or ``aborted``: each thread's data ends at its last
-    timestamp in any table), or a table file was cut short.  :func:`check` reports nothing that such missing data
-    could explain.
+    timestamp in any table), or a table file was cut short.
+    :func:`check` reports nothing that such missing data could explain.
 
     Parameters
     ----------

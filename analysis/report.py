@@ -109,8 +109,12 @@ def build(trace, names=None):
 
 
 def summary(trace):
-    """One dict describing the trace for report headers and JSON."""
+    """One dict describing the trace for report headers and JSON:
+    ``complete`` is false when records are missing (see
+    :func:`replay.coverage`), and ``coverage`` then says how, in lines."""
+    from .replay import describe_coverage, is_complete
     cfg = trace.meta.get("config") or {}
+    complete = is_complete(trace)
     return {
         "path": trace.path,
         "state": trace.meta.get("state"),
@@ -121,6 +125,8 @@ def summary(trace):
         "records": {n: trace.arrow(n).num_rows for n in
                     ("exits", "locks", "bh", "timers", "aio", "loop", "irqs")},
         "warnings": list(trace.warnings),
+        "complete": complete,
+        "coverage": [] if complete else describe_coverage(trace),
     }
 
 
@@ -225,7 +231,8 @@ def _head_lines(info):
             f"{info['state']}, guest {info['guest']}, "
             f"{human_ns(info['duration_ns'])}",
             f"records: {rec or 'none'}"] + \
-        [f"warning: {w}" for w in info["warnings"]]
+        [f"warning: {w}" for w in info["warnings"]] + \
+        [f"incomplete: {c}" for c in info["coverage"]]
 
 
 def render(trace, built=None, fmt="text", top=None, all_columns=False):

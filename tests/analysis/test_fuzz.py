@@ -597,9 +597,11 @@ def worker(seed, indices, work):
     import warnings
     import matplotlib
     matplotlib.use("Agg")
-    from kvmscope import cli  # noqa: F401  (imports before the limit)
-    import kvmscope.analysis.cli, kvmscope.analysis.plot  # noqa: E401,F401
-    import kvmscope.analysis.perfetto, kvmscope.analysis.regress  # noqa: E401,F401
+    import importlib
+    # Everything a command imports, before the address space is limited.
+    for module in ("kvmscope.cli", "kvmscope.analysis.cli", "kvmscope.analysis.plot",
+                   "kvmscope.analysis.perfetto", "kvmscope.analysis.regress"):
+        importlib.import_module(module)
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
     warnings.simplefilter("ignore")
     real = sys.stdout

@@ -11,12 +11,11 @@ import sys
 import time
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
 
-from kvmscope.analysis import Trace, TraceError
+from kvmscope.analysis import Trace
 from kvmscope.analysis import cli
 from kvmscope.analysis.synth import (generate, make_killed_trace, make_lossy_trace,
                                      make_trace, write_trace)
@@ -572,3 +571,16 @@ def _plot():
 def _perfetto():
     from kvmscope.analysis import perfetto
     return perfetto
+
+
+def test_report_says_how_the_data_is_incomplete(capsys, tmp_path):
+    p = make_killed_trace(tmp_path / "killed", 3000, seed=3)
+    status, out, _ = run(capsys, "report", p, "--section", "locks")
+    assert status == 0
+    assert any(l.startswith("incomplete: killed: data ends at ") for l in out.splitlines())
+    status, out, _ = run(capsys, "report", p, "--section", "locks", "--format", "json")
+    info = json.loads(out)["trace"]
+    assert info["complete"] is False and info["coverage"][0].startswith("killed: ")
+    status, out, _ = run(capsys, "report", SAMPLE, "--section", "locks", "--format", "json")
+    info = json.loads(out)["trace"]
+    assert info["complete"] is True and info["coverage"] == []

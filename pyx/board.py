@@ -127,8 +127,6 @@ IRQ_TIMER = _const("IRQ_TIMER", 0, "source: timer device tick")
 IRQ_BLK = _const("IRQ_BLK", 1, "source: block command done")
 TIMER_VECTOR = _const("TIMER_VECTOR", VECTOR_BASE + IRQ_TIMER, "vector of a timer tick")
 BLK_VECTOR = _const("BLK_VECTOR", VECTOR_BASE + IRQ_BLK, "vector of a block completion")
-#: Interrupt sources, by source number.
-IRQ_SOURCES = ("timer", "blk")
 
 # ---- parameter block at PARAMS_ADDR ----------------------------------------
 _sect("parameter block")
@@ -171,6 +169,8 @@ def _named(prefix):
 REGISTERS = {name: _named(prefix + "_REG_") for name, prefix in (
     ("debugport", "DEBUG"), ("exitdev", "EXIT"), ("serial", "SERIAL"), ("scratch", "SCRATCH"),
     ("timerdev", "TIMERDEV"), ("blk", "BLK"), ("lapic", "LAPIC"))}
+#: Interrupt sources by source number (the ``IRQ_*`` constants).
+IRQ_SOURCES = tuple(sorted(_named("IRQ_"), key=_named("IRQ_").get))
 #: Block status codes, name -> value (``BLK_STATUS_*``).
 BLK_STATUS = _named("BLK_STATUS_")
 #: Block commands, name -> value (``BLK_CMD_*``).

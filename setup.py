@@ -99,7 +99,9 @@ setup(
     ],
     extras_require={
         # nbclient + ipykernel execute the notebooks in the test suite
-        "test": ["pytest>=7", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6"],
+        # cython, setuptools and wheel: the sanitizer test builds a copy of the core offline
+        "test": ["pytest>=7", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6",
+                 "cython>=3.0", "setuptools>=68", "wheel"],
     },
     entry_points={"console_scripts": ["kvmscope = kvmscope.cli:main"]},
     zip_safe=False,

@@ -5,7 +5,7 @@ import dataclasses
 import json
 import os
 
-from . import guests, units
+from . import board, guests, units
 from .errors import ConfigError
 
 #: Core limits (``KS_MAX_VCPUS``, ``KS_MAX_AIO`` in pyx/core_types.pxd).
@@ -91,12 +91,12 @@ SETTINGS = {s.field: s for s in (
     Setting("vcpus", "--vcpus", 1, MAX_VCPUS),
     Setting("iterations", "--iterations", 0, U32_MAX, why="guests count in 32 bits"),
     Setting("seed", "--seed", 0, U64_MAX),
-    Setting("memory", "--memory", 1 << 20, 3 << 30, "size", multiple=4096,
+    Setting("memory", "--memory", 1 << 20, board.RAM_MAX, "size", multiple=4096,
             why="guest RAM ends below the device window at 0xd0000000"),
     Setting("duration", "--duration", _MS, 168 * 3600 * _S, "duration", "s"),
     Setting("ring_records", "--ring", 64, 1 << 26),
     Setting("aio_threads", "--aio-threads", 1, MAX_AIO_THREADS),
-    Setting("disk_size", "--disk-size", 4096, 1 << 40, "size", multiple=512),
+    Setting("disk_size", "--disk-size", 4096, 1 << 40, "size", multiple=board.BLK_SECTOR_SIZE),
     Setting("timer_period_us", "--timer-period", 50 * 1000, 60 * _S, "duration", "us", multiple=1000),
     Setting("port_burst", "--port-burst", 0, U32_MAX),
     Setting("inject_hold", "--inject-hold", 0, _S, "duration", "ns"),

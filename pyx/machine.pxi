@@ -58,7 +58,7 @@ cdef class Machine:
             raise ValueError(f"irqchip {irqchip!r}: use kernel or user")
         if vcpus < 1 or vcpus > KS_MAX_VCPUS or vcpus > kvm.max_vcpus:
             raise ValueError(f"vcpus={vcpus} out of range: use 1 .. {min(KS_MAX_VCPUS, kvm.max_vcpus)}")
-        if mem_size < (1 << 20) or mem_size > (3 << 30) or mem_size % 4096:
+        if mem_size < (1 << 20) or mem_size > KS_RAM_MAX or mem_size % 4096:
             raise ValueError(f"memory size {mem_size} out of range: use 1 MiB .. 3 GiB, a multiple of 4 KiB")
         self.m = <ks_machine *>calloc(1, sizeof(ks_machine))
         if self.m == NULL:

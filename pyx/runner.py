@@ -120,8 +120,10 @@ def record(config, progress=None):
     finally:
         if temporary_disk:
             os.unlink(disk_path)        # the machine holds it open
-    disk_sectors = os.path.getsize(disk_path) // 512 if not temporary_disk else config.disk_size // 512
-    region = min(1024, disk_sectors // config.vcpus)
+    image_size = os.path.getsize(disk_path) if not temporary_disk else config.disk_size
+    disk_sectors = image_size // board.BLK_SECTOR_SIZE
+    # each vCPU's sectors, at most as many as its version table (one dword per sector) holds
+    region = min(board.VERSIONS_PER_VCPU // 4, disk_sectors // config.vcpus)
     machine.load_image(image)
     machine.write_mem(board.PARAMS_ADDR, board.pack_params(
         nvcpus=config.vcpus, iterations=config.iterations, seed=config.seed & (2 ** 64 - 1),

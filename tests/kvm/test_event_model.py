@@ -4,13 +4,14 @@ import struct
 import numpy as np
 import pytest
 
+from kvmscope import board
 from kvmscope.analysis import Trace
 
 from .helpers import kvmscope, meta
 
 pytestmark = pytest.mark.kvm
 
-SECTOR = 512
+SECTOR = board.BLK_SECTOR_SIZE
 M32 = 0xFFFFFFFF
 
 

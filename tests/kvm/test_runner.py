@@ -8,15 +8,16 @@ import sys
 import numpy as np
 import pytest
 
+from kvmscope import board
 from kvmscope.analysis import Trace
 
 from .helpers import kvmscope, kvmscope_cmd, meta, start, wait_for_rows
 
 pytestmark = pytest.mark.kvm
 
-DEBUG_PORT = 0x80
-EXIT_PORT = 0x501
-SCRATCH_MMIO = 0xD0000000
+DEBUG_PORT = board.DEBUG_PORT
+EXIT_PORT = board.EXIT_PORT
+SCRATCH_MMIO = board.SCRATCH_MMIO
 
 
 @pytest.fixture(scope="module")

@@ -18,27 +18,7 @@ from kvmscope.analysis import Trace, cli
 from kvmscope.analysis.perfetto import export_perfetto, nest_slices
 from kvmscope.analysis.synth import make_trace, write_trace
 
-THREADS = pd.DataFrame({"thread": [1, 2, 3], "tid": [101, 102, 103],
-                        "name": ["vcpu0", "vcpu1", "drain"],
-                        "role": ["vcpu", "vcpu", "drain"]})
-# Two vCPUs trade the BQL three times; vcpu1 waits twice.  Each hold sits
-# inside an exit of its vCPU.  The trace starts at 1000 ns (ts 0).
-EXITS = pd.DataFrame({"thread": [1, 2, 1, 2],
-                      "exit_ns": [1000, 1050, 2000, 2050],
-                      "entry_ns": [1400, 1600, 2300, 2500],
-                      "addr": [0x80, 0x3f8, 0x80, 0x3f8], "size": 1,
-                      "is_write": True, "data": [7, 65, 8, 66],
-                      "device": ["debugport", "serial"] * 2})
-LOCKS = pd.DataFrame({"thread": [1, 2, 1, 2], "callsite": "vcpu:io",
-                      "request_ns": [1100, 1150, 2100, 2150],
-                      "acquired_ns": [1100, 1210, 2100, 2220],
-                      "released_ns": [1200, 1500, 2200, 2400]})
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return Trace.load(write_trace(tmp_path_factory.mktemp("pf") / "tiny",
-                                  threads=THREADS, exits=EXITS, locks=LOCKS))
+from timelines import TWO_VCPUS_THREADS as THREADS
 
 
 @pytest.fixture(scope="module")

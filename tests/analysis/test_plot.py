@@ -18,24 +18,9 @@ from kvmscope.analysis import Trace, cli, plot
 from kvmscope.analysis.progress import Progress
 from kvmscope.analysis.synth import make_trace, write_trace
 
-THREADS = pd.DataFrame({"thread": [1, 2, 3], "tid": [101, 102, 103],
-                        "name": ["vcpu0", "vcpu1", "drain"],
-                        "role": ["vcpu", "vcpu", "drain"]})
-# Two vCPUs trade the BQL three times; vcpu1 waits twice (60 and 70 ns).
-# Each acquisition sits inside an exit of its vCPU.
-EXITS = pd.DataFrame({"thread": [1, 2, 1, 2],
-                      "exit_ns": [1000, 1050, 2000, 2050],
-                      "entry_ns": [1400, 1600, 2300, 2500]})
-LOCKS = pd.DataFrame({"thread": [1, 2, 1, 2], "callsite": "vcpu:io",
-                      "request_ns": [1100, 1150, 2100, 2150],
-                      "acquired_ns": [1100, 1210, 2100, 2220],
-                      "released_ns": [1200, 1500, 2200, 2400]})
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return Trace.load(write_trace(tmp_path_factory.mktemp("plot") / "tiny",
-                                  threads=THREADS, exits=EXITS, locks=LOCKS))
+from timelines import TWO_VCPUS_EXITS as EXITS
+from timelines import TWO_VCPUS_LOCKS as LOCKS
+from timelines import TWO_VCPUS_THREADS as THREADS
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import KVM_REASON, KVM_USABLE
+from kvm_env import KVM_REASON, KVM_USABLE
 from kvm.helpers import KVMSCOPE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -96,6 +96,7 @@ setup(
         "pyarrow>=14",
         "pandas>=2.0",
         "matplotlib>=3.7",
+        "scipy>=1.9",
     ],
     extras_require={
         # nbclient + ipykernel execute the notebooks in the test suite

@@ -7,8 +7,8 @@ The decision rule (see docs/regress.md for why it does not cry wolf): a
 lock or call site has *regressed* when all of these hold
 
 1. both sides have at least ``min_count`` samples;
-2. the two-sided Mann-Whitney U test, Holm-corrected over every row
-   compared, gives ``p < alpha``;
+2. the two-sided Mann-Whitney U test (:func:`scipy.stats.mannwhitneyu`),
+   Holm-corrected over every row compared, gives ``p < alpha``;
 3. the lower bound of the ``1 - alpha`` bootstrap confidence interval of the
    relative change of the chosen statistic is above ``threshold``; the
    bootstrap resamples runs, then contiguous time blocks within each run, so
@@ -17,8 +17,9 @@ lock or call site has *regressed* when all of these hold
 4. the lower bound of the absolute change is at least ``min_delta_ns``
    (differences of a few clock ticks are machine noise).
 
-*Improved* is the mirror image.  Everything is vectorised over histograms
-of the distinct values: no Python code runs per record.
+*Improved* is the mirror image.  Everything is vectorised (numpy arrays,
+histograms of the distinct values, scipy.stats): no Python code runs per
+record.
 """
 
 import fnmatch
@@ -28,6 +29,7 @@ import zlib
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from ..errors import KvmscopeError
 from .trace import Trace
@@ -317,6 +319,9 @@ def _bootstrap(side, stat, resamples, blocks, rng):
     With one run only the second level remains.  Each block is summarised
     once (count and sum, or cumulative histogram over the side's distinct
     values), so that every replicate is one row of a matrix product.
+    (:func:`scipy.stats.bootstrap` resamples the observations of each sample
+    independently, one level, and would compute the statistic of every
+    replicate from the samples: it fits neither design.)
     """
     k = len(side)
     split = [_blocks(r, blocks) for r in side]
@@ -360,50 +365,14 @@ def _bootstrap(side, stat, resamples, blocks, rng):
     return out
 
 
-def t_quantile(q, df):
-    """Quantile *q* of Student's t distribution with integer *df* degrees
-    of freedom (closed-form CDF, bisection; no scipy).
-
-    Examples
-    --------
-    >>> round(t_quantile(0.975, 2), 3), round(t_quantile(0.975, 4), 3)
-    (4.303, 2.776)
-    """
-    if df > 200:
-        from statistics import NormalDist
-        return NormalDist().inv_cdf(q)
-
-    def cdf(t):
-        # Abramowitz & Stegun 26.7.3/26.7.4: P(|T| < t) as a finite series.
-        th = math.atan(t / math.sqrt(df))
-        c2, s = math.cos(th) ** 2, math.sin(th)
-        if df % 2:
-            term, acc = math.cos(th), 0.0
-            for j in range(1, (df - 1) // 2 + 1):   # a loop over df terms
-                acc += term
-                term *= c2 * (2 * j) / (2 * j + 1)
-            a = 2 / math.pi * (th + s * acc) if df > 1 else 2 * th / math.pi
-        else:
-            term, acc = 1.0, 0.0
-            for j in range(1, df // 2 + 1):
-                acc += term
-                term *= c2 * (2 * j - 1) / (2 * j)
-            a = s * acc
-        return (1 + a) / 2
-    lo, hi = 0.0, 1e4
-    for _ in range(200):                    # bisection to full precision
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if cdf(mid) < q else (lo, mid)
-    return (lo + hi) / 2
-
-
 def _run_interval(base_stats, new_stats, alpha):
     """t interval of the relative change from per-run statistics.
 
     On the log scale (run-to-run variation is multiplicative), with the
     between-run variance pooled over both sides and ``k_base + k_new - 2``
-    degrees of freedom: with few runs the interval is wide, as it should
-    be.  ``(nan, nan)`` when neither side has two runs.
+    degrees of freedom (quantile from :data:`scipy.stats.t`): with few
+    runs the interval is wide, as it should be.  ``(nan, nan)`` when
+    neither side has two runs.
     """
     x = np.log(np.maximum(np.asarray(base_stats, np.float64), 1))
     y = np.log(np.maximum(np.asarray(new_stats, np.float64), 1))
@@ -412,7 +381,7 @@ def _run_interval(base_stats, new_stats, alpha):
         return np.nan, np.nan
     ss = np.sum((x - x.mean()) ** 2) + np.sum((y - y.mean()) ** 2)
     se = math.sqrt(ss / df * (1 / len(x) + 1 / len(y)))
-    half = t_quantile(1 - alpha / 2, df) * se
+    half = float(stats.t.ppf(1 - alpha / 2, df)) * se
     d = y.mean() - x.mean()
     return math.expm1(d - half), math.expm1(d + half)
 
@@ -420,21 +389,14 @@ def _run_interval(base_stats, new_stats, alpha):
 # --------------------------------------------------------------------------
 # tests and effect sizes on pooled samples
 
-def _hist2(base, new):
-    """Common distinct values and the count of each on both sides."""
-    u, inv = np.unique(np.concatenate([base, new]), return_inverse=True)
-    c0 = np.bincount(inv[:len(base)], minlength=len(u)).astype(np.float64)
-    c1 = np.bincount(inv[len(base):], minlength=len(u)).astype(np.float64)
-    return u, c0, c1
-
-
 def mann_whitney(base, new):
     """Two-sided Mann-Whitney U test of *new* against *base*, with Cliff's
     delta.
 
-    Normal approximation with tie correction and continuity correction,
-    computed from the counts of distinct values (ties are the rule for
-    clock-quantised durations).
+    :func:`scipy.stats.mannwhitneyu` with the normal approximation, tie
+    correction and continuity correction (ties are the rule for
+    clock-quantised durations; the exact method is for small tie-free
+    samples only).
 
     Parameters
     ----------
@@ -457,20 +419,12 @@ def mann_whitney(base, new):
     n0, n1 = len(base), len(new)
     if not n0 or not n1:
         return np.nan, np.nan, np.nan
-    _, c0, c1 = _hist2(base, new)
-    t = c0 + c1
-    mid = np.cumsum(t) - (t - 1) / 2            # mid-rank of each value
-    u = float(c1 @ mid) - n1 * (n1 + 1) / 2
-    big_n = n0 + n1
-    ties = float(np.sum(t ** 3 - t))
-    var = n0 * n1 / 12 * ((big_n + 1) - ties / (big_n * (big_n - 1))) \
-        if big_n > 1 else 0.0
-    delta = 2 * u / (n0 * n1) - 1
-    if var <= 0:
-        return u, 1.0, delta
-    dev = u - n0 * n1 / 2
-    z = max(abs(dev) - 0.5, 0.0) / math.sqrt(var)
-    return u, math.erfc(z / math.sqrt(2)), delta
+    res = stats.mannwhitneyu(new, base, alternative="two-sided",
+                             method="asymptotic", use_continuity=True)
+    u = float(res.statistic)
+    p = float(res.pvalue)
+    # No spread at all (every value equal): nothing to reject.
+    return u, (1.0 if math.isnan(p) else p), 2 * u / (n0 * n1) - 1
 
 
 def hodges_lehmann(base, new, rng=None):

@@ -12,9 +12,9 @@ import pytest
 
 from kvmscope.analysis import Trace, diff
 from kvmscope.analysis import cli
-from kvmscope.analysis.regress import (DiffError, hodges_lehmann, holm,
-                                       mann_whitney, parse_ns,
-                                       parse_threshold, t_quantile)
+from kvmscope.analysis.regress import (DiffError, _run_interval,
+                                       hodges_lehmann, holm, mann_whitney,
+                                       parse_ns, parse_threshold)
 from kvmscope.analysis.synth import to_arrow, write_trace
 
 SITES = {"pio:a": 2000, "pio:b": 500}     # median hold per call site, ns
@@ -89,12 +89,17 @@ def test_hodges_lehmann_is_median_of_pairwise_differences():
         np.median(b[:, None] - a[None, :]), abs=1)
 
 
-def test_holm_and_t_quantile_and_parsers():
+def test_holm_run_interval_and_parsers():
     assert holm([0.01, 0.04, 0.03, np.nan]).round(3)[:3].tolist() == \
         [0.03, 0.06, 0.06]
-    assert round(t_quantile(0.975, 1), 2) == 12.71
-    assert round(t_quantile(0.975, 7), 3) == 2.365
-    assert round(t_quantile(0.975, 1000), 2) == 1.96
+    # 2 runs a side, doubled: log ratio log(2) +- t(0.975, df=2) * se.
+    lo, hi = _run_interval([100, 110], [200, 220], 0.05)
+    x, y = np.log([100, 110]), np.log([200, 220])
+    se = np.sqrt((((x - x.mean()) ** 2).sum() + ((y - y.mean()) ** 2).sum())
+                 / 2 * (1 / 2 + 1 / 2))
+    assert lo == pytest.approx(np.expm1(np.log(2) - 4.3027 * se), rel=1e-4)
+    assert hi == pytest.approx(np.expm1(np.log(2) + 4.3027 * se), rel=1e-4)
+    assert np.isnan(_run_interval([100], [200], 0.05)).all()
     assert parse_threshold("10%") == pytest.approx(0.1)
     assert parse_threshold("2.5") == pytest.approx(0.025)
     assert parse_ns("1.5us") == 1500 and parse_ns("2ms") == 2_000_000

@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow.compute as pc
 
 from ..errors import ConfigError
+from .load import failure_reason, thread_names
 from .schema import SPANS
 
 _I64_MIN = np.iinfo(np.int64).min
@@ -291,8 +292,7 @@ def thread_states(trace, threads=None):
 
 
 def _names(trace, thread_ids):
-    from .trace import _thread_names
-    return _thread_names(thread_ids, trace.threads)
+    return thread_names(thread_ids, trace.threads)
 
 
 # --------------------------------------------------------------------------
@@ -605,7 +605,6 @@ def describe_coverage(trace):
     1.2051 s`` (one line per thread when a thread lost records more than
     five times).  Times are seconds from the trace start.
     """
-    from .trace import failure_reason
     base = trace._base or trace
     cov = _coverage(trace)[0]
     origin = base.start_ns

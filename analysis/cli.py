@@ -184,7 +184,9 @@ def _window(args, trace):
 
 
 def cmd_plot(args):
-    """Run ``kvmscope plot``; returns 0, or 2 with one line on stderr."""
+    """Run ``kvmscope plot``: 0 drawn; 1 nothing to draw (the file, which
+    says so, is written and one line on stderr says why); 2 with one line
+    on stderr for a trace, option or file that is wrong."""
     from . import plot
     try:
         plot._check_format(args.output)
@@ -214,6 +216,12 @@ def cmd_plot(args):
         plot.save(fig, args.output, dpi=args.dpi)
     except (TraceError, ValueError, OSError) as e:
         return _fail("plot", e)
+    why = plot.no_data(fig)
+    if why:
+        # Status 1, as validate's for what a script should notice.
+        print(f"kvmscope plot: no data: {why}; {args.output} says so",
+              file=sys.stderr)
+        return 1
     return EXIT_OK
 
 

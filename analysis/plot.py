@@ -131,14 +131,57 @@ def _figure(ax, size):
 
 
 def _no_data(ax, what, title):
-    """Say in the figure that there is nothing to draw."""
+    """Say in the figure that there is nothing to draw, and why (see
+    :func:`no_data`)."""
     ax.set_title(title)
     ax.text(0.5, 0.5, f"no data: {what}", transform=ax.transAxes,
             ha="center", va="center", fontsize=12, color="#555555",
             wrap=True)
     ax.set_xticks([])
     ax.set_yticks([])
+    ax._kvmscope_no_data = what
     return ax.figure
+
+
+def no_data(fig):
+    """Why *fig* has nothing to show, or None when it shows data.
+
+    A plot whose data is empty (a trace without AIO requests, a window
+    without events) still returns a figure, which says ``no data:`` and
+    why; this tells a program so.  ``kvmscope plot`` prints the reason on
+    stderr and exits with status 1.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        A figure returned by a ``plot_*`` function, or one whose Axes they
+        drew into (``ax=``): the reason of the first such Axes that had
+        nothing to draw.
+
+    Returns
+    -------
+    str or None
+
+    Examples
+    --------
+    >>> fig = plot_aio_latency(t)                             # doctest: +SKIP
+    >>> no_data(fig)                                          # doctest: +SKIP
+    'no AIO requests in this trace (the aio table is empty)'
+    """
+    for ax in fig.axes:
+        why = getattr(ax, "_kvmscope_no_data", None)
+        if why:
+            return why
+    return None
+
+
+def _where(trace, window, table=None):
+    """"in this window", or "in this trace" (saying when *table* is empty)."""
+    if window is not None:
+        return "in this window"
+    if table is not None and not trace.arrow(table).num_rows:
+        return f"in this trace (the {table} table is empty)"
+    return "in this trace"
 
 
 def _tick_ns(v, _pos=None):
@@ -458,6 +501,13 @@ def plot_timeline(trace, window=None, lock="bql", threads=None,
     nrows = nlockrows + len(ids)
     size = figsize or (12, 1.6 + 0.42 * max(nrows, 2))
     fig, ax = _figure(ax, size)
+    what = ("busiest 1 ms of contention" if auto and hi - lo == 1_000_000
+            else f"{fmt_ns(hi - lo)} window")
+    title = f"Thread timeline: {_trace_label(trace)}, {what}"
+    if not len(s) and not len(o_s):
+        bar.close()
+        return _no_data(ax, "no thread events in this window" if len(ids)
+                        else "no thread recorded an event", title)
     notes = [f"{left_out} more threads not shown"] if left_out else []
     aggregated = len(s) + len(o_s) > max_intervals
     if aggregated:
@@ -520,9 +570,6 @@ def plot_timeline(trace, window=None, lock="bql", threads=None,
     _time_axis(ax, unit)
     ax.grid(axis="x", color="#dddddd", lw=0.5)
     ax.set_axisbelow(True)
-    what = ("busiest 1 ms of contention" if auto and hi - lo == 1_000_000
-            else f"{fmt_ns(hi - lo)} window")
-    title = f"Thread timeline: {_trace_label(trace)}, {what}"
     ax.set_title(title + ("\n" + "; ".join(notes) if notes else ""),
                  fontsize=10)
 
@@ -648,6 +695,7 @@ def plot_distributions(trace, metric="wait", by="callsite", lock=None,
         raise ConfigError(f"metric must be 'wait' or 'hold', not {metric!r}")
     if by not in _BY:
         raise ConfigError(f"by must be one of {', '.join(_BY)}, not {by!r}")
+    whole = trace
     if window is not None:
         trace = trace.window(*_window(trace, window))
     df = trace.locks
@@ -663,7 +711,9 @@ def plot_distributions(trace, metric="wait", by="callsite", lock=None,
     if not len(df):
         what = ("no contended acquisitions" if metric == "wait"
                 else "no lock acquisitions")
-        return _no_data(ax, f"{what} in this trace", title)
+        if lock is not None:
+            what += " of " + (lock if isinstance(lock, str) else ", ".join(lock))
+        return _no_data(ax, f"{what} {_where(whole, window)}", title)
     groups = _top_groups(df, _BY[by], df[f"{metric}_ns"].to_numpy(),
                          max_groups)
     floored = _cdf(ax, groups, kind)
@@ -705,6 +755,7 @@ def plot_aio_latency(trace, op=None, kind="cdf", window=None, ax=None,
     --------
     >>> fig = plot_aio_latency(t, op="read")                  # doctest: +SKIP
     """
+    whole = trace
     if window is not None:
         trace = trace.window(*_window(trace, window))
     df = trace.aio
@@ -713,8 +764,10 @@ def plot_aio_latency(trace, op=None, kind="cdf", window=None, ax=None,
     fig, ax = _figure(ax, figsize)
     title = f"AIO latency by stage: {_trace_label(trace)}"
     if not len(df):
-        return _no_data(ax, "no AIO requests in this trace "
-                            "(the aio table is empty)", title)
+        what = "no " + ("" if op is None else (op if isinstance(op, str)
+                                               else "/".join(op)) + " ")
+        return _no_data(ax, f"{what}AIO requests {_where(whole, window, 'aio')}",
+                        title)
     stages = (("queue", "queue (submit → start)"),
               ("io", "io (start → done)"),
               ("completion", "completion (done → complete)"),
@@ -725,16 +778,17 @@ def plot_aio_latency(trace, op=None, kind="cdf", window=None, ax=None,
                        "latency", kind)
 
 
-def _per_name_latency(trace, table, column, title, empty, xlabel, kind, window,
+def _per_name_latency(trace, table, column, title, what, xlabel, kind, window,
                       max_groups, ax, figsize):
     """Distribution of one latency column per ``name`` of a bh/timers table."""
+    whole = trace
     if window is not None:
         trace = trace.window(*_window(trace, window))
     df = getattr(trace, table)
     fig, ax = _figure(ax, figsize)
     title = f"{title}: {_trace_label(trace)}"
     if not len(df):
-        return _no_data(ax, empty, title)
+        return _no_data(ax, f"no {what} {_where(whole, window, table)}", title)
     groups = _top_groups(df, ["name"], df[column].to_numpy(), max_groups)
     return _stage_plot(ax, groups, title, xlabel, kind)
 
@@ -755,7 +809,7 @@ def plot_bh_latency(trace, kind="cdf", window=None, max_groups=8, ax=None,
     """
     return _per_name_latency(
         trace, "bh", "delay_ns", "Bottom halves: schedule-to-run latency",
-        "no bottom halves in this trace (the bh table is empty)",
+        "bottom halves",
         "delay from first schedule to run", kind, window, max_groups, ax, figsize)
 
 
@@ -774,7 +828,7 @@ def plot_timer_lateness(trace, kind="cdf", window=None, max_groups=8,
     """
     return _per_name_latency(
         trace, "timers", "late_ns", "Timers: lateness (fire − deadline)",
-        "no timer firings in this trace (the timers table is empty)",
+        "timer firings",
         "lateness", kind, window, max_groups, ax, figsize)
 
 

@@ -128,7 +128,7 @@ def test_timeline_aggregates_a_crowded_window(synth):
 
 
 def test_timeline_selected_threads_and_locks(synth):
-    lo = synth.start_ns
+    lo = int(synth.locks["acquired_ns"].min())      # synth starts 0.9 ms earlier
     fig = plot.plot_timeline(synth, window=(lo, lo + 500_000),
                              threads=["vcpu1", "main"], lock=None)
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
@@ -243,11 +243,28 @@ def test_aio_bh_timer_latency_on_a_trace_that_has_them(synth):
     (plot.plot_aio_latency, "no AIO requests"),
     (plot.plot_bh_latency, "no bottom halves"),
     (plot.plot_timer_lateness, "no timer firings")])
-def test_empty_tables_say_so_in_the_figure(empty, tmp_path, func, what):
+def test_empty_tables_say_so_in_the_figure(empty, synth, tmp_path, func, what):
     fig = func(empty)
     assert f"no data: {what}" in all_text(fig)
+    # ... and to a program, which a figure with data does not.
+    assert plot.no_data(fig).startswith(what)
+    assert plot.no_data(func(synth)) is None
     out = plot.save(fig, tmp_path / "e.png")          # renders, no crash
     assert os.path.getsize(out) > 1000
+
+
+def test_a_window_without_events_says_so(tiny, synth):
+    # tiny's events are at 1000 .. 2500 ns.
+    for fig in (plot.plot_timeline(tiny, window=(10_000, 20_000)),
+                plot.plot_exit_rate(tiny, window=(10_000, 20_000)),
+                plot.plot_distributions(tiny, "hold", window=(10_000, 20_000))):
+        assert plot.no_data(fig).endswith("in this window"), all_text(fig)
+        assert "no data: " in all_text(fig)
+    # synth's first event is 0.9 ms after its start.
+    lo = synth.start_ns
+    assert plot.no_data(plot.plot_timeline(synth, window=(lo, lo + 100_000))) == \
+        "no thread events in this window"
+    assert plot.no_data(plot.plot_timeline(synth, window=(lo, lo + 1_000_000))) is None
 
 
 # --------------------------------------------------------------------------
@@ -289,6 +306,23 @@ def test_cli_plot_every_kind(capsys, synth, tmp_path, kind):
     status, _, err = run(capsys, "plot", synth.path, "--kind", kind,
                          "--window", "1ms:5ms", "-o", out)
     assert (status, err) == (0, "")
+    assert out.read_bytes().startswith(MAGIC[".png"])
+
+
+@pytest.mark.parametrize("argv, why", [
+    (["--kind", "aio"], "no AIO requests in this trace (the aio table is empty)"),
+    (["--kind", "timers"], "no timer firings in this trace (the timers table is empty)"),
+    (["--kind", "timeline", "--window", "5us:6us"], "no thread events in this window"),
+    (["--kind", "exits", "--window", "5us:6us"], "no vCPU exits in this window"),
+    (["--kind", "contention", "--window", "5us:6us"],
+     "no contended lock acquisitions in this window")])
+def test_cli_plot_with_nothing_to_draw_says_so_and_exits_1(capsys, empty, tmp_path,
+                                                           argv, why):
+    out = tmp_path / "a.png"
+    status, stdout, err = run(capsys, "plot", empty.path, *argv, "-o", out)
+    assert status == 1 and stdout == ""
+    assert err == f"kvmscope plot: no data: {why}; {out} says so\n"
+    # The file is written all the same: the picture says the same.
     assert out.read_bytes().startswith(MAGIC[".png"])
 
 

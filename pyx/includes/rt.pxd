@@ -72,6 +72,9 @@ cdef extern from "ks_rt.h" nogil:
         uint64_t tail
 
     void ks_ring_abandon(ks_ring *r)
+    void ks_ring_put(ks_ring *r, uint8_t type, uint16_t thread, uint8_t b0, uint8_t b1, uint8_t b2,
+                     int16_t h0, uint32_t w0, uint32_t w1, uint64_t q0, uint64_t q1,
+                     int64_t t0, int64_t t1, int64_t t2, int64_t t3)
     int ks_ring_next_gap(ks_ring *r, uint64_t upto, ks_gap *out)
 
     ks_record *ks_ring_reserve(ks_ring *r)

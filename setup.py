@@ -97,6 +97,7 @@ setup(
         "pandas>=2.0",
         "matplotlib>=3.7",
         "scipy>=1.9",
+        "rich>=13",
     ],
     extras_require={
         # nbclient + ipykernel execute the notebooks in the test suite

@@ -12,6 +12,7 @@ import os
 import sys
 
 from .. import cli as _cli
+from . import render
 from .trace import Trace, TraceError
 
 #: ``kvmscope validate`` exit statuses.
@@ -20,13 +21,20 @@ EXIT_OK, EXIT_VIOLATIONS, EXIT_UNREADABLE, EXIT_INCOMPLETE = 0, 1, 2, 3
 
 def _write(text, stream=None):
     """Write to stdout, tolerating a reader that went away (``| head``)."""
-    stream = stream or sys.stdout
-    try:
-        stream.write(text)
-        stream.flush()
-    except BrokenPipeError:
-        # Keep the interpreter from complaining again at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    render.emit(text, stream, pager=False)
+
+
+def _show(args, text):
+    """Write a command's output to stdout: through the pager on a terminal
+    unless ``--no-pager``; as it is to a pipe or a file."""
+    render.emit(text, pager=not getattr(args, "no_pager", False))
+
+
+def _style(args):
+    """Width and colour of text output: the terminal's, else plain."""
+    if getattr(args, "format", "text") not in (None, "text"):
+        return {"width": None, "color": False}
+    return render.terminal_style(sys.stdout)
 
 
 def _fail(command, e):
@@ -52,8 +60,8 @@ def cmd_report(args):
     if top is None:
         top = 20 if args.format in ("text", "markdown") else 0
     built = _report.build(trace, args.section or "all")
-    _write(_report.render(trace, built, args.format, top=top,
-                          all_columns=args.all_columns))
+    _show(args, _report.render(trace, built, args.format, top=top,
+                               all_columns=args.all_columns, **_style(args)))
     return EXIT_OK
 
 
@@ -74,31 +82,45 @@ def cmd_validate(args):
         print(f"kvmscope {args.command}: error: {e}", file=sys.stderr)
         return EXIT_UNREADABLE
     shown = v if not args.limit else v.head(args.limit)
+    doc = render.Document()
     if len(shown):
         names = dict(zip(trace.threads["thread"], trace.threads["name"]))
         who = shown["thread"].map(names).fillna(shown["thread"].astype(str))
-        lines = (shown["table"] + ".arrows row " + shown["row"].astype(str)
-                 + " (" + who.astype(str) + " at " + shown["ts_ns"].astype(str)
-                 + " ns): " + shown["kind"] + ": " + shown["detail"])
-        _write("\n".join(lines) + "\n")
+        where = shown["table"] + ".arrows row " + shown["row"].astype(str)
+        lines = (where + " (" + who.astype(str) + " at "
+                 + shown["ts_ns"].astype(str) + " ns): " + shown["kind"]
+                 + ": " + shown["detail"])
+        doc.block("\n".join(lines))
         if len(v) > len(shown):
-            _write(f"... {len(v) - len(shown)} more (--limit 0 shows all)\n")
+            doc.line(f"... {len(v) - len(shown)} more (--limit 0 shows all)")
     # How the data is incomplete, in plain words: checks skip what it
     # explains.
-    if gaps:
-        _write("\n".join(gaps) + "\n")
+    for gap in gaps:
+        doc.line(gap, style="yellow")
     n = trace.num_records
     if v.empty and complete:
-        _write(f"{args.trace}: OK: {n} records, no violations\n")
+        doc.line(f"{args.trace}: OK: {n} records, no violations",
+                 style="green")
+        _show(args, doc.render(**_style(args)))
         return EXIT_OK
     if v.empty:
-        _write(f"{args.trace}: INCOMPLETE: {n} records, no violations in "
-               "the data they cover\n")
+        doc.line(f"{args.trace}: INCOMPLETE: {n} records, no violations in "
+                 "the data they cover", style="yellow")
+        _show(args, doc.render(**_style(args)))
         return EXIT_INCOMPLETE
     kinds = v["kind"].value_counts()
+    if len(v) > 1:
+        first = v.groupby("kind", sort=False)[["table", "row"]].first()
+        doc.line().line("Violations by kind", style="bold")
+        doc.table(["kind", "violations", "first"],
+                  [[k, str(c), f"{first.at[k, 'table']}.arrows row "
+                    f"{first.at[k, 'row']}"] for k, c in kinds.items()],
+                  right={1}, drop=(2,))
     detail = ", ".join(f"{c} {k}" for k, c in kinds.items())
-    _write(f"{args.trace}: {len(v)} violations in {n} records ({detail})"
-           + ("" if complete else "; the data is incomplete") + "\n")
+    doc.line(f"{args.trace}: {len(v)} violations in {n} records ({detail})"
+             + ("" if complete else "; the data is incomplete"),
+             style="bold red")
+    _show(args, doc.render(**_style(args)))
     return EXIT_VIOLATIONS
 
 
@@ -134,7 +156,7 @@ def cmd_validate_json(args):
            "by_kind": {k: int(c) for k, c in v["kind"].value_counts().items()},
            "rows": rows, "complete": bool(complete), "coverage": list(gaps),
            "warnings": list(trace.warnings), "exit_status": status}
-    _write(json.dumps(doc, indent=1) + "\n")
+    _show(args, json.dumps(doc, indent=1) + "\n")
     return status
 
 
@@ -170,7 +192,13 @@ def cmd_diff(args):
             alpha=args.alpha, min_count=args.min_count, lock=args.lock,
             callsite=args.callsite, resamples=args.resamples,
             blocks=args.blocks, seed=args.seed)
-        _write_out(result.render(_diff_format(args)), args.output)
+        fmt = _diff_format(args)
+        if args.output and args.output != "-":
+            _write_out(result.render(fmt), args.output)
+        else:
+            _show(args, result.render(fmt, **(
+                render.terminal_style(sys.stdout) if fmt == "text"
+                else {})))
     except (TraceError, DiffError, OSError) as e:
         return _fail("diff", e)
     if result.table.empty:

@@ -15,6 +15,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from .render import Document, markdown_table
 from .report import human_ns
 
 FORMATS = ("text", "markdown", "html", "json")
@@ -97,6 +98,12 @@ def _summary_cells(df, stat):
 
 
 _RIGHT = {3, 4, 5, 6, 7, 9, 10, 11}
+# Left out first to fit a terminal: runs, HL shift, Cliff d, counts, the
+# statistic on both sides (the verdict line repeats it), p.
+_DROP = ((12, 13), 11, 10, (3, 4), (5, 6), 9)
+#: Colour of each status on a terminal.
+STATUS_STYLES = {"regressed": "bold red", "improved": "green",
+                 "insufficient": "dim", "new": "dim", "gone": "dim"}
 
 
 def _detail_cells(df):
@@ -110,28 +117,6 @@ def _detail_cells(df):
                         [_ns(r[f"{side}_{c}_ns"]) for c in
                          ("p50", "p90", "p99", "max", "mean", "total")])
     return heads, rows
-
-
-def _text_table(heads, rows, right):
-    widths = [max([len(h)] + [len(r[i]) for r in rows])
-              for i, h in enumerate(heads)]
-
-    def line(cells):
-        return "  " + "  ".join(
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-    return "\n".join([line(heads), line(["-" * w for w in widths])]
-                     + [line(r) for r in rows]) + "\n"
-
-
-def _md_table(heads, rows, right):
-    def esc(c):
-        return c.replace("|", "\\|")
-    out = ["| " + " | ".join(heads) + " |",
-           "|" + "|".join("---:" if i in right else "---"
-                          for i in range(len(heads))) + "|"]
-    out += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
-    return "\n".join(out) + "\n"
 
 
 def _html_table(heads, rows, right, status_col=None):
@@ -353,8 +338,10 @@ class DiffResult:
 
     # -- renderers ----------------------------------------------------------
 
-    def render(self, fmt="text"):
-        """Render as ``"text"``, ``"markdown"``, ``"html"`` or ``"json"``.
+    def render(self, fmt="text", width=None, color=False):
+        """Render as ``"text"``, ``"markdown"``, ``"html"`` or ``"json"``;
+        *width* and *color* are for text on a terminal (see
+        :meth:`to_text`).
 
         Examples
         --------
@@ -363,11 +350,21 @@ class DiffResult:
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}; one of "
                              f"{', '.join(FORMATS)}")
-        return {"text": self.to_text, "markdown": self.to_markdown,
-                "html": self.to_html, "json": self.to_json}[fmt]()
+        if fmt == "text":
+            return self.to_text(width=width, color=color)
+        return {"markdown": self.to_markdown, "html": self.to_html,
+                "json": self.to_json}[fmt]()
 
-    def to_text(self):
-        """Aligned terminal table, verdict, reasons and notes.
+    def to_text(self, width=None, color=False):
+        """Aligned table, verdict, reasons and notes.
+
+        Parameters
+        ----------
+        width : int, optional
+            Fit the table to a terminal this wide (columns are left out, a
+            line says which).  Default: plain text, the whole table.
+        color : bool
+            ANSI colours: statuses, notes, the verdict.
 
         Examples
         --------
@@ -376,19 +373,28 @@ class DiffResult:
         o = self.options
         heads, rows = _summary_cells(self.table, o["stat"])
         heads[8] = f"{1 - o['alpha']:.0%} CI"
-        out = [f"kvmscope diff: {o['metric']} time, {o['stat']}, per lock "
-               f"and call site", self._sides(), f"rule: {self._rule()}", ""]
-        out.append(_text_table(heads, rows, _RIGHT) if rows
-                   else "  (no lock records)\n")
+        doc = Document()
+        doc.line(f"kvmscope diff: {o['metric']} time, {o['stat']}, per lock "
+                 f"and call site", style="bold")
+        doc.line(self._sides()).line(f"rule: {self._rule()}").line()
+        if rows:
+            doc.table(heads, rows, _RIGHT, drop=_DROP,
+                      styles=[{2: STATUS_STYLES.get(r[2])} for r in rows])
+        else:
+            doc.line("  (no lock records)")
+        doc.line()
         flagged = self.table[~self.table["status"].isin(["unchanged"])]
         for r in flagged.to_dict("records"):
-            out.append(f"  {r['lock']} {_site(r)}: {r['status']}: "
-                       f"{r['reason']}")
+            doc.line(f"  {r['lock']} {_site(r)}: {r['status']}: "
+                     f"{r['reason']}",
+                     style=STATUS_STYLES.get(r["status"], "").replace("bold ",
+                                                                      ""))
         for n in self.notes:
-            out.append(f"note: {n}")
-        out.append("")
-        out.append(self.verdict())
-        return "\n".join(out) + "\n"
+            doc.line(f"note: {n}", style="yellow")
+        doc.line()
+        doc.line(self.verdict(),
+                 style="bold red" if self.regressed else "bold green")
+        return doc.render(width=width, color=color)
 
     def to_markdown(self):
         """Markdown for a pull-request comment: verdict, summary table,
@@ -406,12 +412,13 @@ class DiffResult:
         out = [f"## kvmscope diff: {o['metric']} time {o['stat']}", "",
                f"{mark}: {verdict.split(': ', 1)[-1]}", "",
                f"{self._sides()}.  ", f"Rule: {self._rule()}.", ""]
-        out.append(_md_table(heads, rows, _RIGHT) if rows
+        out.append(markdown_table(heads, rows, _RIGHT) if rows
                    else "_no lock records_\n")
         dh, dr = _detail_cells(self.table)
         if dr:
             out += ["<details><summary>Distributions per side</summary>", "",
-                    _md_table(dh, dr, set(range(3, 11))), "</details>", ""]
+                    markdown_table(dh, dr, set(range(3, 11))), "</details>",
+                    ""]
         for n in self.notes:
             out.append(f"- {n}")
         return "\n".join(out).rstrip("\n") + "\n"

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError
+from .render import Document, markdown_table
 
 #: Section name -> (title, function of a Trace returning its DataFrame).
 SECTIONS = {
@@ -193,36 +194,27 @@ def _cells(df):
 # --------------------------------------------------------------------------
 # renderers
 
-def _text_table(df):
-    if df.empty:
-        return "  (no records)\n"
-    cols = _cells(df)
+# To fit a terminal, number columns are left out in this order of their
+# suffix (spread and percentiles before means and totals), then the other
+# numbers from the right; names and the first number stay.
+_DROP_FIRST = ("stddev_ns", "min_ns", "p50_ns", "p99_ns", "max_ns", "mean_ns")
+
+
+def _table(df):
+    """Headers, formatted rows, right-aligned columns and the columns that
+    may be left out to fit a terminal of a shown section."""
     heads = [_header(c) for c in df.columns]
-    widths = [max(len(h), *(len(x) for x in col)) for h, col in zip(heads, cols)]
-    right = [_is_numeric(df, c) for c in df.columns]
-
-    def line(values):
-        return "  " + "  ".join(v.rjust(w) if r else v.ljust(w)
-                                for v, w, r in zip(values, widths, right)).rstrip()
-    rows = [line(heads), line(["-" * w for w in widths])]
-    rows += [line(r) for r in zip(*cols)]
-    return "\n".join(rows) + "\n"
-
-
-def _md_table(df):
-    if df.empty:
-        return "_no records_\n"
-    cols = _cells(df)
-    heads = [_header(c) for c in df.columns]
-    align = ["---:" if _is_numeric(df, c) else "---" for c in df.columns]
-    rows = ["| " + " | ".join(heads) + " |", "|" + "|".join(align) + "|"]
-    rows += ["| " + " | ".join(r) + " |" for r in zip(*cols)]
-    return "\n".join(rows) + "\n"
+    rows = [list(r) for r in zip(*_cells(df))]
+    numeric = [i for i, c in enumerate(df.columns) if _is_numeric(df, c)]
+    cols = list(df.columns)
+    drop = [i for suffix in _DROP_FIRST for i in reversed(numeric[1:])
+            if cols[i].endswith(suffix)]
+    drop += [i for i in reversed(numeric[1:]) if i not in drop]
+    return heads, rows, set(numeric), drop
 
 
 def _more(df, top):
-    return f"  ... {len(df) - top} more rows (--top)\n" \
-        if top and len(df) > top else ""
+    return f"  ... {len(df) - top} more rows (--top)"
 
 
 def _head_lines(info):
@@ -235,7 +227,8 @@ def _head_lines(info):
         [f"incomplete: {c}" for c in info["coverage"]]
 
 
-def render(trace, built=None, fmt="text", top=None, all_columns=False):
+def render(trace, built=None, fmt="text", top=None, all_columns=False,
+           width=None, color=False):
     """Render sections from :func:`build`.
 
     Parameters
@@ -254,6 +247,13 @@ def render(trace, built=None, fmt="text", top=None, all_columns=False):
         At most this many rows per section (``None`` or 0: all).
     all_columns : bool
         Text and Markdown show a selection of columns unless this is set.
+    width : int, optional
+        ``text`` for a terminal this wide: tables leave out their rightmost
+        number columns while they do not fit (a line says which).  Default:
+        plain text, every table at its natural width.
+    color : bool
+        ``text`` with ANSI colours (bold titles and headers, warnings in
+        yellow), for a terminal.
 
     Returns
     -------
@@ -283,20 +283,31 @@ def render(trace, built=None, fmt="text", top=None, all_columns=False):
             if len(built) > 1:
                 buf.write("\n")
         return buf.getvalue()
-    parts = []
     if fmt == "text":
-        parts.append("\n".join(_head_lines(info)) + "\n")
+        doc = Document()
+        for line in _head_lines(info):
+            doc.line(line, style="yellow" if line.startswith(
+                ("warning:", "incomplete:")) else None)
         for name, df in built.items():
-            parts.append(f"\n{SECTIONS[name][0]}\n")
-            parts.append(_text_table(_shown(name, df, top, all_columns)))
-            parts.append(_more(df, top))
-    else:
-        lines = _head_lines(info)
-        parts.append(f"# kvmscope report\n\n{lines[0]}  \n"
-                     + "  \n".join(lines[1:]) + "\n")
-        for name, df in built.items():
-            parts.append(f"\n## {SECTIONS[name][0]}\n\n")
-            parts.append(_md_table(_shown(name, df, top, all_columns)))
+            doc.line().line(SECTIONS[name][0], style="bold")
+            shown = _shown(name, df, top, all_columns)
+            if shown.empty:
+                doc.line("  (no records)")
+            else:
+                heads, rows, right, drop = _table(shown)
+                doc.table(heads, rows, right, drop=drop)
             if top and len(df) > top:
-                parts.append(f"\n_{len(df) - top} more rows not shown_\n")
+                doc.line(_more(df, top))
+        return doc.render(width=width, color=color)
+    lines = _head_lines(info)
+    parts = [f"# kvmscope report\n\n{lines[0]}  \n" + "  \n".join(lines[1:])
+             + "\n"]
+    for name, df in built.items():
+        parts.append(f"\n## {SECTIONS[name][0]}\n\n")
+        shown = _shown(name, df, top, all_columns)
+        heads, rows, right, _ = _table(shown)
+        parts.append(markdown_table(heads, rows, right) if rows
+                     else "_no records_\n")
+        if top and len(df) > top:
+            parts.append(f"\n_{len(df) - top} more rows not shown_\n")
     return "".join(parts)

@@ -307,7 +307,7 @@ def cmd_demo(args):
             print(json.dumps(summary_dict(result), indent=1) if args.format == "json"
                   else format_summary(result))
         return status
-    from .analysis import Trace, report
+    from .analysis import Trace, render, report
     trace = Trace.load(args.output)
     if args.format == "json":
         print(json.dumps({"run": summary_dict(result),
@@ -318,7 +318,7 @@ def cmd_demo(args):
         print()
     print(f"Loaded {args.output} with kvmscope.analysis.Trace: "
           f"{len(trace.exits)} exits, {len(trace.locks)} lock acquisitions")
-    print(report.render(trace, fmt="text", top=5))
+    print(report.render(trace, fmt="text", top=5, **render.terminal_style(sys.stdout)))
     return EXIT_OK
 
 
@@ -584,6 +584,10 @@ def build_parser(prog="kvmscope", commands=("recording", "analysis"), funcs=None
                                        "incomplete data, 130 interrupted.")
     parser.error_prefix = "kvmscope"
     parser.add_argument("--version", action="version", version=f"kvmscope {__version__}")
+    parser.add_argument("--no-pager", action="store_true",
+                        help="as git: report, validate and diff on a terminal are paged with "
+                             "$KVMSCOPE_PAGER, else $PAGER, else less -FRX; this prints instead "
+                             "(a pipe or a file is never paged)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     if "recording" in commands:

@@ -214,3 +214,26 @@ def test_analysis_commands_are_registered_explicitly():
                      "diff", "plot", "export"}
     assert set(cli.COMMANDS) == {"cmd_report", "validate_command", "cmd_diff",
                                  "cmd_plot", "cmd_export"}
+
+
+def test_validate_counts_violations_by_kind_in_a_table(capsys, tmp_path):
+    bad = pd.DataFrame({
+        "thread": [1, 2, 1, 2], "callsite": ["vcpu:io", "main:dispatch"] * 2,
+        "request_ns": [0, 50, 130, 150], "acquired_ns": [0, 90, 160, 170],
+        "released_ns": [100, 150, 2_000_000, 2_000_100]})          # 2 overlaps
+    p = write_trace(tmp_path / "b2", threads=THREADS, locks=bad)
+    status, out, _ = run(capsys, "validate", p)
+    assert status == 1
+    lines = out.splitlines()
+    head = lines.index("Violations by kind") + 1
+    assert lines[head].split() == ["kind", "violations", "first"]
+    assert lines[head + 2].split() == ["lock_overlap", "2", "locks.arrows", "row", "1"]
+    assert lines[-1].endswith("2 violations in 4 records (2 lock_overlap)")
+
+
+def test_text_output_to_a_pipe_is_plain_and_complete(capsys, gen):
+    # Not a terminal: no colour, no pager, every column at its natural width.
+    _, out, _ = run(capsys, "report", gen, "--section", "locks")
+    assert "\x1b" not in out and "left out" not in out
+    head = next(l for l in out.splitlines() if l.strip().startswith("lock "))
+    assert head.split()[-1] == "hold_max"

@@ -54,10 +54,12 @@ STATE_LABELS = {
     "bh": "bottom half", "wait_lock": "waiting for lock",
 }
 
-# Thread colours (lock owners, hand-offs): no red or orange, which mean
-# waiting and holding in the state colours.
-_THREAD_PALETTE = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2",
-                   "#17becf", "#bcbd22", "#7f7f7f", "#393b79", "#637939")
+#: Colours of threads (their names on the timeline, the lock owner row):
+#: navy, brown, slate, olive.  Dark, unlike the state colours of nearby
+#: hues, and none black, the colour of hand-off arrows, so that no colour
+#: means both a state and an owner (tests/analysis/test_plot.py measures
+#: how far apart they look).
+THREAD_PALETTE = ("#08306b", "#8c510a", "#5a6b7b", "#6b6b00")
 
 #: Kinds of ``kvmscope plot --kind``.
 KINDS = ("timeline", "wait", "hold", "contention", "exits", "aio", "bh",
@@ -97,7 +99,9 @@ def _time_unit(span_ns):
 
 
 def thread_colors(trace):
-    """Colour of each thread id, in the order of the ``threads`` table.
+    """Colour of each thread id from :data:`THREAD_PALETTE`: the main loop
+    first, then vCPUs, AIO workers and the rest, each in the order of the
+    ``threads`` table; the palette repeats after four threads.
 
     Returns
     -------
@@ -106,11 +110,13 @@ def thread_colors(trace):
     Examples
     --------
     >>> thread_colors(t)[0]                    # doctest: +SKIP
-    '#1f77b4'
+    '#08306b'
     """
-    ids = trace.threads["thread"].to_numpy()
-    return {int(t): _THREAD_PALETTE[i % len(_THREAD_PALETTE)]
-            for i, t in enumerate(ids)}
+    th = trace.threads
+    ranked = sorted((_ROLE_ORDER.get(r, 3), i, int(t)) for i, (t, r) in
+                    enumerate(zip(th["thread"], th["role"].astype(str))))
+    return {t: THREAD_PALETTE[k % len(THREAD_PALETTE)]
+            for k, (_, _, t) in enumerate(ranked)}
 
 
 def _trace_label(trace):
@@ -340,13 +346,16 @@ def _resolve_lock(trace, lock):
 # timeline
 
 def busiest_window(trace, width_ns=1_000_000, lock=None):
-    """The ``width_ns`` window with the most contended acquisitions.
+    """The ``width_ns`` window with the most time spent waiting for a lock.
 
-    Counting acquisitions that had to wait (at the time they got the lock)
-    finds bursts of contention; a single stall scores only as many waiters
-    as it released, so the window shows the hand-offs that end it rather
-    than the middle of one long hold.  A trace without contention is
-    scored by hand-offs, then lock acquisitions, then exits.
+    Contended waits are scored by the time they cover in the window, so a
+    few long waits outweigh many short ones: the window shows contention
+    that is visible at its scale.  Only the last half window of each wait
+    counts, so a stall longer than the window is shown where it ends, with
+    the hand-offs that end it, not over its flat middle.  Of equally good
+    windows the middle one is taken (a short burst is centred).  A trace
+    without contention is scored by hand-offs, then lock acquisitions,
+    then exits.
 
     Parameters
     ----------
@@ -370,9 +379,14 @@ def busiest_window(trace, width_ns=1_000_000, lock=None):
     width_ns = _at_least("width_ns", width_ns, 1)
     if hi - lo <= width_ns:
         return lo, max(hi, lo + 1)
+    # Score bins of a twentieth of the window, then slide over twenty.
+    step = max(width_ns // 20, (hi - lo) // 200_000, 1)
+    edges = np.arange(lo, hi + step, step, dtype=np.int64)
     waits = trace.lock_waits(lock)
     if len(waits):
-        ts = waits["end_ns"].to_numpy()
+        end = waits["end_ns"].to_numpy()
+        start = np.maximum(waits["start_ns"].to_numpy(), end - width_ns // 2)
+        score = _binned_overlap(start, end, edges)
     else:
         ho = trace.handoffs(lock)
         if len(ho):
@@ -381,14 +395,18 @@ def busiest_window(trace, width_ns=1_000_000, lock=None):
             ts = trace.locks["acquired_ns"].to_numpy()
         else:
             ts = trace.exits["exit_ns"].to_numpy()
-    # Count in bins of a tenth of the window, then slide over ten of them.
-    step = max(width_ns // 10, (hi - lo) // 200_000, 1)
-    edges = np.arange(lo, hi + step, step, dtype=np.int64)
-    score = np.histogram(ts, edges)[0].astype(np.float64)
-    k = min(10, len(score))
+        score = np.histogram(ts, edges)[0].astype(np.float64)
+    k = max(1, min(int(round(width_ns / step)), len(score)))
     run = np.convolve(score, np.ones(k), mode="valid")
-    start = int(edges[int(np.argmax(run))]) if run.max() > 0 else lo
-    start = min(start, hi - width_ns)
+    if run.max() <= 0:
+        return lo, lo + width_ns
+    # Of the windows that score the most, the middle one: a burst shorter
+    # than the window is centred in it rather than pushed to an edge.
+    top = np.flatnonzero(run >= run.max() * (1 - 1e-9))
+    gaps = np.flatnonzero(np.diff(top) != 1)
+    last = top[gaps[0]] if len(gaps) else top[-1]
+    start = int(edges[(int(top[0]) + int(last)) // 2])
+    start = max(lo, min(start, hi - width_ns))
     return start, start + width_ns
 
 
@@ -401,8 +419,9 @@ def plot_timeline(trace, window=None, lock="bql", threads=None,
     One row per thread shows its states (:func:`Trace.thread_states`: in
     guest, handling an exit, waiting for the lock, holding it, polling,
     bottom half, timer, AIO I/O, idle) in :data:`STATE_COLORS`.  A row per
-    lock above them shows its owner in the owner's thread colour (the
-    thread's name is written in that colour).  Arrows go from the release
+    lock above them shows its owner in the owner's thread colour
+    (:func:`thread_colors`; the name of each thread that holds the lock
+    in the window is written in that colour).  Arrows go from the release
     by one owner to the acquisition by the next (:func:`Trace.handoffs`).
 
     Parameters
@@ -473,7 +492,10 @@ def plot_timeline(trace, window=None, lock="bql", threads=None,
     row_of[np.asarray(ids, dtype=np.int64) + (1 << 15)] = \
         np.arange(len(ids)) + nlockrows
     bar.update(1, "selecting the window")
-    sub = trace.window(lo, hi)
+    # With each thread's rows just outside the window, so that the states
+    # that cross an edge (time in the guest between two exits, idle gaps)
+    # are replayed, then clipped to the window.
+    sub = trace.window(lo, hi, neighbours=True)
     t0 = trace.start_ns
     unit, scale = _time_unit(hi - lo)
 
@@ -530,7 +552,7 @@ def plot_timeline(trace, window=None, lock="bql", threads=None,
     tcolor = thread_colors(trace)
     if len(o_s):
         owners, o_code = np.unique(o_th, return_inverse=True)
-        palette = np.array([tcolor.get(int(t), "#000000") for t in owners],
+        palette = np.array([tcolor.get(int(t), "#7f7f7f") for t in owners],
                            dtype=object)
         _rects(ax, x(o_s), x(o_e), o_row, list(palette[o_code]))
 
@@ -563,8 +585,12 @@ def plot_timeline(trace, window=None, lock="bql", threads=None,
     labels = [f"{lk} owner" for lk in locks] + \
         [names.get(i, f"thread {i}") for i in ids]
     ax.set_yticks(np.arange(nrows), labels)
+    # The names of the threads that hold a drawn lock in the window, in
+    # their owner colour: the palette is short, the others stay black.
+    holders = set(np.unique(o_th).tolist())
     for i, tick in enumerate(ax.get_yticklabels()[nlockrows:]):
-        tick.set_color(tcolor.get(ids[i], "black"))
+        if ids[i] in holders:
+            tick.set_color(tcolor.get(ids[i], "black"))
     if nlockrows:
         ax.axhline(nlockrows - 0.5, color="#999999", lw=0.8)
     _time_axis(ax, unit)
@@ -579,7 +605,8 @@ def plot_timeline(trace, window=None, lock="bql", threads=None,
                for i, s_ in reversed(list(enumerate(STATES)))
                if i in present]
     owners = sorted(set(np.unique(o_th).tolist())) if len(o_th) else []
-    if len(owners) <= 8:
+    # Each owner in the legend while their colours differ.
+    if len({tcolor.get(t) for t in owners}) == len(owners):
         handles += [Patch(color=tcolor.get(t, "black"),
                           label=f"{'/'.join(locks)} held by "
                                 f"{names.get(t, t)}")

@@ -243,7 +243,7 @@ class Trace:
 
     # -- selection ----------------------------------------------------------
 
-    def window(self, start_ns=None, end_ns=None):
+    def window(self, start_ns=None, end_ns=None, neighbours=False):
         """Rows whose time span overlaps ``[start_ns, end_ns)``.
 
         Rows are kept whole, not clipped.  Spans are request..release for
@@ -255,6 +255,14 @@ class Trace:
         ----------
         start_ns, end_ns : int, optional
             Bounds; None means unbounded.
+        neighbours : bool
+            Also keep, per table and thread, the last row that ends
+            before the window and the first that starts at or after its
+            end: what a span between two rows needs (a vCPU's time in the
+            guest runs from one exit's entry to its next exit; a gap
+            between two rows is idle), so that replaying the result shows
+            every thread's state up to both edges.  Clip what it gives to
+            the window.
 
         Returns
         -------
@@ -263,6 +271,9 @@ class Trace:
         Examples
         --------
         >>> first_ms = t.window(t.start_ns, t.start_ns + 1_000_000)  # doctest: +SKIP
+        >>> lo, hi = t.start_ns + 10_000, t.start_ns + 20_000        # doctest: +SKIP
+        >>> st = t.window(lo, hi, neighbours=True).thread_states()    # doctest: +SKIP
+        >>> st["start_ns"].clip(lower=lo)                            # doctest: +SKIP
         """
         lo = np.iinfo(np.int64).min if start_ns is None else int(start_ns)
         hi = _INT64_MAX if end_ns is None else int(end_ns)
@@ -273,6 +284,9 @@ class Trace:
                 end = pc.fill_null(t.column(b), _INT64_MAX)
                 keep = pc.and_(pc.less(t.column(a), hi),
                                pc.greater_equal(end, lo))
+                if neighbours:
+                    keep = pc.or_(keep, pa.array(_edge_rows(
+                        t.column("thread"), t.column(a), end, lo, hi)))
                 tables[name] = t.filter(keep)
         return Trace(tables, self.meta, self.path, self.warnings,
                      complete=False, cut=self.cut, base=self._base or self)
@@ -416,3 +430,16 @@ class Trace:
         """Timer lateness; see :func:`plot.plot_timer_lateness`."""
         from . import plot
         return plot.plot_timer_lateness(self, *args, **kwargs)
+
+
+def _edge_rows(thread, start, end, lo, hi):
+    """Mask of the rows that end last before *lo* and start first at or
+    after *hi*, per thread (ties all kept)."""
+    th = thread.to_numpy().astype(np.int64) + (1 << 15)
+    ts, te = start.to_numpy(), end.to_numpy()
+    before, after = te < lo, ts >= hi
+    last = np.full(1 << 16, np.iinfo(np.int64).min)
+    np.maximum.at(last, th[before], te[before])
+    first = np.full(1 << 16, _INT64_MAX)
+    np.minimum.at(first, th[after], ts[after])
+    return (before & (te == last[th])) | (after & (ts == first[th]))

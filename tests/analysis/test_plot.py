@@ -137,6 +137,171 @@ def test_timeline_selected_threads_and_locks(synth):
         plot.plot_timeline(synth, lock="nope")
 
 
+def rects(ax, collection=0):
+    """(row, x0, x1, RGBA) of each rectangle of a timeline collection
+    (0: thread states, 1: lock owners)."""
+    coll = ax.collections[collection]
+    out = []
+    for path, colour in zip(coll.get_paths(), coll.get_facecolors()):
+        xs, ys = path.vertices[:4, 0], path.vertices[:4, 1]
+        out.append((int(round(ys.mean())), xs.min(), xs.max(), tuple(colour)))
+    return sorted(out)
+
+
+def covered(spans):
+    """Merged (x0, x1) of a row's rectangles."""
+    merged = []
+    for x0, x1 in sorted(spans):
+        if merged and x0 <= merged[-1][1] + 1e-9:
+            merged[-1][1] = max(merged[-1][1], x1)
+        else:
+            merged.append([x0, x1])
+    return [tuple(m) for m in merged]
+
+
+def test_timeline_rows_reach_both_edges_of_the_window(tiny):
+    # vcpu0 is in the guest from 1400 to 2000 ns, between two exits that
+    # both lie outside the window: one interval over the whole width.
+    # vcpu1 handles an exit until 1600, then is in the guest until 2050.
+    from matplotlib.colors import to_rgba
+    ax = plot.plot_timeline(tiny, window=(1500, 1900)).axes[0]
+    x0, x1 = ax.get_xlim()
+    drawn = rects(ax)
+    vcpu0 = [r for r in drawn if r[0] == 1]
+    assert len(vcpu0) == 1
+    assert vcpu0[0][1:3] == pytest.approx((x0, x1))
+    assert vcpu0[0][3] == pytest.approx(to_rgba(plot.STATE_COLORS["in_guest"]))
+    vcpu1 = [r for r in drawn if r[0] == 2]
+    assert covered([r[1:3] for r in vcpu1]) == [pytest.approx((x0, x1))]
+    assert [r[3] for r in vcpu1] == [pytest.approx(to_rgba(plot.STATE_COLORS[s]))
+                                     for s in ("exit", "in_guest")]
+    # The same at the other edge: vcpu1 holds the BQL 1210 .. 1500.
+    ax = plot.plot_timeline(tiny, window=(1300, 1450)).axes[0]
+    x0, x1 = ax.get_xlim()
+    for row in (1, 2):
+        spans = [r[1:3] for r in rects(ax) if r[0] == row]
+        assert covered(spans) == [pytest.approx((x0, x1))], row
+    assert [r[1:3] for r in rects(ax, 1)] == [pytest.approx((x0, x1))]
+
+
+def legend_colours(ax):
+    out = []
+    for h in ax.get_legend().legend_handles:
+        colour = h.get_color() if hasattr(h, "get_xdata") else h.get_facecolor()
+        from matplotlib.colors import to_rgba
+        out.append(tuple(np.round(to_rgba(colour), 3)))
+    return out
+
+
+def _lab(colour):
+    """CIE L*a*b* (D65) of a matplotlib colour."""
+    from matplotlib.colors import to_rgb
+    rgb = np.array(to_rgb(colour))
+    rgb = np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722],
+                    [0.0193, 0.1192, 0.9505]]) @ rgb / [0.95047, 1.0, 1.08883]
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return 116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])
+
+
+def colour_difference(c1, c2):
+    """CIEDE2000 difference of two colours: how different they look."""
+    (L1, a1, b1), (L2, a2, b2) = _lab(c1), _lab(c2)
+    cm = (np.hypot(a1, b1) + np.hypot(a2, b2)) / 2
+    g = 0.5 * (1 - np.sqrt(cm ** 7 / (cm ** 7 + 25 ** 7)))
+    a1, a2 = (1 + g) * a1, (1 + g) * a2
+    c1, c2 = np.hypot(a1, b1), np.hypot(a2, b2)
+    h1, h2 = np.degrees(np.arctan2(b1, a1)) % 360, np.degrees(np.arctan2(b2, a2)) % 360
+    dh = 0.0 if c1 * c2 == 0 else (h2 - h1 + 180) % 360 - 180
+    dH = 2 * np.sqrt(c1 * c2) * np.sin(np.radians(dh / 2))
+    lm, cmp_ = (L1 + L2) / 2, (c1 + c2) / 2
+    hm = h1 + h2 if c1 * c2 == 0 else \
+        ((h1 + h2) / 2 if abs(h1 - h2) <= 180 else (h1 + h2 + 360) / 2 % 360)
+    t = (1 - 0.17 * np.cos(np.radians(hm - 30)) + 0.24 * np.cos(np.radians(2 * hm))
+         + 0.32 * np.cos(np.radians(3 * hm + 6)) - 0.20 * np.cos(np.radians(4 * hm - 63)))
+    sl = 1 + 0.015 * (lm - 50) ** 2 / np.sqrt(20 + (lm - 50) ** 2)
+    sc, sh = 1 + 0.045 * cmp_, 1 + 0.015 * cmp_ * t
+    rt = -np.sin(np.radians(60 * np.exp(-((hm - 275) / 25) ** 2))) * \
+        2 * np.sqrt(cmp_ ** 7 / (cmp_ ** 7 + 25 ** 7))
+    dc = c2 - c1
+    return float(np.sqrt(((L2 - L1) / sl) ** 2 + (dc / sc) ** 2 + (dH / sh) ** 2
+                         + rt * (dc / sc) * (dH / sh)))
+
+
+def test_owner_colours_do_not_look_like_state_colours():
+    # Light green (in guest) and the green that once meant "bql held by
+    # vcpu1" differ by 19.5 and read as one colour; every owner colour is
+    # further than that from every state colour, from black (hand-off
+    # arrows) and from the other owner colours.
+    assert colour_difference("#a6d96a", "#2ca02c") == pytest.approx(19.47, abs=0.01)
+    others = list(plot.STATE_COLORS.values()) + ["black"]
+    for i, c in enumerate(plot.THREAD_PALETTE):
+        near = min(others + list(plot.THREAD_PALETTE[:i]),
+                   key=lambda o: colour_difference(c, o))
+        assert colour_difference(c, near) > 20, (c, near)
+
+
+@pytest.mark.parametrize("where", ["tiny", "synth"])
+def test_no_two_meanings_share_a_colour(where, tiny, synth):
+    t = {"tiny": tiny, "synth": synth}[where]
+    window = (1000, 2600) if where == "tiny" else (t.start_ns, t.end_ns)
+    ax = plot.plot_timeline(t, window=window, max_intervals=10 ** 6).axes[0]
+    legend = legend_texts(ax)
+    colours = legend_colours(ax)
+    assert len(set(colours)) == len(colours), list(zip(legend, colours))
+    # Thread states and lock owners are both in it.
+    assert any(x.startswith("bql held by") for x in legend)
+    assert "in guest (KVM_RUN)" in legend
+    # Owner colours and state colours are separate palettes, and no owner
+    # is drawn black like the hand-off arrows.
+    assert not set(plot.THREAD_PALETTE) & set(plot.STATE_COLORS.values())
+    assert len(set(plot.THREAD_PALETTE)) == len(plot.THREAD_PALETTE)
+    from matplotlib.colors import to_rgba
+    assert to_rgba("black") not in {to_rgba(c) for c in plot.THREAD_PALETTE}
+
+
+def test_busiest_window_weighs_waits_by_time_not_count(tmp_path):
+    # At 5 ms, 200 contended acquisitions that wait 100 ns each; at 15 ms
+    # one that waits 300 us.  Counting acquisitions would pick 5 ms.
+    acq = np.r_[5_000_000 + np.arange(200) * 5_000, 15_300_000,
+                25_000_000].astype(np.int64)
+    req = acq - 100
+    req[200] = 15_000_000
+    locks = pd.DataFrame({"thread": np.arange(len(acq)) % 2 + 1, "request_ns": req,
+                          "acquired_ns": acq, "released_ns": acq + 50})
+    t = Trace.load(write_trace(tmp_path / "w", threads=THREADS, locks=locks))
+    lo, hi = plot.busiest_window(t)
+    assert lo <= 15_000_000 and 15_300_000 < hi
+    # ... centred on it, within the resolution of a twentieth of a window.
+    assert (lo + hi) / 2 == pytest.approx(15_150_000, abs=50_000)
+
+
+def test_a_stall_longer_than_the_window_is_shown_where_it_ends(tmp_path):
+    # One waiter stuck for 5 ms; the hand-offs that end it at 13 ms.
+    acq = np.array([1_000_000, 13_000_000, 13_000_300, 20_000_000], np.int64)
+    req = np.array([1_000_000, 8_000_000, 12_999_000, 20_000_000], np.int64)
+    locks = pd.DataFrame({"thread": [1, 2, 1, 2], "request_ns": req,
+                          "acquired_ns": acq, "released_ns": acq + 200})
+    t = Trace.load(write_trace(tmp_path / "s", threads=THREADS, locks=locks))
+    lo, hi = plot.busiest_window(t)
+    assert lo < 13_000_000 < 13_000_500 < hi
+
+
+def test_default_pio_storm_timeline_shows_contention():
+    # The shipped pio-storm trace: thousands of waits of a few hundred ns
+    # and a few of 30 - 48 us.  The default window shows waits that are
+    # visible at 1 ms, at least a 25th of it in red.
+    from matplotlib.colors import to_rgba
+    t = Trace.load(os.path.join(os.path.dirname(__file__), "..", "..",
+                                "traces", "pio-storm-2vcpu"))
+    ax = plot.plot_timeline(t).axes[0]
+    assert "busiest 1 ms of contention" in ax.get_title()
+    red = pytest.approx(to_rgba(plot.STATE_COLORS["wait_lock"]))
+    waiting = sum(x1 - x0 for _, x0, x1, c in rects(ax) if c == red)
+    x0, x1 = ax.get_xlim()
+    assert waiting >= (x1 - x0) / 25
+
+
 def test_timeline_draws_into_a_given_axes(tiny):
     fig = Figure()
     ax = fig.add_subplot()

@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..errors import KvmscopeError
+from .. import units
+from ..errors import ConfigError, KvmscopeError
 from .trace import Trace
 
 METRICS = ("hold", "wait")
@@ -94,30 +95,23 @@ def parse_threshold(text):
     return value
 
 
-_UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
-
-
 def parse_ns(text):
-    """Parse a duration: ``"100"``, ``"100ns"``, ``"1.5us"``, ``"2ms"``.
+    """Parse a duration >= 0 in ns with :func:`kvmscope.units.parse_duration`:
+    ``"100"``, ``"100ns"``, ``"1.5us"``, ``"2ms"``.
 
     Examples
     --------
     >>> parse_ns("1.5us"), parse_ns(250), parse_ns("0")
     (1500, 250, 0)
     """
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        value = float(text)
-    else:
-        s = str(text).strip().lower()
-        unit = next((u for u in ("ns", "us", "ms", "s") if s.endswith(u)), "")
-        try:
-            value = float(s[:len(s) - len(unit)]) * _UNITS.get(unit, 1)
-        except ValueError:
-            raise DiffError(f"bad duration {text!r}: use e.g. 100ns, "
-                            "1.5us") from None
-    if not math.isfinite(value) or value < 0:
-        raise DiffError(f"bad duration {text!r}: must be >= 0")
-    return int(round(value))
+    try:
+        value = units.parse_duration(text, name="min_delta_ns")
+    except ConfigError as e:
+        raise DiffError(str(e)) from None
+    if value < 0:
+        raise DiffError(f"bad duration {text!r} for min_delta_ns: must be "
+                        ">= 0")
+    return value
 
 
 def _check_options(o):

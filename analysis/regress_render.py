@@ -15,8 +15,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from .. import units
 from .render import Document, markdown_table
-from .report import human_ns
 
 FORMATS = ("text", "markdown", "html", "json")
 
@@ -51,7 +51,7 @@ def fmt_rel(v):
 def _ns(v, signed=False):
     if _missing(v):
         return "-"
-    s = human_ns(abs(v) if signed else v)
+    s = units.format_duration(abs(v) if signed else v, sep="")
     return ("-" if v < 0 else "+") + s if signed else s
 
 
@@ -304,7 +304,7 @@ class DiffResult:
                 f"{o['alpha']:g}, and the {1 - o['alpha']:.0%} interval of "
                 f"the change of {o['stat']} above "
                 f"+{o['threshold']:.0%}, and at least "
-                f"{human_ns(o['min_delta_ns'])} slower")
+                f"{units.format_duration(o['min_delta_ns'], sep='')} slower")
 
     def _sides(self):
         def side(runs):

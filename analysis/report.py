@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from .. import units
 from ..errors import ConfigError
 from .render import Document, markdown_table
 
@@ -134,32 +135,11 @@ def summary(trace):
 # --------------------------------------------------------------------------
 # cell formatting (applied to the shown rows only)
 
-def human_ns(v):
-    """Format a duration in ns with a unit: ``850ns``, ``12.3us``, ``4.56ms``.
-
-    Examples
-    --------
-    >>> human_ns(850), human_ns(12345), human_ns(4_560_000), human_ns(None)
-    ('850ns', '12.3us', '4.56ms', '-')
-    """
-    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    v = float(v)
-    a = abs(v)
-    if a < 1e3:
-        return f"{v:.0f}ns"
-    for scale, unit in ((1e3, "us"), (1e6, "ms"), (1e9, "s")):
-        x = v / scale
-        if abs(x) < 1000 or unit == "s":
-            digits = 2 if abs(x) < 10 else 1 if abs(x) < 100 else 0
-            return f"{x:.{digits}f}{unit}"
-
-
 def _cell(col, v):
     if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
         return "-"
     if col.endswith("_ns"):
-        return human_ns(v)
+        return units.format_duration(v, sep="")
     if col.endswith("_pct"):
         return f"{v:.1f}%"
     if col == "addr":
@@ -214,14 +194,14 @@ def _table(df):
 
 
 def _more(df, top):
-    return f"  ... {len(df) - top} more rows (--top)"
+    return f"  ... {len(df) - top} more rows (--limit 0 shows all)"
 
 
 def _head_lines(info):
     rec = ", ".join(f"{v} {k}" for k, v in info["records"].items() if v)
     return [f"trace {info['path'] or '(in memory)'}: state "
             f"{info['state']}, guest {info['guest']}, "
-            f"{human_ns(info['duration_ns'])}",
+            f"{units.format_duration(info['duration_ns'], sep='')}",
             f"records: {rec or 'none'}"] + \
         [f"warning: {w}" for w in info["warnings"]] + \
         [f"incomplete: {c}" for c in info["coverage"]]

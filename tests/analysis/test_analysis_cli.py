@@ -191,7 +191,7 @@ def test_validate_json_on_incomplete_data(capsys, tmp_path):
 def test_report_limit_and_its_top_alias_agree(capsys, gen):
     outs = [run(capsys, "report", gen, "--section", "blockers", opt, "2")[1]
             for opt in ("--limit", "--top")]
-    assert outs[0] == outs[1] and "7 more rows" in outs[0]
+    assert outs[0] == outs[1] and "7 more rows (--limit 0 shows all)" in outs[0]
 
 
 def test_the_cli_choices_are_the_library_ones():

@@ -103,6 +103,9 @@ def test_holm_run_interval_and_parsers():
     assert parse_threshold("10%") == pytest.approx(0.1)
     assert parse_threshold("2.5") == pytest.approx(0.025)
     assert parse_ns("1.5us") == 1500 and parse_ns("2ms") == 2_000_000
+    for bad in ("fast", "-5ns", "nan"):
+        with pytest.raises(DiffError, match="bad duration"):
+            parse_ns(bad)
     for bad in ("ten", "-5%", "nan"):
         with pytest.raises(DiffError):
             parse_threshold(bad)

@@ -19,11 +19,11 @@ Examples
 """
 
 import os
-import re
 
 import numpy as np
 import pyarrow.compute as pc
 
+from .. import units
 from ..errors import ConfigError
 from .progress import Progress
 from .replay import STATES
@@ -65,6 +65,7 @@ THREAD_PALETTE = ("#08306b", "#8c510a", "#5a6b7b", "#6b6b00")
 KINDS = ("timeline", "wait", "hold", "contention", "exits", "aio", "bh",
          "timers")
 
+# Units of axes and tick labels (durations in text: kvmscope.units).
 _UNITS = (("s", 1e9), ("ms", 1e6), ("µs", 1e3), ("ns", 1.0))
 _ROLE_ORDER = {"main": 0, "vcpu": 1, "aio": 2}
 
@@ -72,22 +73,10 @@ _ROLE_ORDER = {"main": 0, "vcpu": 1, "aio": 2}
 # --------------------------------------------------------------------------
 # small helpers
 
-def fmt_ns(ns):
-    """A duration in ns as text with a unit, three significant digits.
-
-    Examples
-    --------
-    >>> fmt_ns(850), fmt_ns(12_345), fmt_ns(4_560_000)
-    ('850 ns', '12.3 µs', '4.56 ms')
-    """
-    ns = float(ns)
-    for unit, scale in _UNITS:
-        if abs(ns) >= scale or unit == "ns":
-            v = ns / scale
-            digits = 0 if abs(v) >= 100 or unit == "ns" else \
-                (1 if abs(v) >= 10 else 2)
-            return f"{v:.{digits}f} {unit}"
-    return f"{ns:.0f} ns"   # pragma: no cover (loop always returns)
+def _duration(ns):
+    """A duration as text with three significant digits, in µs rather than
+    us: ``850 ns``, ``12.3 µs``, ``4.56 ms``."""
+    return units.format_duration(ns, micro="µs")
 
 
 def _time_unit(span_ns):
@@ -524,7 +513,7 @@ def plot_timeline(trace, window=None, lock="bql", threads=None,
     size = figsize or (12, 1.6 + 0.42 * max(nrows, 2))
     fig, ax = _figure(ax, size)
     what = ("busiest 1 ms of contention" if auto and hi - lo == 1_000_000
-            else f"{fmt_ns(hi - lo)} window")
+            else f"{_duration(hi - lo)} window")
     title = f"Thread timeline: {_trace_label(trace)}, {what}"
     if not len(s) and not len(o_s):
         bar.close()
@@ -543,7 +532,7 @@ def plot_timeline(trace, window=None, lock="bql", threads=None,
                                                 len(owners), edges)
             o_th = owners[o_code]
         notes.append(f"aggregated: state covering most of each "
-                     f"{fmt_ns((hi - lo) / nbins)}")
+                     f"{_duration((hi - lo) / nbins)}")
     else:
         bar.update(1, "drawing")
 
@@ -642,7 +631,7 @@ def _cdf(ax, groups, kind="cdf"):
         v = np.maximum(v, 1.0)
         p50 = v[max(int(np.ceil(0.5 * n)) - 1, 0)]
         p99 = v[max(int(np.ceil(0.99 * n)) - 1, 0)]
-        text = f"{label} (n={n:,}, p50 {fmt_ns(p50)}, p99 {fmt_ns(p99)})"
+        text = f"{label} (n={n:,}, p50 {_duration(p50)}, p99 {_duration(p99)})"
         if kind == "hist":
             ax.hist(v, bins=bins, histtype="step", lw=1.3, label=text)
             continue
@@ -984,7 +973,7 @@ def plot_contention(trace, by="thread", value="wait", lock=None, bins=200,
                             nrows - 0.5, -0.5))
     ax.set_yticks(np.arange(nrows), names)
     _time_axis(ax, unit)
-    ax.set_title(f"{title}\nbins of {fmt_ns(width)}", fontsize=10)
+    ax.set_title(f"{title}\nbins of {_duration(width)}", fontsize=10)
     fig.colorbar(img, ax=ax, label=cbar_label, pad=0.01)
     return fig
 
@@ -1059,7 +1048,7 @@ def plot_exit_rate(trace, by="reason", bins=200, window=None, max_lines=12,
     ax.yaxis.set_major_formatter(_rate_formatter())
     ax.grid(True, color="#dddddd", lw=0.5)
     ax.legend(fontsize=8, loc="upper right")
-    ax.set_title(f"{title}\nbins of {fmt_ns((hi - lo) / (len(edges) - 1))}",
+    ax.set_title(f"{title}\nbins of {_duration((hi - lo) / (len(edges) - 1))}",
                  fontsize=10)
     return fig
 
@@ -1076,7 +1065,7 @@ def _rate_formatter():
 
 
 # --------------------------------------------------------------------------
-# output and time windows
+# output
 
 #: File extensions :func:`save` writes, and the matplotlib format of each.
 FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
@@ -1106,55 +1095,3 @@ def _check_format(path):
         raise ConfigError(f"{path}: unsupported output format "
                          f"{ext or '(none)'!r}; use .png, .svg or .pdf")
     return FORMATS[ext]
-
-
-_TIME = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*(ns|us|µs|ms|s)?\s*$")
-_SCALE = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000,
-          "s": 1_000_000_000}
-
-
-def parse_window(text, trace):
-    """Parse ``--window``: ``START:END``.
-
-    A bare integer is an absolute timestamp in ns on the trace's clock (as
-    in the tables); a number with a unit (``ns``, ``us``, ``ms``, ``s``) is
-    an offset from the trace start.  Either side may be empty (trace start,
-    trace end).
-
-    Returns
-    -------
-    (int, int)
-        ``(start_ns, end_ns)``, absolute.
-
-    Raises
-    ------
-    ValueError
-        Malformed text, or an empty window.
-
-    Examples
-    --------
-    >>> parse_window("10ms:12.5ms", t)          # doctest: +SKIP
-    (1845850388874, 1845852888874)
-    """
-    parts = text.split(":")
-    if len(parts) != 2:
-        raise ConfigError(f"bad window {text!r}: use START:END, absolute ns "
-                         "(1845840947555:1845841947555) or relative to the "
-                         "trace start with a unit (10ms:12ms)")
-    out = []
-    for part, default in zip(parts, (trace.start_ns, trace.end_ns)):
-        if not part.strip():
-            out.append(default)
-            continue
-        m = _TIME.match(part)
-        if not m or (m.group(2) is None and "." in m.group(1)):
-            raise ConfigError(f"bad window bound {part!r}: an integer ns "
-                             "timestamp, or a number with ns/us/ms/s")
-        if m.group(2) is None:
-            out.append(int(m.group(1)))
-        else:
-            out.append(trace.start_ns
-                       + int(round(float(m.group(1)) * _SCALE[m.group(2)])))
-    if out[1] <= out[0]:
-        raise ConfigError(f"empty window {text!r}: end <= start")
-    return out[0], out[1]

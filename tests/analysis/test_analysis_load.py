@@ -12,15 +12,10 @@ import pytest
 from kvmscope.analysis import SCHEMAS, TABLES, Trace, TraceError
 from kvmscope.analysis.synth import make_trace, to_arrow, write_trace
 
-LOCKS = pd.DataFrame({
-    "thread": [1, 2, 1],
-    "callsite": ["vcpu:io", "main:dispatch", "vcpu:io"],
-    "request_ns": [0, 50, 130],
-    "acquired_ns": [0, 120, 160],
-    "released_ns": [100, 150, 200],
-})
-THREADS = pd.DataFrame({"thread": [1, 2], "tid": [101, 102],
-                        "name": ["vcpu0", "main"], "role": ["vcpu", "main"]})
+from timelines import VCPU_MAIN_LOCKS, VCPU_MAIN_THREADS as THREADS
+
+# The first three acquisitions of the timeline in timelines.py.
+LOCKS = VCPU_MAIN_LOCKS.head(3)
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +200,25 @@ def test_window_keeps_overlapping_rows(tmp_path):
     assert t.window(None, 50).locks["request_ns"].tolist() == [0]
     assert len(t.window(500, 600).locks) == 0
     assert not t.window(0, 1).complete
+
+
+def test_window_with_neighbours_keeps_the_rows_next_to_it(tmp_path):
+    t = Trace.load(write_trace(tmp_path / "t", threads=THREADS, locks=VCPU_MAIN_LOCKS))
+    # Spans [0,100] [50,150] [130,200] [300,310] [320,330]; nothing in
+    # [210, 290): per thread, the last row before and the first after.
+    assert len(t.window(210, 290).locks) == 0
+    w = t.window(210, 290, neighbours=True)
+    assert w.locks["request_ns"].tolist() == [50, 130, 300, 320]
+    assert not w.complete
+    # So the replay knows main was idle across the window (150 .. 320).
+    st = w.thread_states(["main"])
+    idle = st[st["state"] == "idle"]
+    assert idle[["start_ns", "end_ns"]].values.tolist() == [[150, 320]]
+    # Rows that overlap [100, 130) are kept as without neighbours, plus
+    # each thread's next row: vcpu0's at 130, main's at 320.
+    assert t.window(100, 130).locks["request_ns"].tolist() == [0, 50]
+    assert t.window(100, 130, neighbours=True).locks["request_ns"].tolist() == \
+        [0, 50, 130, 320]
 
 
 def test_select_by_name_or_id(tmp_path):

@@ -9,20 +9,11 @@ from kvmscope.analysis import Trace
 from kvmscope.analysis.replay import VIOLATIONS
 from kvmscope.analysis.synth import make_trace, write_trace
 
-THREADS = pd.DataFrame({"thread": [1, 2], "tid": [101, 102],
-                        "name": ["vcpu0", "main"], "role": ["vcpu", "main"]})
-
 # vcpu0 holds [0,100]; main waits [50,120] and holds [120,150]; vcpu0 waits
 # [130,160] and holds [160,200], then again [300,310] uncontended; main
-# takes it at 320 without waiting.
-LOCKS = pd.DataFrame({
-    "thread": [1, 2, 1, 1, 2],
-    "callsite": ["vcpu:io", "main:dispatch", "vcpu:io", "vcpu:mmio",
-                 "main:dispatch"],
-    "request_ns": [0, 50, 130, 300, 320],
-    "acquired_ns": [0, 120, 160, 300, 320],
-    "released_ns": [100, 150, 200, 310, 330],
-})
+# takes it at 320 without waiting (timelines.py).
+from timelines import VCPU_MAIN_LOCKS as LOCKS
+from timelines import VCPU_MAIN_THREADS as THREADS
 
 
 def load(tmp_path, name="t", threads=THREADS, **tables):

@@ -10,18 +10,10 @@ from kvmscope.analysis import Trace
 from kvmscope.analysis.stats import summarize
 from kvmscope.analysis.synth import make_trace, write_trace
 
-THREADS = pd.DataFrame({"thread": [1, 2], "tid": [101, 102],
-                        "name": ["vcpu0", "main"], "role": ["vcpu", "main"]})
-# Same timeline as in test_analysis_replay: waits 70 (main) and 30 (vcpu0);
-# holds 100, 30, 40, 10, 10; hand-offs at rows 1, 2, 4.
-LOCKS = pd.DataFrame({
-    "thread": [1, 2, 1, 1, 2],
-    "callsite": ["vcpu:io", "main:dispatch", "vcpu:io", "vcpu:mmio",
-                 "main:dispatch"],
-    "request_ns": [0, 50, 130, 300, 320],
-    "acquired_ns": [0, 120, 160, 300, 320],
-    "released_ns": [100, 150, 200, 310, 330],
-})
+# The timeline of timelines.py: waits 70 (main) and 30 (vcpu0); holds 100,
+# 30, 40, 10, 10; hand-offs at rows 1, 2, 4.
+from timelines import VCPU_MAIN_LOCKS as LOCKS
+from timelines import VCPU_MAIN_THREADS as THREADS
 
 
 @pytest.fixture

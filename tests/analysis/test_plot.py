@@ -1,8 +1,6 @@
 """Plots and ``kvmscope plot``: what a user sees in the figures (rows,
-arrows, legends, units, "no data" messages) and the files written; plus the
-progress line."""
+arrows, legends, units, "no data" messages) and the files written."""
 
-import io
 import os
 import shutil
 import subprocess
@@ -15,7 +13,6 @@ from matplotlib.figure import Figure
 from matplotlib.text import Annotation
 
 from kvmscope.analysis import Trace, cli, plot
-from kvmscope.analysis.progress import Progress
 from kvmscope.analysis.synth import make_trace, write_trace
 
 from timelines import TWO_VCPUS_EXITS as EXITS
@@ -530,31 +527,6 @@ def test_library_never_uses_pyplot(tiny):
     plot.plot_timeline(tiny, window=(1000, 2600))
     assert "matplotlib.pyplot" not in sys.modules or \
         not sys.modules["matplotlib.pyplot"].get_fignums()
-
-
-# --------------------------------------------------------------------------
-# progress
-
-class _Tty(io.StringIO):
-    def isatty(self):
-        return True
-
-
-def test_progress_draws_only_on_a_terminal():
-    quiet = io.StringIO()
-    with Progress(2, "x", stream=quiet) as bar:
-        bar.update(1, "a")
-        bar.update(1, "b")
-    assert quiet.getvalue() == ""
-
-    tty = _Tty()
-    with Progress(2, "export", stream=tty, min_interval=0) as bar:
-        bar.update(1, "locks")
-        bar.update(1, "write")
-    text = tty.getvalue()
-    assert "\rexport:  50% (1/2) locks" in text
-    assert "\rexport: 100% (2/2) write" in text
-    assert text.endswith("\r")                        # line wiped at the end
 
 
 # --------------------------------------------------------------------------

@@ -96,7 +96,7 @@ setup(
         "pyarrow>=14",
         "pandas>=2.0",
         "matplotlib>=3.7",
-        "scipy>=1.9",
+        "scipy>=1.11",
         "rich>=13",
     ],
     extras_require={

@@ -25,6 +25,7 @@ record.
 import fnmatch
 import math
 import os
+import warnings
 import zlib
 
 import numpy as np
@@ -362,22 +363,22 @@ def _bootstrap(side, stat, resamples, blocks, rng):
 def _run_interval(base_stats, new_stats, alpha):
     """t interval of the relative change from per-run statistics.
 
-    On the log scale (run-to-run variation is multiplicative), with the
+    On the log scale (run-to-run variation is multiplicative): the pooled
+    two-sample t interval of :func:`scipy.stats.ttest_ind`, with the
     between-run variance pooled over both sides and ``k_base + k_new - 2``
-    degrees of freedom (quantile from :data:`scipy.stats.t`): with few
-    runs the interval is wide, as it should be.  ``(nan, nan)`` when
-    neither side has two runs.
+    degrees of freedom: with few runs the interval is wide, as it should
+    be.  ``(nan, nan)`` when neither side has two runs.
     """
     x = np.log(np.maximum(np.asarray(base_stats, np.float64), 1))
     y = np.log(np.maximum(np.asarray(new_stats, np.float64), 1))
-    df = len(x) + len(y) - 2
-    if df < 1:
+    if len(x) + len(y) < 3:
         return np.nan, np.nan
-    ss = np.sum((x - x.mean()) ** 2) + np.sum((y - y.mean()) ** 2)
-    se = math.sqrt(ss / df * (1 / len(x) + 1 / len(y)))
-    half = float(stats.t.ppf(1 - alpha / 2, df)) * se
-    d = y.mean() - x.mean()
-    return math.expm1(d - half), math.expm1(d + half)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        # Runs with identical statistics: a zero-width interval, not a
+        # warning.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ci = stats.ttest_ind(y, x).confidence_interval(1 - alpha)
+    return math.expm1(ci.low), math.expm1(ci.high)
 
 
 # --------------------------------------------------------------------------

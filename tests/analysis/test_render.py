@@ -26,6 +26,13 @@ def visible(line):
     return cell_len(ANSI.sub("", line))
 
 
+class _Tty(io.StringIO):
+    """A stream that says it is a terminal."""
+
+    def isatty(self):
+        return True
+
+
 @pytest.fixture(scope="module")
 def groups():
     base = [os.path.join(REGRESS, f"base-{i}") for i in (1, 2, 3)]
@@ -198,11 +205,6 @@ def test_diff_decisions_on_the_shipped_regression_traces(groups):
 
 # --------------------------------------------------------------------------
 # progress
-
-class _Tty(io.StringIO):
-    def isatty(self):
-        return True
-
 
 def test_progress_bar_only_on_a_terminal_and_erased_at_the_end():
     quiet = io.StringIO()

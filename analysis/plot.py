@@ -171,7 +171,8 @@ def no_data(fig):
 
 
 def _where(trace, window, table=None):
-    """"in this window", or "in this trace" (saying when *table* is empty)."""
+    """Where there was nothing: 'in this window', or 'in this trace'
+    (saying so when *table* is empty)."""
     if window is not None:
         return "in this window"
     if table is not None and not trace.arrow(table).num_rows:

@@ -83,8 +83,9 @@ def check_format(events):
 
 
 def deepest(slices, tid, ts):
-    """The innermost X slice on *tid* containing *ts*, or None."""
-    inside = [e for s, end, e in slices[tid] if s <= ts <= end]
+    """The innermost X slice on *tid* containing *ts*, or None (1 ps of slack:
+    ts and dur are float microseconds, and a BQL hold can be 1 ns long)."""
+    inside = [e for s, end, e in slices[tid] if s - 1e-6 <= ts <= end + 1e-6]
     return min(inside, key=lambda e: e["dur"]) if inside else None
 
 

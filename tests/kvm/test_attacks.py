@@ -100,15 +100,13 @@ STOP_GRACE_S = 5.0
 
 
 def _threads(pid):
-    """Each thread's name and the kernel function it sleeps in (what a hang waits for)."""
-    rows = []
-    for tid in sorted(os.listdir(f"/proc/{pid}/task")):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/comm") as c, open(f"/proc/{pid}/task/{tid}/wchan") as w:
-                rows.append(f"{c.read().strip()}:{w.read().strip() or 'running'}")
-        except OSError:
-            pass
-    return " ".join(rows)
+    """Each thread's name and the kernel function it sleeps in (what a hang waits for):
+    the soak script's own helper, loaded from bench/."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("kvmscope_bench_soak", os.path.join(BENCH, "soak.py"))
+    soak = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(soak)
+    return soak.threads(pid)
 
 
 def _wait_or_kill(proc, timeout, what):

@@ -17,7 +17,7 @@ import re
 import sys
 
 from . import __version__, guests, units
-from .config import SETTINGS, RunConfig, Setting, prepare_output
+from .config import SETTINGS, RunConfig, Setting
 from .errors import ConfigError, KvmscopeError
 
 #: Exit statuses shared by every command (``validate`` and ``diff`` use 1 for

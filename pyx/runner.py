@@ -9,7 +9,7 @@ import tempfile
 import threading
 import time
 
-from . import __version__, board, guests
+from . import __version__, board
 from .config import RunConfig, prepare_output  # noqa: F401  (RunConfig re-exported here)
 
 DRAIN_INTERVAL_S = 0.05        # flush period; a killed run loses at most this much

@@ -8,10 +8,8 @@ import os
 import numpy as np
 import pyarrow as pa
 
-from .traceformat import (DEVICE_UNASSIGNED, FIXED_NAMES, FORMAT_NAME, FORMAT_VERSION, META_FILE,
+from .traceformat import (DEVICE_UNASSIGNED, FIXED_NAMES, META_FILE,
                           RECORD_LAYOUT, RECORD_TYPES, SCHEMAS, table_file)
-
-FORMAT = FORMAT_NAME
 
 NULL_NS = np.iinfo(np.int64).min
 

@@ -8,6 +8,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from includes.posix cimport *
 from includes.kvm cimport *
 from includes.rt cimport *
+from includes.records cimport *
 from core_types cimport *
 
 import io
@@ -20,7 +21,6 @@ include "errors.pxi"    # errno -> Python exceptions, in one place
 include "board.pxi"     # the board's constants, generated from board.py by setup.py
 include "clock.pxi"     # run clock: TSC calibration against CLOCK_MONOTONIC
 include "tracer.pxi"    # per-thread trace rings and their drain
-include "records.pxi"   # one writer per trace record type
 include "lock.pxi"      # instrumented mutex (the BQL)
 include "loop.pxi"      # main loop: fd handlers, timers, bottom halves
 include "aio.pxi"       # AIO worker pool

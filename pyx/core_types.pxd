@@ -28,18 +28,6 @@ cdef enum:
     KS_IRQ_SOURCES = 2
     KS_CONSOLE_BUF = 4096
 
-# The exit a vCPU is handling, written as an `exits` record at its next entry.
-cdef struct ks_exit:
-    int16_t vcpu
-    uint8_t reason
-    uint8_t size
-    uint8_t is_write
-    uint32_t count
-    uint32_t device
-    uint64_t addr
-    uint64_t data
-    int64_t exit_time
-
 # One traced thread: its trace ring (NULL when recording is off) and the
 # always-on counters the end-of-run summary reads.
 cdef struct ks_thread:

@@ -42,7 +42,7 @@ TABLES = ("threads", "exits", "locks", "bh", "timers", "aio", "loop", "irqs", "l
 #: record type and, per column, ``(slot, names)`` where ``names`` is the
 #: dictionary of a dictionary column (a name listed here, or one the recording
 #: provides: devices, callsites, locks, bottom_halves, timers) or None.  The
-#: core's writers (``pyx/records.pxi``) fill the slots named here, and a test
+#: core's writers (``pyx/includes/ks_records.h``) fill the slots named here, and a test
 #: writes one record of each type through them and reads it back.
 RECORD_LAYOUT = {
     "exits": ("exit", {

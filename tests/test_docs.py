@@ -112,7 +112,7 @@ def test_documented_commands_run_as_shown(page, tmp_path):
             # 1: diff found the documented regression; 3: validate on an incomplete trace
             assert proc.returncode in (0, 1, 3), where
         ran += 1
-    recorded = {"traces/demo", "runs/"}       # what only a KVM example above records
+    recorded = {"traces/demo", "traces/mine", "runs/"}       # what only a KVM example above records
     for code in python_examples(page):
         if not KVM_USABLE and any(path in code for path in recorded):
             skipped += 1

@@ -166,7 +166,9 @@ def test_interrupt_stops_cleanly_and_flushes_the_trace(tmp_path, sig, status):
 def test_killed_run_leaves_a_readable_trace(tmp_path):
     out = tmp_path / "t"
     p = start("run", "pio-storm", "-n", 4_000_000_000, "-o", out, "-q")
+    # the drain writes each batch table by table: wait until both have been written to
     wait_for_rows(out, min_bytes=200_000)
+    wait_for_rows(out, table="locks", min_bytes=100_000)
     p.kill()
     p.wait(timeout=10)
     assert meta(out)["state"] == "running"

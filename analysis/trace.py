@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ConfigError
+from . import blame as _blame
 from . import replay as _replay
 from . import stats as _stats
 from .load import (META_MAX_BYTES, STATES, TS_MAX, TraceError,  # noqa: F401 (re-exported)
@@ -388,6 +389,16 @@ class Trace:
     def blockers_matrix(self, lock=None):
         """Who blocks whom, waiter x holder; see :func:`stats.blockers_matrix`."""
         return _stats.blockers_matrix(self, lock)
+
+    def wait_anatomy(self, lock=None):
+        """Each lock wait split into held, barged and hand-off time; see
+        :func:`blame.wait_anatomy`."""
+        return _blame.wait_anatomy(self, lock)
+
+    def wait_anatomy_detail(self, lock=None):
+        """Each (wait, overlapping owner) pair; see
+        :func:`blame.wait_anatomy_detail`."""
+        return _blame.wait_anatomy_detail(self, lock)
 
     # -- plots (see kvmscope.analysis.plot) ----------------------------------
     # The facade -> view imports: inside the methods, because plot sits

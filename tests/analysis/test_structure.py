@@ -21,7 +21,7 @@ LAYERS = {
     "progress": 0, "render": 0,          # a progress line; text tables
     "load": 1, "synth": 1,               # reading (and writing test) traces
     "replay": 2,
-    "stats": 3,
+    "stats": 3, "blame": 3,              # statistics; wait anatomy
     "trace": 4,                          # the Trace facade
     "plot": 5, "perfetto": 5, "report": 5, "regress": 5, "regress_render": 5,
     "cli": 6, "__main__": 6, "__init__": 6,

@@ -232,3 +232,62 @@ def summary(anatomy, by="lock"):
         out["handoff_pct"] = 100.0 * out["handoff_ns"].to_numpy() / total
     return out.reset_index().sort_values(
         "wait_ns", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def caused(trace, lock=None):
+    """Critical sections ranked by the waiting they caused others: the
+    investigator's question "whose lock hold made the others wait?".
+
+    Each contended wait is split as in :func:`wait_anatomy`; the time other
+    threads spent waiting while an acquisition from a call site held the lock
+    (``held_ns`` and ``barged_ns`` parts) is charged to that call site.  The
+    hand-off latency, when the lock was free and nobody held it, is one more
+    row per lock, holder call site ``(hand-off)``, after the critical sections.
+
+    Returns
+    -------
+    DataFrame
+        ``lock, holder_callsite``, ``caused_ns`` (others' wait while it held
+        the lock), ``caused_pct`` (share of all contended wait on that lock),
+        ``waits`` (contended acquisitions it delayed), ``barged_ns`` (the part
+        of ``caused_ns`` during which it had barged ahead of the waiter), and
+        its own ``acquisitions``, ``hold_mean_ns``, ``hold_p99_ns``,
+        ``hold_total_ns``.  Critical sections sorted by ``caused_ns``,
+        largest first, then the hand-off rows.
+
+    Examples
+    --------
+    >>> trace.caused().head(3)                         # doctest: +SKIP
+    """
+    detail = wait_anatomy_detail(trace, lock)
+    anatomy = wait_anatomy(trace, lock)
+    cols = ["lock", "holder_callsite", "caused_ns", "caused_pct", "waits", "barged_ns",
+            "acquisitions", "hold_mean_ns", "hold_p99_ns", "hold_total_ns"]
+    if anatomy.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object if c in ("lock", "holder_callsite") else float)
+                             for c in cols})
+    d = detail.assign(lock=detail["lock"].astype(str), holder_callsite=detail["holder_callsite"].astype(str),
+                      barged_part=np.where(detail["barged"], detail["overlap_ns"], 0))
+    by_site = d.groupby(["lock", "holder_callsite"], sort=False).agg(
+        caused_ns=("overlap_ns", "sum"), waits=("row", "nunique"),
+        barged_ns=("barged_part", "sum")).reset_index()
+    a = anatomy.assign(lock=anatomy["lock"].astype(str))
+    free = a.groupby("lock", sort=False).agg(caused_ns=("handoff_ns", "sum"),
+                                             waits=("handoff_ns", lambda s: int((s > 0).sum())))
+    free = free.reset_index().assign(holder_callsite="(hand-off)", barged_ns=0)
+    out = pd.concat([by_site, free[free["caused_ns"] > 0]], ignore_index=True)
+    total = a.groupby("lock")["wait_ns"].sum()
+    out["caused_pct"] = 100.0 * out["caused_ns"] / out["lock"].map(total).to_numpy()
+    locks = trace.locks.assign(lock=trace.locks["lock"].astype(str),
+                               callsite=trace.locks["callsite"].astype(str))
+    hold = locks.groupby(["lock", "callsite"])["hold_ns"].agg(
+        acquisitions="size", hold_mean_ns="mean", hold_p99_ns=lambda s: s.quantile(0.99),
+        hold_total_ns="sum")
+    hold.index = hold.index.set_names(["lock", "holder_callsite"])
+    out = out.join(hold, on=["lock", "holder_callsite"])
+    out["acquisitions"] = out["acquisitions"].astype("Int64")
+    # critical sections first, largest first; the hand-off rows (nobody's
+    # critical section) after them
+    out["_handoff"] = out["holder_callsite"] == "(hand-off)"
+    out = out.sort_values(["_handoff", "caused_ns"], ascending=[True, False], kind="stable")
+    return out[cols].reset_index(drop=True)

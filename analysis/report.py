@@ -20,6 +20,8 @@ from .render import Document, markdown_table
 
 #: Section name -> (title, function of a Trace returning its DataFrame).
 SECTIONS = {
+    "caused": ("Waiting caused (critical sections ranked by the wait they made others do)",
+               lambda t: t.caused()),
     "exits": ("Exits by reason (perf kvm stat)",
               lambda t: t.exit_stats("reason")),
     "addrs": ("Exits by reason and port/address",

@@ -400,6 +400,11 @@ class Trace:
         :func:`blame.wait_anatomy_detail`."""
         return _blame.wait_anatomy_detail(self, lock)
 
+    def caused(self, lock=None):
+        """Critical sections ranked by the wait they caused others; see
+        :func:`blame.caused`."""
+        return _blame.caused(self, lock)
+
     # -- plots (see kvmscope.analysis.plot) ----------------------------------
     # The facade -> view imports: inside the methods, because plot sits
     # above this module (it takes a Trace) and matplotlib costs ~0.5 s.

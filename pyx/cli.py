@@ -28,7 +28,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # no pandas; tests/analysis/test_analysis_cli.py checks them against the
 # library modules (report, regress, plot, perfetto) that define them.
 REPORT_FORMATS = ("text", "markdown", "json", "csv")
-REPORT_SECTIONS = ("exits", "addrs", "locks", "callsites", "blockers", "bh", "timers", "aio", "loop")
+REPORT_SECTIONS = ("caused", "exits", "addrs", "locks", "callsites", "blockers", "bh", "timers", "aio",
+                   "loop")
 DIFF_METRICS = ("hold", "wait")
 DIFF_STATS = ("p50", "p90", "p99", "mean", "total")
 DIFF_FORMATS = ("text", "markdown", "html", "json")

@@ -64,7 +64,7 @@ def test_report_text_small_trace_values(capsys, small):
 def test_report_json_is_raw_and_complete(capsys, small):
     status, out, _ = run(capsys, "report", small, "--format", "json")
     doc = json.loads(out)
-    assert set(doc) == {"trace", "exits", "addrs", "locks", "callsites",
+    assert set(doc) == {"trace", "caused", "exits", "addrs", "locks", "callsites",
                         "blockers", "bh", "timers", "aio", "loop"}
     lock = doc["locks"][0]
     assert lock["wait_total_ns"] == 100 and lock["hold_max_ns"] == 1_999_840
@@ -80,7 +80,7 @@ def test_report_csv_sections(capsys, small):
     rows = list(csv.DictReader(io.StringIO(out)))
     assert {r["callsite"] for r in rows} == {"vcpu:io", "main:dispatch"}
     _, out, _ = run(capsys, "report", small, "--format", "csv")
-    assert out.startswith("# exits\n")
+    assert out.startswith("# caused\n")
     assert "\n# locks\nlock,acquisitions," in out
 
 

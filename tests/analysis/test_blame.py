@@ -129,3 +129,55 @@ def test_parts_add_up_on_synthetic_traces(tmp_path, seed):
 def test_parts_add_up_on_shipped_traces(name):
     a = _check_parts(Trace.load(os.path.join(ROOT, "traces", name)))
     assert len(a) > 0
+
+
+# --------------------------------------------------------------------------
+# waiting caused: critical sections ranked by the wait they made others do
+
+def test_caused_on_the_hand_made_timeline(tmp_path):
+    # main waits 70: vcpu0 holds (vcpu:io) 50 of it, free 20; vcpu0 waits 30:
+    # main holds (main:dispatch) 20 of it, free 10.  All wait: 100.
+    t = Trace.load(write_trace(tmp_path / "t", threads=VCPU_MAIN_THREADS, locks=VCPU_MAIN_LOCKS))
+    c = t.caused()
+    assert list(c["holder_callsite"]) == ["vcpu:io", "main:dispatch", "(hand-off)"]
+    assert list(c["caused_ns"]) == [50, 20, 30]
+    assert list(c["caused_pct"]) == pytest.approx([50.0, 20.0, 30.0])
+    assert list(c["waits"]) == [1, 1, 2]
+    io = c.iloc[0]
+    assert io["acquisitions"] == 2 and io["hold_total_ns"] == 140       # holds 100 and 40
+
+
+def _serialised_run(slow_site, n=600, slow_ns=2000, fast_ns=200, gap_ns=50):
+    """Three threads take one lock in request order (FIFO), each cycling over
+    three call sites; ``slow_site`` holds it ``slow_ns``, the others ``fast_ns``."""
+    sites = ["pio:a", "pio:b", "pio:c"]
+    next_request = {1: 0, 2: 10, 3: 20}
+    turn = {1: 0, 2: 1, 3: 2}
+    free_at, rows = 0, []
+    for _ in range(n):
+        th = min(next_request, key=next_request.get)
+        req = next_request[th]
+        site = sites[turn[th] % 3]
+        turn[th] += 1
+        acq = max(req, free_at)
+        rel = acq + (slow_ns if site == slow_site else fast_ns)
+        rows.append((th, site, req, acq, rel))
+        free_at = rel + 5                       # 5 ns hand-off
+        next_request[th] = rel + gap_ns
+    return pd.DataFrame(rows, columns=["thread", "callsite", "request_ns", "acquired_ns", "released_ns"])
+
+
+@pytest.mark.parametrize("slow_site", ["pio:a", "pio:b", "pio:c"])
+def test_a_lengthened_critical_section_ranks_first(tmp_path, slow_site):
+    threads = pd.DataFrame({"thread": [1, 2, 3], "tid": [11, 12, 13],
+                            "name": ["vcpu0", "vcpu1", "main"], "role": ["vcpu", "vcpu", "main"]})
+    t = Trace.load(write_trace(tmp_path / "t", threads=threads, locks=_serialised_run(slow_site)))
+    c = t.caused()
+    assert c.iloc[0]["holder_callsite"] == slow_site
+    assert c.iloc[0]["caused_pct"] > 50
+    assert c["caused_pct"].sum() == pytest.approx(100.0)
+
+
+def test_caused_is_the_first_report_section(tmp_path):
+    from kvmscope.analysis import report
+    assert list(report.SECTIONS)[0] == "caused"

@@ -139,8 +139,18 @@ def test_docs_name_no_path_a_clone_lacks():
             for i, word in enumerate(command.split()):
                 if word in ("-o", "--output") and i + 1 < len(command.split()):
                     created.add("/".join(command.split()[i + 1].split("/")[:2]))
-    with open(os.path.join(ROOT, "README.md")) as f:
-        assert "../shared" not in f.read()
+
+
+
+def test_docs_point_at_nothing_outside_the_clone():
+    """Relative paths in the README, docs/ and traces/README.md stay inside the clone."""
+    for page in PAGES + [os.path.join("traces", "README.md")]:
+        with open(os.path.join(ROOT, page)) as f:
+            text = f.read()
+        base = os.path.dirname(os.path.join(ROOT, page))
+        for m in re.finditer(r"(?:\.\./)+[\w.-]+", text):
+            target = os.path.normpath(os.path.join(base, m.group(0)))
+            assert target.startswith(ROOT + os.sep), f"{page}: {m.group(0)} points outside the clone"
 
 
 def _creates(command, word):

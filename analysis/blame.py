@@ -234,7 +234,7 @@ def summary(anatomy, by="lock"):
         "wait_ns", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def caused(trace, lock=None):
+def caused(trace, lock=None, threads=None):
     """Critical sections ranked by the waiting they caused others: the
     investigator's question "whose lock hold made the others wait?".
 
@@ -243,6 +243,14 @@ def caused(trace, lock=None):
     (``held_ns`` and ``barged_ns`` parts) is charged to that call site.  The
     hand-off latency, when the lock was free and nobody held it, is one more
     row per lock, holder call site ``(hand-off)``, after the critical sections.
+
+    Parameters
+    ----------
+    trace : Trace
+    lock : str or list of str, optional
+        Only these locks.
+    threads : list of str, optional
+        Only the waits of these threads (the waiters): who made them wait.
 
     Returns
     -------
@@ -261,6 +269,10 @@ def caused(trace, lock=None):
     """
     detail = wait_anatomy_detail(trace, lock)
     anatomy = wait_anatomy(trace, lock)
+    if threads is not None:
+        names = set(threads)
+        detail = detail[detail["thread_name"].astype(str).isin(names)]
+        anatomy = anatomy[anatomy["thread_name"].astype(str).isin(names)]
     cols = ["lock", "holder_callsite", "caused_ns", "caused_pct", "waits", "barged_ns",
             "acquisitions", "hold_mean_ns", "hold_p99_ns", "hold_total_ns"]
     if anatomy.empty:

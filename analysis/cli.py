@@ -59,10 +59,20 @@ def cmd_report(args):
     top = args.limit
     if top is None:
         top = 20 if args.format in ("text", "markdown") else 0
-    built = _report.build(trace, args.section or "all")
+    sel = selection(args)
+    built = _report.build(trace, args.section or "all", sel)
     _show(args, _report.render(trace, built, args.format, top=top,
-                               all_columns=args.all_columns, **_style(args)))
+                               all_columns=args.all_columns, selection=sel, **_style(args)))
     return EXIT_OK
+
+
+def selection(args):
+    """The report filters of parsed *args* (``--window``, ``--threads``,
+    ``--callsite``, ``--sort``, ``--limit``) as a Selection."""
+    from .select import Selection
+    return Selection(window=getattr(args, "window", None), threads=getattr(args, "threads", None),
+                     callsites=getattr(args, "callsites", None), sort=getattr(args, "sort", None),
+                     limit=getattr(args, "limit", None))
 
 
 def cmd_validate(args):

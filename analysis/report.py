@@ -17,6 +17,7 @@ import pandas as pd
 from .. import units
 from ..errors import ConfigError
 from .render import Document, markdown_table
+from .select import SORT_KEYS, Selection, sort_frame  # noqa: F401 (Selection re-exported)
 
 #: Section name -> (title, function of a Trace returning its DataFrame).
 SECTIONS = {
@@ -88,7 +89,53 @@ def sections(names=None):
     return names
 
 
-def build(trace, names=None):
+def _by_thread(threads):
+    """A section computed on the rows the selected threads emitted."""
+    def section(t, stat, threads=None, sites=None):
+        return stat(t.select(threads=threads))
+    return section
+
+
+def _caused(t, threads=None, sites=None):
+    df = t.caused(threads=threads)
+    if sites is not None:
+        df = df[df["holder_callsite"].isin(sites)].reset_index(drop=True)
+    return df
+
+
+def _blockers(t, threads=None, sites=None):
+    df = t.blockers()
+    if threads is not None:
+        df = df[df["waiter_name"].astype(str).isin(threads)].reset_index(drop=True)
+    return df
+
+
+def _lock_section(by):
+    def section(t, threads=None, sites=None):
+        return t.select(threads=threads, callsites=sites).lock_stats(by)
+    return section
+
+
+#: How the thread and call-site filters apply to each section: the blame
+#: sections see every holder and keep the selected threads' waits (and, for
+#: ``caused``, the selected holder call sites); the lock tables count the
+#: acquisitions the selected threads made at the selected call sites; the
+#: others count the rows the selected threads emitted.
+_FILTERED = {
+    "caused": _caused,
+    "exits": lambda t, threads=None, sites=None: t.select(threads=threads).exit_stats("reason"),
+    "addrs": lambda t, threads=None, sites=None: t.select(threads=threads).exit_stats(["reason", "addr"]),
+    "locks": _lock_section("lock"),
+    "callsites": _lock_section(["lock", "callsite"]),
+    "blockers": _blockers,
+    "bh": lambda t, threads=None, sites=None: t.select(threads=threads).bh_stats(),
+    "timers": lambda t, threads=None, sites=None: t.select(threads=threads).timer_stats(),
+    "aio": lambda t, threads=None, sites=None: t.select(threads=threads).aio_stats(),
+    "loop": lambda t, threads=None, sites=None: t.select(threads=threads).loop_stats(),
+}
+
+
+def build(trace, names=None, selection=None):
     """Compute report sections.
 
     Parameters
@@ -96,6 +143,15 @@ def build(trace, names=None):
     trace : Trace
     names : str or list of str, optional
         Sections (see :data:`SECTIONS`); default all.
+    selection : kvmscope.analysis.select.Selection, optional
+        Filters: the window cuts the trace first (rows overlapping it); the
+        threads and call sites then apply per section: ``caused`` and
+        ``blockers`` keep the selected threads' waits (behind any holder),
+        ``caused`` the selected holder call sites; ``locks`` and
+        ``callsites`` count the selected threads' acquisitions at the
+        selected call sites; the other sections the rows the selected
+        threads emitted (call sites do not apply to them).  The sort key
+        orders every section that has its column.
 
     Returns
     -------
@@ -107,9 +163,37 @@ def build(trace, names=None):
     >>> from kvmscope.analysis import report
     >>> rep = report.build(trace, ["locks", "blockers"])   # doctest: +SKIP
     >>> print(report.render(trace, rep, "markdown"))       # doctest: +SKIP
-    >>> print(report.render(trace, fmt="text", top=5))     # doctest: +SKIP
+    >>> sel = Selection(window="10ms:20ms", callsites="pio:*", sort="caused")
+    >>> rep = report.build(trace, "caused", sel)           # doctest: +SKIP
     """
-    return {n: SECTIONS[n][1](trace) for n in sections(names)}
+    names = sections(names)
+    if selection is None or (not selection.active and selection.sort is None):
+        return {n: SECTIONS[n][1](trace) for n in names}
+    t = selection.windowed(trace)
+    threads = selection.thread_names(t)
+    sites = selection.callsite_names(t)
+    if selection.sort is not None:
+        column = SORT_KEYS[selection.sort]
+        if not any(column in SECTION_COLUMNS.get(n, ()) for n in names):
+            raise ConfigError(f"sort key {selection.sort!r} orders none of the sections shown; "
+                              "it orders " + ", ".join(
+                                  n for n, cols in SECTION_COLUMNS.items() if column in cols))
+    out = {}
+    for n in names:
+        df = _FILTERED[n](t, threads=threads, sites=sites)
+        out[n] = sort_frame(df, selection.sort)
+    return out
+
+
+#: Columns of the sections a sort key can order (checked by the tests
+#: against what the sections return).
+SECTION_COLUMNS = {
+    "caused": ("caused_ns", "acquisitions", "hold_mean_ns", "hold_total_ns"),
+    "locks": ("acquisitions", "contentions", "handoffs", "wait_total_ns", "wait_min_ns",
+              "wait_mean_ns", "wait_max_ns", "hold_total_ns", "hold_min_ns", "hold_mean_ns",
+              "hold_max_ns"),
+}
+SECTION_COLUMNS["callsites"] = SECTION_COLUMNS["locks"]
 
 
 def summary(trace):
@@ -205,12 +289,13 @@ def _head_lines(info):
             f"{info['state']}, guest {info['guest']}, "
             f"{units.format_duration(info['duration_ns'], sep='')}",
             f"records: {rec or 'none'}"] + \
+        ([f"selection: {info['selection']}"] if info.get("selection") else []) + \
         [f"warning: {w}" for w in info["warnings"]] + \
         [f"incomplete: {c}" for c in info["coverage"]]
 
 
 def render(trace, built=None, fmt="text", top=None, all_columns=False,
-           width=None, color=False):
+           width=None, color=False, selection=None):
     """Render sections from :func:`build`.
 
     Parameters
@@ -236,6 +321,9 @@ def render(trace, built=None, fmt="text", top=None, all_columns=False,
     color : bool
         ``text`` with ANSI colours (bold titles and headers, warnings in
         yellow), for a terminal.
+    selection : kvmscope.analysis.select.Selection, optional
+        The filters *built* was computed with, said in the header (and as
+        ``"selection"`` in JSON).
 
     Returns
     -------
@@ -249,6 +337,9 @@ def render(trace, built=None, fmt="text", top=None, all_columns=False,
     if built is None:
         built = build(trace)
     info = summary(trace)
+    chosen = selection.describe() if selection is not None else ""
+    if chosen:
+        info = dict(info, selection=chosen)
     if fmt == "json":
         out = {"trace": info}
         for name, df in built.items():

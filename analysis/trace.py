@@ -23,9 +23,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .. import units
 from ..errors import ConfigError
 from . import blame as _blame
 from . import replay as _replay
+from . import select as _select
 from . import stats as _stats
 from .load import (META_MAX_BYTES, STATES, TS_MAX, TraceError,  # noqa: F401 (re-exported)
                    failure_reason, frame_columns, from_tables, meta_warnings, read_dir)
@@ -254,8 +256,12 @@ class Trace:
 
         Parameters
         ----------
-        start_ns, end_ns : int, optional
-            Bounds; None means unbounded.
+        start_ns, end_ns : int or str, optional
+            Bounds; None means unbounded.  An int is an absolute timestamp
+            in ns (as in the tables); a string is read as on the command
+            line: ``"10ms"`` is 10 ms after the trace start, a bare
+            ``"1845840947555"`` is absolute.  ``start_ns`` may also be a
+            whole ``"10ms:20ms"``.
         neighbours : bool
             Also keep, per table and thread, the last row that ends
             before the window and the first that starts at or after its
@@ -272,10 +278,13 @@ class Trace:
         Examples
         --------
         >>> first_ms = t.window(t.start_ns, t.start_ns + 1_000_000)  # doctest: +SKIP
+        >>> same = t.window("0ms", "1ms")                             # doctest: +SKIP
         >>> lo, hi = t.start_ns + 10_000, t.start_ns + 20_000        # doctest: +SKIP
         >>> st = t.window(lo, hi, neighbours=True).thread_states()    # doctest: +SKIP
         >>> st["start_ns"].clip(lower=lo)                            # doctest: +SKIP
         """
+        if isinstance(start_ns, (str, units.Window)) or isinstance(end_ns, str):
+            start_ns, end_ns = _select.window_bounds(self, start_ns, end_ns)
         lo = np.iinfo(np.int64).min if start_ns is None else int(start_ns)
         hi = _INT64_MAX if end_ns is None else int(end_ns)
         tables = dict(self._tables)
@@ -292,22 +301,36 @@ class Trace:
         return Trace(tables, self.meta, self.path, self.warnings,
                      complete=False, cut=self.cut, base=self._base or self)
 
-    def select(self, threads=None):
-        """Rows emitted by the given threads (ids or names).
+    def select(self, threads=None, callsites=None):
+        """Rows emitted by the given threads (ids or names), and lock rows
+        at the given call sites (names or globs such as ``"pio:*"``).
 
         The ``threads`` table is kept whole so that ids in ``prev_owner``
-        or ``sched_thread`` still resolve to names.
+        or ``sched_thread`` still resolve to names.  A name that is not in
+        the trace is an error listing the valid ones.
 
         Examples
         --------
         >>> t.select(threads=["vcpu0", "main"]).lock_stats()   # doctest: +SKIP
+        >>> t.select(callsites="pio:*").lock_stats("callsite")  # doctest: +SKIP
         """
-        if threads is None:
+        if threads is None and callsites is None:
             return self
-        ids = pa.array(self.thread_ids(threads), pa.int16())
-        tables = {name: (t if name == "threads"
-                         else t.filter(pc.is_in(t.column("thread"), ids)))
-                  for name, t in self._tables.items()}
+        tables = dict(self._tables)
+        if threads is not None:
+            if isinstance(threads, str):
+                threads = _select.split_names(threads)
+            ids = pa.array(self.thread_ids(threads), pa.int16())
+            tables = {name: (t if name == "threads"
+                             else t.filter(pc.is_in(t.column("thread"), ids)))
+                      for name, t in tables.items()}
+        if callsites is not None:
+            if isinstance(callsites, str):
+                callsites = [callsites]
+            sites = _select.callsites_matching(callsites, _select.known_callsites(self))
+            locks = tables["locks"]
+            tables["locks"] = locks.filter(pc.is_in(
+                pc.cast(locks.column("callsite"), pa.string()), pa.array(sites, pa.string())))
         return Trace(tables, self.meta, self.path, self.warnings,
                      complete=False, cut=self.cut, base=self._base or self)
 
@@ -400,10 +423,10 @@ class Trace:
         :func:`blame.wait_anatomy_detail`."""
         return _blame.wait_anatomy_detail(self, lock)
 
-    def caused(self, lock=None):
+    def caused(self, lock=None, threads=None):
         """Critical sections ranked by the wait they caused others; see
         :func:`blame.caused`."""
-        return _blame.caused(self, lock)
+        return _blame.caused(self, lock, threads)
 
     # -- plots (see kvmscope.analysis.plot) ----------------------------------
     # The facade -> view imports: inside the methods, because plot sits

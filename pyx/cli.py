@@ -28,6 +28,9 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # no pandas; tests/analysis/test_analysis_cli.py checks them against the
 # library modules (report, regress, plot, perfetto) that define them.
 REPORT_FORMATS = ("text", "markdown", "json", "csv")
+#: ``report --sort`` keys (perf lock's names; kvmscope.analysis.select.SORT_KEYS maps them to columns).
+REPORT_SORT_KEYS = ("acquired", "contended", "avg_wait", "wait_total", "wait_max", "wait_min", "avg_hold",
+                    "hold_total", "hold_max", "hold_min", "handoffs", "caused")
 REPORT_SECTIONS = ("caused", "exits", "addrs", "locks", "callsites", "blockers", "bh", "timers", "aio",
                    "loop")
 DIFF_METRICS = ("hold", "wait")
@@ -430,6 +433,20 @@ def _analysis(name):
     return run
 
 
+def add_selection_options(p, sort_keys, what="rows"):
+    """``--window``, ``--threads``, ``--callsite`` and ``--sort``: the filters
+    of report-like commands (see kvmscope.analysis.select)."""
+    p.add_argument("--window", type=_type(_window, "window"), metavar="START:END",
+                   help="only rows overlapping this window: relative to the trace start with a "
+                        "unit (10ms:20ms) or absolute ns; either side may be empty")
+    p.add_argument("--threads", action="append", metavar="NAMES",
+                   help="only these threads, comma-separated (vcpu0,main); repeat to add")
+    p.add_argument("--callsite", action="append", metavar="GLOB", dest="callsites",
+                   help="only these call sites, glob ('pio:*'); repeat for several")
+    p.add_argument("--sort", choices=sort_keys, metavar="KEY",
+                   help=f"order the {what} by KEY, largest first: " + ", ".join(sort_keys))
+
+
 def add_analysis_commands(sub, funcs=None):
     """Add ``report``, ``validate``, ``diff``, ``plot`` and ``export`` to *sub*.
 
@@ -456,6 +473,7 @@ def add_analysis_commands(sub, funcs=None):
                    help="section to show, one of " + ", ".join(REPORT_SECTIONS + ("all",))
                         + "; repeat for several (default: all)")
     p.add_argument("--all-columns", action="store_true", help="text/markdown: show every column")
+    add_selection_options(p, sort_keys=REPORT_SORT_KEYS, what="sections")
 
     p = _command(sub, "validate", "check a trace's invariants",
                  "Check a trace directory: schema, one lock owner at a time, matched "

@@ -20,6 +20,7 @@ LAYERS = {
     "schema": 0,                         # the trace format
     "progress": 0, "render": 0,          # a progress line; text tables
     "load": 1, "synth": 1,               # reading (and writing test) traces
+    "select": 1,                         # report filters (window, threads, call sites, sort)
     "replay": 2,
     "stats": 3, "blame": 3,              # statistics; wait anatomy
     "trace": 4,                          # the Trace facade

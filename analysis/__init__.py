@@ -14,7 +14,7 @@ Examples
 
 from .schema import FORMAT_VERSION, TABLES
 
-__all__ = ["Trace", "TraceError", "SCHEMAS", "TABLES", "FORMAT_VERSION", "diff"]
+__all__ = ["Trace", "TraceError", "SCHEMAS", "TABLES", "FORMAT_VERSION", "diff", "Store"]
 
 
 def __getattr__(name):
@@ -23,6 +23,8 @@ def __getattr__(name):
         from .trace import Trace as value
     elif name == "TraceError":
         from .load import TraceError as value
+    elif name == "Store":
+        from .store import Store as value
     elif name == "SCHEMAS":
         from .schema import SCHEMAS as value
     else:
@@ -32,7 +34,7 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | {"Trace", "TraceError", "SCHEMAS"})
+    return sorted(set(globals()) | {"Trace", "TraceError", "SCHEMAS", "Store"})
 
 
 def diff(base, new, **options):

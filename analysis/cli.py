@@ -291,6 +291,12 @@ def cmd_export(args):
 COMMANDS = {"cmd_report": cmd_report, "validate_command": validate_command,
             "cmd_diff": cmd_diff, "cmd_plot": cmd_plot, "cmd_export": cmd_export}
 
+# ---- many runs: convert, store, sql, history
+from . import runs_cli as _runs_cli  # noqa: E402  (the command bodies)
+COMMANDS.update({"cmd_convert": _runs_cli.cmd_convert, "cmd_store_add": _runs_cli.cmd_store_add,
+                 "cmd_store_list": _runs_cli.cmd_store_list, "cmd_sql": _runs_cli.cmd_sql,
+                 "cmd_history": _runs_cli.cmd_history})
+
 
 def register(subparsers):
     """Add the analysis commands to another CLI's subcommands.

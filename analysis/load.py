@@ -17,6 +17,8 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from ..errors import KvmscopeError
+from . import convert as _convert
+from .convert import LAYOUTS
 from .schema import (ADDED_IN, FORMAT_NAME, FORMAT_VERSION, META_FILE, RUN_STATES, SCHEMAS,
                      SUPPORTED_VERSIONS, TABLES, describe, empty_table, table_file,
                      type_matches)
@@ -171,7 +173,7 @@ def _check_meta(meta, fname):
         v = meta.get(key)
         if v is not None and not isinstance(v, dict):
             wrong(key, v, "an object")
-    for key in ("stop_reason", "failure", "kvmscope_version"):
+    for key in ("stop_reason", "failure", "kvmscope_version", "started_at"):
         v = meta.get(key)
         if v is not None and not isinstance(v, str):
             wrong(key, v, "a string")
@@ -196,6 +198,20 @@ def _check_meta(meta, fname):
         for name, v in tables.items():
             if not _is_int(v, 0):
                 wrong(f"tables.{name}", v, "a row count (integer >= 0)")
+    layout = meta.get("layout")
+    if layout is not None and layout not in LAYOUTS:
+        raise TraceError(f"{fname}: 'layout' is {_short(layout)}, expected one "
+                         f"of {', '.join(LAYOUTS)}")
+    converted = meta.get("converted")
+    if converted is not None:
+        if not isinstance(converted, dict):
+            wrong("converted", converted, "an object")
+        w, c = converted.get("warnings", []), converted.get("cut", {})
+        if not isinstance(w, list) or not all(isinstance(x, str) for x in w):
+            wrong("converted.warnings", w, "a list of strings")
+        if not isinstance(c, dict) or not all(k in TABLES and isinstance(v, str)
+                                              for k, v in c.items()):
+            wrong("converted.cut", c, "an object of table names to strings")
 
 
 def _short(v, n=60):
@@ -252,6 +268,43 @@ def _read_stream(fname):
     except (pa.ArrowException, MemoryError) as e:
         raise TraceError(f"{fname}: corrupt Arrow stream: {_first_line(e)}") from None
     return table, warning
+
+
+def _read_layout_file(fname, name, layout):
+    """Read the Parquet or Arrow IPC file of table *name*: the format's
+    columns (the derived ones the file adds are dropped: they are
+    recomputed).  Any damage raises TraceError: these files are written
+    whole, under a temporary name, never appended to."""
+    st = _stat_regular(fname, "missing: every table of the format has a file")
+    what = "Parquet file" if layout == "parquet" else "Arrow IPC file"
+    if st.st_size == 0:
+        raise TraceError(f"{fname}: corrupt {what}: empty file")
+    try:
+        if layout == "parquet":
+            import pyarrow.parquet as pq
+            table = pq.read_table(fname, memory_map=True)
+        else:
+            with pa.memory_map(fname) as source:
+                table = ipc.open_file(source).read_all()
+    except UnicodeDecodeError:
+        raise TraceError(f"{fname}: corrupt {what}: a column name is not "
+                         "valid UTF-8") from None
+    except (pa.ArrowException, OSError, MemoryError, ValueError, IndexError) as e:
+        raise TraceError(f"{fname}: corrupt {what}: {_first_line(e)}") from None
+    try:
+        drop = [c for c in _convert.derived_names(name) if c in table.column_names]
+        table = table.drop_columns(drop)
+        # A string column another tool wrote without its dictionary.
+        for field in SCHEMAS[name]:
+            idx = table.schema.get_field_index(field.name)
+            if idx >= 0 and pa.types.is_dictionary(field.type) and (
+                    pa.types.is_string(table.schema.field(idx).type)
+                    or pa.types.is_large_string(table.schema.field(idx).type)):
+                table = table.set_column(idx, field.name,
+                                         pc.dictionary_encode(table.column(idx)))
+    except (pa.ArrowException, KeyError, UnicodeDecodeError) as e:
+        raise TraceError(f"{fname}: corrupt {what}: {_first_line(e)}") from None
+    return table
 
 
 def _conform(table, name, where):
@@ -428,13 +481,19 @@ def _derived(cols, name):
 # --------------------------------------------------------------------------
 # whole traces
 
-def read_dir(path):
+def read_dir(path, convert=True):
     """Read and validate a trace directory.
 
     Parameters
     ----------
     path : str or os.PathLike
-        Directory holding ``meta.json`` and ``<table>.arrows`` files.
+        Directory holding ``meta.json`` and a file per table: the
+        ``<table>.arrows`` streams of a recording, or the Parquet
+        (``<table>.parquet``) or Arrow IPC file (``<table>.arrow``) layout
+        that ``meta.json`` ``layout`` names.
+    convert : bool
+        Convert a killed recording's streams to the Parquet layout in
+        place (when the directory can be written).
 
     Returns
     -------
@@ -460,10 +519,18 @@ def read_dir(path):
         raise TraceError(f"{path}: trace directory not a directory")
     meta = _read_meta(path)
     declared = meta.get("tables") or {}
-    warnings = []
+    layout = meta.get("layout") or "arrows"
+    converted = meta.get("converted") or {}
+    warnings = list(converted.get("warnings", []))
     tables = {}
-    cut = {}
+    cut = dict(converted.get("cut", {}))
     for name in TABLES:
+        if layout != "arrows":
+            fname = _convert.table_path(path, name, layout)
+            table = _conform(_read_layout_file(fname, name, layout), name, fname)
+            tables[name] = table
+            _check_declared(declared, name, table, fname, cut, warnings)
+            continue
         fname = os.path.join(path, table_file(name))
         if meta["format_version"] < ADDED_IN.get(name, 1) and not os.path.lexists(fname):
             tables[name] = empty_table(name)
@@ -478,22 +545,33 @@ def read_dir(path):
             if warning:
                 cut[name] = warning
         tables[name] = table
-        want, rows = declared.get(name), table.num_rows
-        if want is None or want == rows:
-            continue
-        base = os.path.basename(fname)
-        if rows == 0:
-            raise TraceError(f"{fname}: no rows, but meta.json says it has {want}")
-        if rows < want:
-            cut.setdefault(name, f"{base}: {rows} of the {want} rows "
-                                 "meta.json lists (the file was cut short)")
-            if not warning:
-                warnings.append(cut[name])
-        else:
-            warnings.append(f"{base}: {rows} rows, more than the {want} "
-                            "meta.json lists")
+        _check_declared(declared, name, table, fname, cut, warnings, warning)
+    if layout == "arrows" and convert and meta.get("state") in ("running", "aborted") \
+            and _convert.is_killed_recording(path):
+        # A killed recording: its streams become the Parquet layout once,
+        # with what was found here kept in meta.json.
+        if _convert.convert_killed(path, tables, meta, warnings, cut):
+            meta = _read_meta(path)
     warnings.extend(meta_warnings(meta))
     return tables, meta, warnings, cut
+
+
+def _check_declared(declared, name, table, fname, cut, warnings, warning=None):
+    """Compare a table's rows with the count ``meta.json`` lists."""
+    want, rows = declared.get(name), table.num_rows
+    if want is None or want == rows:
+        return
+    base = os.path.basename(fname)
+    if rows == 0:
+        raise TraceError(f"{fname}: no rows, but meta.json says it has {want}")
+    if rows < want:
+        cut.setdefault(name, f"{base}: {rows} of the {want} rows "
+                             "meta.json lists (the file was cut short)")
+        if not warning:
+            warnings.append(cut[name])
+    else:
+        warnings.append(f"{base}: {rows} rows, more than the {want} "
+                        "meta.json lists")
 
 
 def from_tables(source, meta=None):

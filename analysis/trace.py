@@ -428,6 +428,44 @@ class Trace:
         :func:`blame.caused`."""
         return _blame.caused(self, lock, threads)
 
+    # -- layouts and SQL (see kvmscope.analysis.convert, .sql) --------------
+
+    def to_parquet(self, out, compression="default"):
+        """Write this trace into directory *out* (missing or empty) in the
+        Parquet layout: ``<table>.parquet`` with ``thread_name`` and the
+        derived durations, and ``meta.json``; see :func:`convert.write_layout`.
+
+        Examples
+        --------
+        >>> t.to_parquet("mine.parquet.d")              # doctest: +SKIP
+        """
+        return self._write_layout(out, "parquet", compression)
+
+    def to_arrow(self, out, compression="default"):
+        """Write this trace into directory *out* in the Arrow IPC file
+        layout (``<table>.arrow``, random access, ``polars.scan_ipc``)."""
+        return self._write_layout(out, "arrow", compression)
+
+    def _write_layout(self, out, layout, compression):
+        from . import convert as _convert
+        console = os.path.join(self.path, "console.log") if self.path else None
+        return _convert.write_layout(
+            out, self._tables, self.meta, layout, compression,
+            warnings=[w for w in self.warnings if not w.startswith("meta.json")],
+            cut=self.cut, console=console)
+
+    def sql(self, query):
+        """Run a DuckDB query over this trace's tables (each a view with the
+        derived columns and ``thread_name``); returns a DataFrame.  Needs
+        ``pip install 'kvmscope[runs]'``; see :func:`sql.query_trace`.
+
+        Examples
+        --------
+        >>> t.sql("select callsite, quantile_disc(hold_ns, 0.99) from locks group by 1")  # doctest: +SKIP
+        """
+        from . import sql as _sql
+        return _sql.query_trace(self, query)
+
     # -- plots (see kvmscope.analysis.plot) ----------------------------------
     # The facade -> view imports: inside the methods, because plot sits
     # above this module (it takes a Trace) and matplotlib costs ~0.5 s.

@@ -571,6 +571,167 @@ def add_analysis_commands(sub, funcs=None):
                    metavar="N", help="stop where N events are reached, so that the file stays "
                                      f"loadable; 0: no limit; 0 .. {ROW_LIMIT}")
     _format_option(p, what="what to print: text (one line) or json (path, events, window, cut)")
+    add_runs_commands(sub, funcs)        # convert, store, sql, history
+
+
+# ---- many runs: convert, store, sql, history (run by kvmscope.analysis.runs_cli)
+
+CONVERT_TARGETS = ("parquet", "arrow-file")
+CONVERT_COMPRESSIONS = ("default", "zstd", "lz4", "snappy", "none")
+SQL_FORMATS = ("text", "csv", "json")
+HISTORY_STATS = ("p50", "p90", "p99", "mean", "total")
+
+
+def _runs_command(name):
+    """A command function of kvmscope.analysis.runs_cli, imported when it runs."""
+    def run(args):
+        from .analysis import runs_cli
+        return getattr(runs_cli, name)(args)
+    run.__name__ = name
+    return run
+
+
+def _label(text):
+    key, sep, value = text.partition("=")
+    if not sep or not re.match(r"^[A-Za-z0-9_.-]{1,64}$", key.strip()):
+        raise ConfigError(f"bad label {text!r}: use KEY=VALUE (e.g. commit=abc123)")
+    return text
+
+
+def _order(text):
+    if text != "time" and not (text.startswith("label:") and len(text) > 6):
+        raise ConfigError(f"bad order {text!r}: use time or label:KEY")
+    return text
+
+
+def _penalty(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"bad number {text!r} for --penalty") from None
+    if not 0 < value <= 1000:
+        raise ConfigError(f"--penalty {text} out of range: use 0 < P <= 1000")
+    return value
+
+
+class _ConvertTo(argparse.Action):
+    """``--to LAYOUT [OUT]``: the layout, and OUT when it follows."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values[0] not in CONVERT_TARGETS or len(values) > 2:
+            parser.error(f"argument --to: use --to {'|'.join(CONVERT_TARGETS)} [OUT], "
+                         f"not {' '.join(values)!r}")
+        namespace.to = values[0]
+        if len(values) == 2:
+            if namespace.out is not None and namespace.out != values[1]:
+                parser.error(f"two output directories: {namespace.out} and {values[1]}")
+            namespace.out = values[1]
+
+
+def add_runs_commands(sub, funcs=None):
+    """Add ``convert``, ``store`` (``add``, ``list``), ``sql`` and ``history`` to *sub*."""
+    funcs = funcs or {}
+
+    def func(name):
+        return funcs.get(name) or _runs_command(name)
+
+    p = _command(sub, "convert", "write a trace in the Parquet or Arrow IPC file layout",
+                 "Write a trace in the Parquet layout (DuckDB, polars, pandas open it directly) "
+                 "or the Arrow IPC file layout, into OUT; without OUT, convert a stream trace "
+                 "to Parquet in place (the streams are removed once the Parquet files and "
+                 "meta.json are on disk). See docs/runs.md.\n"
+                 "Exit status 0, or 2 with one line on stderr.", func("cmd_convert"))
+    p.add_argument("trace", metavar="TRACE", help="trace directory")
+    p.add_argument("out", nargs="?", metavar="OUT", help="new directory (missing or empty)")
+    p.add_argument("--to", nargs="+", action=_ConvertTo, default="parquet", metavar="LAYOUT",
+                   help="layout to write: parquet or arrow-file; OUT may follow it "
+                        "(--to parquet OUT)")
+    p.add_argument("--compression", choices=CONVERT_COMPRESSIONS, default="default",
+                   help="compression of the files (default: zstd)")
+    _format_option(p, what="what to print: text (one line) or json")
+
+    p = _command(sub, "store", "a store of many runs: add runs, list them",
+                 "A run store: a Parquet dataset of many traces, partitioned by run "
+                 "(STORE/run=ID/TABLE.parquet). See docs/runs.md.", func("cmd_store_list"))
+    actions = p.add_subparsers(dest="store_command", metavar="ACTION")
+    actions.required = True
+    q = _command(actions, "add", "add runs to a store (created if missing)",
+                 "Add trace directories to a store, each as one run with its config, host, "
+                 "start time and labels. The same run twice is refused; each run is written "
+                 "aside and renamed into place, so a killed add leaves no partial run.\n"
+                 "Exit status 0, or 2 with one line on stderr (nothing added).",
+                 func("cmd_store_add"))
+    q.error_prefix = "kvmscope store add"
+    q.set_defaults(command="store add")
+    q.add_argument("store", metavar="STORE", help="store directory")
+    q.add_argument("traces", nargs="+", metavar="TRACE", help="trace directories")
+    q.add_argument("--label", action="append", type=_type(_label, "label"), metavar="KEY=VALUE",
+                   help="label every run added (commit=abc123); repeat for several")
+    q.add_argument("--name", metavar="NAME", help="display name of the run (default: TRACE's name)")
+    _format_option(q, what="what to print: text or json")
+    q = _command(actions, "list", "list the runs of a store",
+                 "List the runs of a store, oldest first.\nExit status 0, or 2 with one line.",
+                 func("cmd_store_list"))
+    q.error_prefix = "kvmscope store list"
+    q.set_defaults(command="store list")
+    q.add_argument("store", metavar="STORE", help="store directory")
+    q.add_argument("--label", action="append", type=_type(_label, "label"), metavar="KEY=VALUE",
+                   help="only runs with this label; repeat for several")
+    q.add_argument("--order", type=_type(_order, "order"), default="time", metavar="ORDER",
+                   help="time (the runs' start time) or label:KEY")
+    _format_option(q, SQL_FORMATS)
+    _limit_option(q, "print at most N runs", 0)
+
+    p = _command(sub, "sql", "SQL (DuckDB) over a trace or a store",
+                 "Run a DuckDB query over a trace or a store. Every table is a view (threads, "
+                 "exits, locks, bh, timers, aio, loop, irqs, losses) with the derived durations "
+                 "(wait_ns, hold_ns, ...) and thread_name; over a store each has a run column, "
+                 "and the runs view has one row per run. See docs/runs.md.\n"
+                 "Exit status 0, or 2 with one line on stderr.", func("cmd_sql"))
+    p.add_argument("source", metavar="TRACE_OR_STORE", help="trace or store directory")
+    p.add_argument("query", metavar="QUERY", help="the SQL query")
+    _format_option(p, SQL_FORMATS)
+    _limit_option(p, "print at most N rows", 0)
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+
+    p = _command(sub, "history", "each call site over a store's runs, with change points",
+                 "Follow each call site's hold (or wait) statistic over the runs of a store, "
+                 "in time (or label) order; find change points (ruptures PELT), keep those "
+                 "beyond --threshold and --min-delta, print them and optionally plot the "
+                 "series. A CI gate: exit 1 when the newest --recent runs start a regression, "
+                 "or the newest run alone is beyond the run-to-run variation. See docs/runs.md.\n"
+                 "Exit status: 0 no regression, 1 regression, 2 error.", func("cmd_history"))
+    p.add_argument("store", metavar="STORE", help="store directory")
+    p.add_argument("--metric", choices=DIFF_METRICS, default="hold",
+                   help="hold time, or wait time of contended acquisitions")
+    p.add_argument("--stat", choices=HISTORY_STATS, default="p50", help="statistic per run")
+    p.add_argument("--callsite", action="append", metavar="NAME",
+                   help="only this call site (glob; repeat for several)")
+    p.add_argument("--lock", action="append", metavar="NAME", help="only this lock (glob)")
+    p.add_argument("--label", action="append", type=_type(_label, "label"), metavar="KEY=VALUE",
+                   help="only runs with this label; repeat for several")
+    p.add_argument("--order", type=_type(_order, "order"), default="time", metavar="ORDER",
+                   help="time (the runs' start time) or label:KEY")
+    p.add_argument("--threshold", type=_type(_percent, "percent"), default="5%", metavar="PERCENT",
+                   help="smallest relative change of a change point, 0%% .. 10000%%")
+    p.add_argument("--min-delta", type=duration_ns("--min-delta", 0, 60 * units.NS_PER["s"]),
+                   default="100ns", metavar="TIME",
+                   help="smallest absolute change of a change point, 0 .. 60s; a bare number is ns")
+    p.add_argument("--penalty", type=_type(_penalty, "penalty"), default=4.0, metavar="P",
+                   help="PELT penalty, times log(runs), on noise-scaled log values")
+    p.add_argument("--min-size", type=count("--min-size", 1, 1000), default=3, metavar="N",
+                   help="fewest runs between two change points, 1 .. 1000")
+    p.add_argument("--recent", type=count("--recent", 1, ROW_LIMIT), default=5, metavar="N",
+                   help="the gate fails on a regression starting in the newest N runs")
+    p.add_argument("--min-count", type=count("--min-count", 1, ROW_LIMIT), default=30, metavar="N",
+                   help="samples a run needs for its call site to count")
+    p.add_argument("--scheduler", metavar="SCHEDULER",
+                   help="compute the per-run statistics on Dask: threads, processes, or the "
+                        "address of a distributed scheduler (default: pandas in this process)")
+    p.add_argument("--plot", metavar="FILE", help="plot the series with the change points "
+                                                  "(.png, .svg, .pdf)")
+    _format_option(p, SQL_FORMATS, what="text, csv (the change points) or json (everything)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE")
 
 
 # --------------------------------------------------------------------------

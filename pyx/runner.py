@@ -1,5 +1,6 @@
 """Record a run: configure the machine, start the vCPUs, drain the tracer into a trace, summarise."""
 import dataclasses
+import datetime
 import os
 import platform
 import signal
@@ -71,6 +72,8 @@ def _initial_meta(config, machine, clock, format_name, format_version, temporary
     meta = {
         "format": format_name, "format_version": format_version, "kvmscope_version": __version__,
         "state": "running", "clock": clock,
+        # wall clock, to order runs of many boots (start_ns is CLOCK_MONOTONIC)
+        "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds"),
         "config": dataclasses.asdict(config), "host": host_info(), "versions": versions(),
         "devices": list(machine.devices), "callsites": list(machine.callsites),
         "locks": ["bql"], "bottom_halves": list(machine.bh_names), "timers": list(machine.timer_names),
@@ -329,11 +332,16 @@ def _finish(config, guest, machine, tracer, drain, writer, meta, log_fd, stop_re
                 meta.update(state="failed", failure=drain.failure)
                 messages.append(f"trace: {drain.failure}")
                 ok = False
+        meta_ok = True
         try:
             writer.write_meta(meta)
         except OSError as e:
             messages.append(f"trace: could not update meta.json: {_one_line(e)}")
-            ok = False
+            ok = meta_ok = False
+        # the finished trace in the Parquet layout (docs/trace-format.md)
+        note = writer.finish(meta, convert=meta_ok and not drain.failure)
+        if note:
+            messages.append(f"trace: {note}")
     return RunResult(config=config, stop_reason=stop_reason, ok=ok, elapsed_s=elapsed,
                      stats=stats, records=records, tables=dict(writer.counts) if writer else {},
                      console=machine.console(), clock=clock,

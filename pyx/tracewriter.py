@@ -95,6 +95,10 @@ class TraceWriter:
                  compression=None):
         self.path = path
         os.makedirs(path, exist_ok=True)
+        # Held while recording: a reader that finds the lock file but not the
+        # lock knows the run was killed (kvmscope.analysis.convert).
+        from .analysis.convert import take_lock
+        self._lock_fd = take_lock(path)
         self.counts = {name: 0 for name in SCHEMAS}
         self._files = {}
         self._writers = {}
@@ -197,3 +201,14 @@ class TraceWriter:
 
     def write_meta(self, meta):
         write_json_atomic(os.path.join(self.path, META_FILE), meta)
+
+    def finish(self, meta, convert=True):
+        """After the last ``write_meta``: convert the streams to the Parquet
+        layout (when *convert*) and drop the recording's lock.  Returns None
+        or a one-line note (the trace then stays in the stream layout)."""
+        from .analysis.convert import finish_run, release_lock
+        note = finish_run(self.path, meta) if convert else None
+        if self._lock_fd is not None:
+            release_lock(self.path, self._lock_fd)
+            self._lock_fd = None
+        return note

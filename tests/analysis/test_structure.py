@@ -23,7 +23,11 @@ LAYERS = {
     "select": 1,                         # report filters (window, threads, call sites, sort)
     "replay": 2,
     "stats": 3, "blame": 3,              # statistics; wait anatomy
+    "convert": 1,                        # Parquet / Arrow IPC file layouts
+    "sql": 3,                            # DuckDB views over a trace or a store
     "trace": 4,                          # the Trace facade
+    "store": 5, "history": 5,            # many runs: the run store, history and change points
+    "runs_cli": 6,                       # many runs: command bodies
     "plot": 5, "perfetto": 5, "report": 5, "regress": 5, "regress_render": 5,
     "cli": 6, "__main__": 6, "__init__": 6,
 }
@@ -33,7 +37,7 @@ LAYERS = {
 UPWARD_LAZY = {("trace", "plot")}
 
 #: The command layer itself, which may import the command-line parser.
-COMMAND = {"cli", "__main__"}
+COMMAND = {"cli", "__main__", "runs_cli"}
 
 
 def _resolve(module, node):

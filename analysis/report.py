@@ -33,6 +33,12 @@ SECTIONS = {
                   lambda t: t.lock_stats(["lock", "callsite"])),
     "blockers": ("Who blocks whom (wait of waiter attributed to holder)",
                  lambda t: t.blockers()),
+    "fairness": ("Fairness per thread (owner changes, re-acquired while others waited, "
+                 "barged, longest starvation)", lambda t: t.fairness()),
+    "pingpong": ("Ping-pong (hand-offs bouncing between two threads; zoom with --window)",
+                 lambda t: t.pingpong()),
+    "convoys": ("Convoys (the lock never free, a queue of waiters; zoom with --window)",
+                lambda t: t.convoys()),
     "bh": ("Bottom halves (delay = schedule to run)", lambda t: t.bh_stats()),
     "timers": ("Timers (late = fire - expire)", lambda t: t.timer_stats()),
     "aio": ("AIO latency per stage", lambda t: t.aio_stats()),
@@ -58,6 +64,13 @@ _SHOWN = {
                   "hold_total_ns", "hold_mean_ns", "hold_p99_ns",
                   "hold_max_ns"],
     "blockers": ["lock", "waiter_name", "holder_name", "waits", "wait_ns"],
+    "fairness": ["lock", "thread_name", "acquisitions", "contended", "owner_changes",
+                 "reacquired_while_waited", "barged", "passed_over_max", "starved_max_ns",
+                 "starved_at"],
+    "pingpong": ["lock", "threads", "window", "duration_ns", "handoffs", "handoffs_per_ms",
+                 "waited", "gap_mean_ns", "hold_mean_ns"],
+    "convoys": ["lock", "window", "duration_ns", "acquisitions", "handoffs", "threads",
+                "max_waiting", "wait_ns", "first_holder", "first_callsite"],
     "bh": ["name", "runs", "delay_mean_ns", "delay_p50_ns", "delay_p99_ns",
            "delay_max_ns", "dur_mean_ns", "dur_max_ns", "dur_total_ns"],
     "timers": ["name", "fires", "late_mean_ns", "late_p50_ns", "late_p99_ns",
@@ -74,6 +87,9 @@ _HEADERS = {"samples_pct": "samples%", "time_pct": "time%",
             "poll_pct": "poll%", "dispatch_pct": "dispatch%",
             "waiter_name": "waiter", "holder_name": "holder",
             "thread_name": "thread", "wakeups_per_s": "wakeups/s",
+            "reacquired_while_waited": "reacq_waited", "passed_over_max": "passed_over",
+            "starved_max_ns": "starved", "handoffs_per_ms": "handoffs/ms",
+            "first_holder": "began_by", "first_callsite": "callsite",
             "acquisitions": "acquired", "contentions": "contended"}
 
 
@@ -110,6 +126,21 @@ def _blockers(t, threads=None, sites=None):
     return df
 
 
+def _rows_of(df, col, threads):
+    if threads is None:
+        return df
+    return df[df[col].astype(str).isin(threads)].reset_index(drop=True)
+
+
+def _rows_with(df, threads):
+    """Rows whose ``threads`` (comma-separated names) include a selected one."""
+    if threads is None or df.empty:
+        return df
+    want = set(threads)
+    keep = [bool(want & set(names.split(","))) for names in df["threads"]]
+    return df[keep].reset_index(drop=True)
+
+
 def _lock_section(by):
     def section(t, threads=None, sites=None):
         return t.select(threads=threads, callsites=sites).lock_stats(by)
@@ -118,7 +149,8 @@ def _lock_section(by):
 
 #: How the thread and call-site filters apply to each section: the blame
 #: sections see every holder and keep the selected threads' waits (and, for
-#: ``caused``, the selected holder call sites); the lock tables count the
+#: ``caused``, the selected holder call sites); fairness keeps the selected
+#: threads' rows, ping-pong and convoys the ones they took part in; the lock tables count the
 #: acquisitions the selected threads made at the selected call sites; the
 #: others count the rows the selected threads emitted.
 _FILTERED = {
@@ -128,6 +160,9 @@ _FILTERED = {
     "locks": _lock_section("lock"),
     "callsites": _lock_section(["lock", "callsite"]),
     "blockers": _blockers,
+    "fairness": lambda t, threads=None, sites=None: _rows_of(t.fairness(), "thread_name", threads),
+    "pingpong": lambda t, threads=None, sites=None: _rows_with(t.pingpong(), threads),
+    "convoys": lambda t, threads=None, sites=None: _rows_with(t.convoys(), threads),
     "bh": lambda t, threads=None, sites=None: t.select(threads=threads).bh_stats(),
     "timers": lambda t, threads=None, sites=None: t.select(threads=threads).timer_stats(),
     "aio": lambda t, threads=None, sites=None: t.select(threads=threads).aio_stats(),
@@ -194,6 +229,8 @@ SECTION_COLUMNS = {
               "hold_max_ns"),
 }
 SECTION_COLUMNS["callsites"] = SECTION_COLUMNS["locks"]
+SECTION_COLUMNS.update(fairness=("acquisitions", "wait_total_ns"), pingpong=("handoffs", "hold_mean_ns"),
+                       convoys=("acquisitions", "handoffs"))
 
 
 def summary(trace):

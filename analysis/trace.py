@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from .. import units
 from ..errors import ConfigError
 from . import blame as _blame
+from . import fairness as _fairness
 from . import replay as _replay
 from . import select as _select
 from . import stats as _stats
@@ -427,6 +428,21 @@ class Trace:
         """Critical sections ranked by the wait they caused others; see
         :func:`blame.caused`."""
         return _blame.caused(self, lock, threads)
+
+    def fairness(self, lock=None):
+        """Per lock and thread: owner changes, re-acquisitions while others
+        waited, barging, starvation; see :func:`fairness.fairness`."""
+        return _fairness.fairness(self, lock)
+
+    def pingpong(self, lock=None, min_handoffs=16, max_gap_ns=20_000):
+        """Chains of hand-offs bouncing between two threads; see
+        :func:`fairness.pingpong`."""
+        return _fairness.pingpong(self, lock, min_handoffs, max_gap_ns)
+
+    def convoys(self, lock=None, min_handoffs=4):
+        """Intervals in which the lock always had a waiter; see
+        :func:`fairness.convoys`."""
+        return _fairness.convoys(self, lock, min_handoffs)
 
     # -- layouts and SQL (see kvmscope.analysis.convert, .sql) --------------
 

@@ -31,8 +31,8 @@ REPORT_FORMATS = ("text", "markdown", "json", "csv")
 #: ``report --sort`` keys (perf lock's names; kvmscope.analysis.select.SORT_KEYS maps them to columns).
 REPORT_SORT_KEYS = ("acquired", "contended", "avg_wait", "wait_total", "wait_max", "wait_min", "avg_hold",
                     "hold_total", "hold_max", "hold_min", "handoffs", "caused")
-REPORT_SECTIONS = ("caused", "exits", "addrs", "locks", "callsites", "blockers", "bh", "timers", "aio",
-                   "loop")
+REPORT_SECTIONS = ("caused", "exits", "addrs", "locks", "callsites", "blockers", "fairness", "pingpong",
+                   "convoys", "bh", "timers", "aio", "loop")
 DIFF_METRICS = ("hold", "wait")
 DIFF_STATS = ("p50", "p90", "p99", "mean", "total")
 DIFF_FORMATS = ("text", "markdown", "html", "json")
@@ -574,6 +574,7 @@ def add_analysis_commands(sub, funcs=None):
     add_runs_commands(sub, funcs)        # convert, store, sql, history
 
 
+# --------------------------------------------------------------------------
 # ---- many runs: convert, store, sql, history (run by kvmscope.analysis.runs_cli)
 
 CONVERT_TARGETS = ("parquet", "arrow-file")
@@ -653,7 +654,8 @@ def add_runs_commands(sub, funcs=None):
     p = _command(sub, "store", "a store of many runs: add runs, list them",
                  "A run store: a Parquet dataset of many traces, partitioned by run "
                  "(STORE/run=ID/TABLE.parquet). See docs/runs.md.", func("cmd_store_list"))
-    actions = p.add_subparsers(dest="store_command", metavar="ACTION")
+    actions = p.add_subparsers(dest="store_command", metavar="ACTION",
+                               help="add (add runs to the store) or list (list its runs)")
     actions.required = True
     q = _command(actions, "add", "add runs to a store (created if missing)",
                  "Add trace directories to a store, each as one run with its config, host, "

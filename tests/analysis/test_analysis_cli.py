@@ -65,7 +65,8 @@ def test_report_json_is_raw_and_complete(capsys, small):
     status, out, _ = run(capsys, "report", small, "--format", "json")
     doc = json.loads(out)
     assert set(doc) == {"trace", "caused", "exits", "addrs", "locks", "callsites",
-                        "blockers", "bh", "timers", "aio", "loop"}
+                        "blockers", "fairness", "pingpong", "convoys", "bh", "timers", "aio",
+                        "loop"}
     lock = doc["locks"][0]
     assert lock["wait_total_ns"] == 100 and lock["hold_max_ns"] == 1_999_840
     assert isinstance(lock["hold_p50_ns"], int)

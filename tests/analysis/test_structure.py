@@ -23,6 +23,7 @@ LAYERS = {
     "select": 1,                         # report filters (window, threads, call sites, sort)
     "replay": 2,
     "stats": 3, "blame": 3,              # statistics; wait anatomy
+    "fairness": 3,                       # hand-offs, starvation, ping-pong, convoys
     "convert": 1,                        # Parquet / Arrow IPC file layouts
     "sql": 3,                            # DuckDB views over a trace or a store
     "trace": 4,                          # the Trace facade

@@ -41,8 +41,19 @@ def assemble_guest(src, out_bin):
                         "--oformat", "binary", "-o", out_bin, obj], check=True)
 
 
+def assemble_qemu_guest(src, out_elf):
+    """Assemble one guest for QEMU (pyx/guests/qemu/*.S) into a multiboot ELF kernel at 1 MiB."""
+    qemu_src = os.path.join(GUEST_SRC, "qemu")
+    with tempfile.TemporaryDirectory() as tmp:
+        obj = os.path.join(tmp, "guest.o")
+        subprocess.run(["as", "--32", "-I", qemu_src, "-o", obj, src], check=True)
+        subprocess.run(["ld", "-m", "elf_i386", "-T", os.path.join(qemu_src, "link.ld"),
+                        "-o", out_elf, obj], check=True)
+
+
 class BuildPyWithGuests(build_py):
-    """build_py that also assembles pyx/guests/*.S into kvmscope/guests/*.bin."""
+    """build_py that also assembles pyx/guests/*.S into kvmscope/guests/*.bin,
+    and pyx/guests/qemu/*.S into kvmscope/guests/qemu/*.elf."""
 
     def run(self):
         super().run()
@@ -54,6 +65,10 @@ class BuildPyWithGuests(build_py):
         for src in sorted(glob.glob(os.path.join(GUEST_SRC, "*.S"))):
             name = os.path.splitext(os.path.basename(src))[0]
             assemble_guest(src, os.path.join(out_dir, name + ".bin"))
+        os.makedirs(os.path.join(out_dir, "qemu"), exist_ok=True)
+        for src in sorted(glob.glob(os.path.join(GUEST_SRC, "qemu", "*.S"))):
+            name = os.path.splitext(os.path.basename(src))[0]
+            assemble_qemu_guest(src, os.path.join(out_dir, "qemu", name + ".elf"))
 
 
 def sanitizer_flags():

@@ -737,6 +737,96 @@ def add_runs_commands(sub, funcs=None):
 
 
 # --------------------------------------------------------------------------
+# ---- real QEMU: import qemu-log, qemu (run by kvmscope.qemu_cli)
+
+def _qemu_command(name):
+    """A command function of kvmscope.qemu_cli, imported when it runs."""
+    def run(args):
+        from . import qemu_cli
+        return getattr(qemu_cli, name)(args)
+    run.__name__ = name
+    return run
+
+
+def _address(text):
+    if not re.match(r"^0x[0-9a-fA-F]{1,16}$", text.strip()):
+        raise ConfigError(f"bad mutex address {text!r} for --bql: use 0x... as the log prints it")
+    return "0x" + text.strip()[2:].lower()
+
+
+def add_qemu_commands(sub):
+    """Add ``import`` (``import qemu-log LOG -o TRACE``) and ``qemu`` (run QEMU
+    traced, then import its log) to *sub*; docs/qemu.md."""
+    compressions = ("none", "lz4", "zstd")
+    p = _command(sub, "import", "convert a QEMU trace log into a kvmscope trace",
+                 "Convert the log of QEMU's log trace backend (run with -msg timestamp=on "
+                 "-trace qemu_mutex_lock -trace qemu_mutex_locked -trace qemu_mutex_unlock "
+                 "-trace kvm_run_exit -D LOG) into a kvmscope trace; see docs/qemu.md.\n"
+                 "Exit status: 0, or 2 for a file that is not a QEMU trace log, a log without "
+                 "lock events, or an output directory that may not be written.",
+                 _qemu_command("cmd_import"))
+    p.add_argument("kind", choices=["qemu-log"], help="what LOG is: qemu-log (QEMU's log trace backend)")
+    p.add_argument("log", metavar="LOG", help="the log file (QEMU's -D)")
+    p.add_argument("-o", "--output", required=True, metavar="TRACE",
+                   help="trace directory: missing, empty, or holding a trace to replace with --force")
+    p.add_argument("--force", action="store_true", help="replace the trace already in TRACE")
+    p.add_argument("--bql", type=_type(_address, "address"), metavar="ADDRESS",
+                   help="address of QEMU's global mutex, when the import cannot recognise it")
+    p.add_argument("--qemu-version", metavar="TEXT", help="the QEMU version, recorded in meta.json")
+    p.add_argument("--guest", metavar="NAME", help="what ran, shown as the guest in reports "
+                                                   "(default: qemu)")
+    p.add_argument("--compression", choices=compressions, default="none",
+                   help="compress the trace's Arrow buffers")
+    _format_option(p, what="summary format: text, or json (what was imported and skipped)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary")
+
+    p = _command(sub, "qemu", "run a real QEMU with its lock events traced, import the log",
+                 "Run QEMU with -msg timestamp=on, a -trace option per event and -D LOG added, "
+                 "then import LOG into a kvmscope trace; see docs/qemu.md.\n\n"
+                 "  kvmscope qemu -o TRACE -- qemu-system-x86_64 ARGS...\n"
+                 "  kvmscope qemu -o TRACE --guest pio-storm --vcpus 2 -n 50000\n"
+                 "  kvmscope qemu --list-guests\n\n"
+                 "Exit status: 0 QEMU ended well (status 0, its guest reported 0 through "
+                 "isa-debug-exit, or stopped at --duration), 1 QEMU or its guest failed (the "
+                 "trace is still written), 2 bad input or QEMU could not run, 130 interrupted.",
+                 _qemu_command("cmd_qemu"))
+    p.add_argument("-o", "--output", metavar="TRACE",
+                   help="trace directory: missing, empty, or holding a trace to replace with --force")
+    p.add_argument("--force", action="store_true", help="replace the trace already in TRACE")
+    p.add_argument("--events", default="default", metavar="LIST",
+                   help="trace events, comma-separated: names and the sets minimal (the mutex "
+                        "events and kvm_run_exit) and default (also kvm_vcpu_ioctl, "
+                        "thread_pool_submit, thread_pool_complete)")
+    p.add_argument("--log", metavar="FILE", help="keep QEMU's log in FILE (default: removed "
+                                                 "after the import)")
+    p.add_argument("--duration", type=duration_ns("--duration", units.NS_PER["ms"],
+                                                  168 * 3600 * units.NS_PER["s"], unit="s"),
+                   metavar="TIME", help="stop QEMU cleanly (SIGTERM) after TIME, 1ms .. 168h; "
+                                        "a bare number is seconds")
+    p.add_argument("--guest", metavar="NAME",
+                   help="boot this guest for QEMU (--list-guests): kvmscope composes the "
+                        "command line; a QEMU command after -- gives the binary and extra options")
+    p.add_argument("--vcpus", type=count("--vcpus", 1, 8), default=1, metavar="N",
+                   help="--guest: -smp N, 1 .. 8 (mixed: 1 .. 2)")
+    p.add_argument("-n", "--iterations", type=count("--iterations", 0, 2 ** 32 - 1), metavar="N",
+                   help="--guest: loop count, 0 .. 4294967295 (default per guest)")
+    p.add_argument("--seed", type=count("--seed", 0, 2 ** 32 - 1), default=1, metavar="N",
+                   help="--guest: seed, 0 .. 4294967295")
+    p.add_argument("--port-burst", type=count("--port-burst", 0, 2 ** 32 - 1), default=8,
+                   metavar="N", help="--guest mixed: port writes after each request")
+    p.add_argument("--cpu", default="host,-arch-capabilities", metavar="MODEL",
+                   help="--guest: QEMU's -cpu (without arch-capabilities: some hosts cannot set "
+                        "MSR 0x10a)")
+    p.add_argument("--list-guests", action="store_true", help="list the guests for QEMU")
+    p.add_argument("--compression", choices=compressions, default="none",
+                   help="compress the trace's Arrow buffers")
+    _format_option(p, what="summary format: text or json")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary")
+    p.add_argument("qemu_command", nargs=argparse.REMAINDER, metavar="-- QEMU ARGS",
+                   help="the QEMU command line, binary first")
+
+
+# --------------------------------------------------------------------------
 # the parser and main
 
 def build_parser(prog="kvmscope", commands=("recording", "analysis"), funcs=None):
@@ -789,6 +879,7 @@ def build_parser(prog="kvmscope", commands=("recording", "analysis"), funcs=None
                      cmd_info)
         p.add_argument("--kvm-device", default="/dev/kvm", metavar="PATH", help="KVM device node")
         _format_option(p)
+        add_qemu_commands(sub)          # import qemu-log, qemu
     if "analysis" in commands:
         add_analysis_commands(sub, funcs)
     return parser

@@ -177,6 +177,7 @@ class LogData:
         self.pending_aio = {}
         self.cancelled = 0
         self.pending = {}               # (tid, addr) -> (request, site, contended)
+        self.before_all_on = 0          # mutex events before all three kinds had appeared
         # thread-pool jobs: (tid, mutex, start, done, seq); see _aio_stages
         self.jobs = []
         self.pool_release = {}
@@ -348,6 +349,7 @@ def read_log(path, progress=None):
     handlers_cpu = {"kvm_run_exit", "kvm_vcpu_ioctl"}
     handlers_pool = {"thread_pool_submit", "thread_pool_complete", "thread_pool_cancel"}
     last_ts = {}
+    kinds = set()
     match = _LINE.match
     with f:
         try:
@@ -388,6 +390,13 @@ def read_log(path, progress=None):
                 data.events[name] += 1
                 seq += 1
                 if name in handlers_mutex:
+                    if len(kinds) < len(LOCK_EVENTS):
+                        # tracing switched on event by event (the monitor's
+                        # trace-event): lock state is known once all are on
+                        kinds.add(name)
+                        data.before_all_on += 1
+                        _thread(data, tid)
+                        continue
                     _on_mutex(data, tid, ts, name, args, seq)
                 elif name in handlers_cpu:
                     _on_cpu(data, tid, ts, name, args)
@@ -748,6 +757,7 @@ def _meta(data, decided, tables, source):
         "unparsed_events": dict(data.unparsed.most_common()),
         "unknown_exit_reasons": {str(k): v for k, v in sorted(data.unknown_reasons.items())},
         "anomalies": dict(data.anomalies.most_common()),
+        "mutex_events_before_all_on": data.before_all_on,
         "clock_went_back": data.clock_backwards,
         "aio_cancelled": data.cancelled,
     }
@@ -769,15 +779,18 @@ def _meta(data, decided, tables, source):
 
 def check_output(path, force=False):
     """Refuse an output directory as ``kvmscope run -o`` does (see
-    :func:`kvmscope.config.check_output`); with *force*, remove the old
-    trace's own files."""
+    :func:`kvmscope.config.check_output`): missing, empty, or holding a trace
+    that *force* allows to replace.  Removes nothing."""
     from .config import check_output as check
     check(path, force)
-    if force and os.path.isdir(path):
-        for name in trace_files():
-            file = os.path.join(path, name)
-            if os.path.lexists(file) and not os.path.isdir(file):
-                os.unlink(file)
+
+
+def _remove_old_trace(path):
+    """The files of the trace in *path* (only those: ``--force``)."""
+    for name in trace_files():
+        file = os.path.join(path, name)
+        if os.path.lexists(file) and not os.path.isdir(file):
+            os.unlink(file)
 
 
 def import_log(log, output, *, force=False, bql=None, source=None, compression=None,
@@ -823,12 +836,16 @@ def import_log(log, output, *, force=False, bql=None, source=None, compression=N
     """
     check_output(output, force)         # before reading a possibly large log
     data = read_log(log, progress=progress)
-    if not any(data.events.get(e) for e in LOCK_EVENTS):
+    missing = [e for e in LOCK_EVENTS if not data.events.get(e)]
+    if missing:
         have = ", ".join(sorted(data.events) + sorted(data.unknown)) or "none"
         raise QemuLogError(
-            f"{log}: no lock events (events in the log: {have}); run QEMU with "
-            + " ".join(trace_options(MINIMAL_EVENTS)) + " -D FILE")
+            f"{log}: no {' or '.join(missing)} events (events in the log: {have}); "
+            "run QEMU with " + " ".join(trace_options(MINIMAL_EVENTS)) + " -D FILE")
     tables, decided = build_tables(data, bql)
+    check_output(output, force)
+    if force and os.path.isdir(output):
+        _remove_old_trace(output)
     os.makedirs(output, exist_ok=True)
     _write_tables(output, tables, compression)
     with open(os.path.join(output, "console.log"), "wb"):

@@ -34,6 +34,7 @@ from scipy import stats
 
 from .. import units
 from ..errors import ConfigError, KvmscopeError
+from . import structdiff
 from .trace import Trace
 
 METRICS = ("hold", "wait")
@@ -665,6 +666,11 @@ def compare(base, new, *, metric="hold", stat="p50", threshold=0.10,
     DiffResult
         ``.table`` has one row per lock (``callsite == "*"``) and per (lock,
         call site); ``.regressed`` and ``.exit_status`` give the verdict.
+        ``.structure`` lists the call sites, bottom halves, timers, exit
+        reasons and ports that appeared, vanished or changed frequency
+        (:func:`structdiff.compare`); ``.caused`` how the waiting caused
+        moved between critical sections (:func:`structdiff.caused_shift`).
+        Neither changes the exit status.
 
     Raises
     ------
@@ -722,4 +728,6 @@ def compare(base, new, *, metric="hold", stat="p50", threshold=0.10,
     o.update(lock=lock, callsite=callsite)
     from .regress_render import DiffResult
     return DiffResult(table, o, base_runs, new_runs, kept,
-                      _notes(base_runs, new_runs, o))
+                      _notes(base_runs, new_runs, o),
+                      structure=structdiff.compare(base_runs, new_runs),
+                      caused=structdiff.caused_shift(base_runs, new_runs))

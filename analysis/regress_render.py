@@ -263,13 +263,55 @@ class DiffResult:
     >>> print(r.to_markdown())                             # doctest: +SKIP
     """
 
-    def __init__(self, table, options, base, new, samples, notes):
+    def __init__(self, table, options, base, new, samples, notes, structure=None, caused=None):
         self.table = table
         self.options = options
         self.base = base
         self.new = new
         self.samples = samples
         self.notes = notes
+        self.structure = structure if structure is not None else pd.DataFrame()
+        self.caused = caused if caused is not None else pd.DataFrame()
+
+    # -- structure and waiting caused (informational: no effect on the verdict)
+
+    def structure_changes(self):
+        """Rows of :attr:`structure` whose status is not ``same``."""
+        st = self.structure
+        return st[st["status"] != "same"] if len(st) else st
+
+    def _structure_lines(self):
+        """Text lines: what appeared, vanished or changed frequency."""
+        st = self.structure
+        if not len(st):
+            return ["  (nothing to compare)"]
+        changed = self.structure_changes()
+        if not len(changed):
+            kinds = st.groupby("kind").size()
+            return ["  no structural change: the same " + ", ".join(
+                f"{n} {k}{'s' * (n != 1)}" for k, n in kinds.items())
+                + " at the same frequencies (within run-to-run variation)"]
+        unit = st["unit"].iloc[0]
+        lines = []
+        for r in changed.to_dict("records"):
+            if r["status"] == "appeared":
+                what = f"appeared: {r['new_rate']:.3g} {unit} ({r['new_per_run']:.4g} per run)"
+            elif r["status"] == "vanished":
+                what = f"vanished: was {r['base_rate']:.3g} {unit} ({r['base_per_run']:.4g} per run)"
+            else:
+                what = (f"{r['status']}: {r['base_rate']:.3g} -> {r['new_rate']:.3g} {unit} "
+                        f"({fmt_rel(r['rel_change'])}, {r['z']:.1f} standard errors)")
+            lines.append(f"  {r['kind']} {r['name']}: {what}")
+        return lines
+
+    def _caused_cells(self):
+        c = self.caused
+        heads = ["lock", "critical section", "status", "base caused", "new caused",
+                 "base share", "new share", "shift"]
+        rows = [[r["lock"], r["holder_callsite"], r["status"], _ns(r["base_caused_ns"]),
+                 _ns(r["new_caused_ns"]), f"{r['base_pct']:.1f}%", f"{r['new_pct']:.1f}%",
+                 f"{r['shift_pct']:+.1f} pts"] for r in c.to_dict("records")] if len(c) else []
+        return heads, rows
 
     @property
     def regressions(self):
@@ -389,6 +431,16 @@ class DiffResult:
                      f"{r['reason']}",
                      style=STATUS_STYLES.get(r["status"], "").replace("bold ",
                                                                       ""))
+        doc.line().line("Structure (call sites, bottom halves, timers, exit reasons, ports)",
+                        style="bold")
+        for line in self._structure_lines():
+            doc.line(line)
+        heads, crow = self._caused_cells()
+        if crow:
+            doc.line().line("Waiting caused: each critical section's share of the contended wait",
+                            style="bold")
+            doc.table(heads, crow, {3, 4, 5, 6, 7})
+        doc.line()
         for n in self.notes:
             doc.line(f"note: {n}", style="yellow")
         doc.line()
@@ -419,6 +471,11 @@ class DiffResult:
             out += ["<details><summary>Distributions per side</summary>", "",
                     markdown_table(dh, dr, set(range(3, 11))), "</details>",
                     ""]
+        out += ["### Structure", ""] + [f"- {line.strip()}" for line in self._structure_lines()] + [""]
+        heads, crow = self._caused_cells()
+        if crow:
+            out += ["### Waiting caused (share of the contended wait)", "",
+                    markdown_table(heads, crow, {3, 4, 5, 6, 7})]
         for n in self.notes:
             out.append(f"- {n}")
         return "\n".join(out).rstrip("\n") + "\n"
@@ -446,6 +503,10 @@ class DiffResult:
             "verdict": self.verdict(),
             "notes": self.notes,
             "rows": rows,
+            "structure": json.loads(self.structure.to_json(orient="records", double_precision=6))
+            if len(self.structure) else [],
+            "caused": json.loads(self.caused.to_json(orient="records", double_precision=6))
+            if len(self.caused) else [],
         }, indent=1) + "\n"
 
     def _plotted(self):
@@ -493,6 +554,12 @@ class DiffResult:
         if dr:
             body += ["<h2>Distributions per side</h2>",
                      _html_table(dh, dr, set(range(3, 11)))]
+        body.append("<h2>Structure</h2><ul>" + "".join(
+            f"<li>{e(line.strip())}</li>" for line in self._structure_lines()) + "</ul>")
+        heads, crow = self._caused_cells()
+        if crow:
+            body += ["<h2>Waiting caused (share of the contended wait)</h2>",
+                     _html_table(heads, crow, {3, 4, 5, 6, 7}, status_col=2)]
         if self.notes:
             body.append("<h2>Notes</h2><ul>" + "".join(
                 f"<li>{e(n)}</li>" for n in self.notes) + "</ul>")

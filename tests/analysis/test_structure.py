@@ -23,6 +23,7 @@ LAYERS = {
     "select": 1,                         # report filters (window, threads, call sites, sort)
     "replay": 2,
     "stats": 3, "blame": 3,              # statistics; wait anatomy
+    "reexec_model": 3, "reexec_engine": 3,   # re-execution: the model, the engine
     "structdiff": 3,                     # what runs do: call sites, BHs, timers, exits, ports
     "fairness": 3,                       # hand-offs, starvation, ping-pong, convoys
     "convert": 1,                        # Parquet / Arrow IPC file layouts

@@ -1,0 +1,1010 @@
+"""Deterministic discrete-event re-execution of a recorded trace's model
+(:mod:`kvmscope.analysis.reexec_model`) under changed conditions; the
+predicted run comes out as the tables of a trace (docs/whatif.md).
+
+One event queue (``heapq``, ties broken by insertion order), one state
+machine per vCPU, the main loop, the AIO pool, the timers and the BQL.  Same
+model, same changes, same seed: the same trace, to the nanosecond.
+"""
+
+import heapq
+import random
+import re
+
+import numpy as np
+
+from ..errors import ConfigError
+from . import reexec_model as rm
+
+#: Ranges of the changes, as ``kvmscope run`` has them (a test compares them
+#: with kvmscope.config).
+MAX_VCPUS = 64
+MAX_AIO_THREADS = 16
+TIMER_PERIOD_US = (50, 60_000_000)
+MAX_HOLD_NS = 10 ** 9
+MAX_SCALE = 1000.0
+
+#: Lock policies: ``barging`` (glibc's default mutex: a thread that asks
+#: while the lock is free takes it, even ahead of a waiter that was woken
+#: and has not run yet) and ``fifo`` (a ticket lock: the waiters in request
+#: order, a newcomer queues behind them).
+POLICIES = ("barging", "fifo")
+
+INF = 1 << 62
+_FAR = 1 << 40          # "no previous release" in the recorded request offsets
+
+# Event kinds.
+(E_PROG, E_ISR, E_IREQ, E_ENTRY, E_GRANT, E_FX, E_RAISE, E_MWAKE, E_MPOLL, E_MREQ,
+ E_MBH, E_AIOTAKE, E_AIODONE, E_MFIRST) = range(14)
+
+# vCPU modes: in the guest, handling an exit, ended.
+M_GUEST, M_USER, M_DONE = 0, 1, 2
+
+
+class Changes:
+    """What to change in a re-execution; every argument is optional.
+
+    Parameters
+    ----------
+    scale_hold : dict of str to float
+        Call site -> factor on its hold times (``main:dispatch`` scales the
+        whole dispatch: handlers, timer callbacks, bottom halves).
+    add_hold : dict of str to int
+        Call site -> ns added to each hold (what ``kvmscope run
+        --inject-hold`` does).
+    lockless : iterable of str
+        Devices dispatched without the BQL (``kvmscope run --lockless``).
+    vcpus : int
+        vCPUs; extra ones run the recorded vCPUs' streams again.
+    aio_threads : int
+        AIO worker threads.
+    timer_period_us : int
+        Period the guests program into the timer device, us.
+    """
+
+    NAMES = ("scale_hold", "add_hold", "lockless", "vcpus", "aio_threads", "timer_period_us")
+
+    def __init__(self, scale_hold=None, add_hold=None, lockless=(), vcpus=None,
+                 aio_threads=None, timer_period_us=None):
+        self.scale_hold = dict(scale_hold or {})
+        self.add_hold = dict(add_hold or {})
+        if isinstance(lockless, str):
+            lockless = [lockless]
+        self.lockless = list(dict.fromkeys(lockless or ()))
+        self.vcpus = vcpus
+        self.aio_threads = aio_threads
+        self.timer_period_us = timer_period_us
+
+    @classmethod
+    def from_kwargs(cls, **kw):
+        """Changes from keyword arguments; an unknown name raises ConfigError."""
+        bad = sorted(set(kw) - set(cls.NAMES))
+        if bad:
+            raise ConfigError(f"unknown change {bad[0]!r}; changes are " + ", ".join(cls.NAMES))
+        return cls(**kw)
+
+    def empty(self):
+        """True when nothing is changed."""
+        return not any(self.as_dict().values())
+
+    def as_dict(self):
+        """The changes as plain JSON values (``meta.json`` ``replay.changes``)."""
+        out = {}
+        if self.scale_hold:
+            out["scale_hold"] = {k: float(v) for k, v in self.scale_hold.items()}
+        if self.add_hold:
+            out["add_hold"] = {k: int(v) for k, v in self.add_hold.items()}
+        if self.lockless:
+            out["lockless"] = list(self.lockless)
+        for k in ("vcpus", "aio_threads", "timer_period_us"):
+            if getattr(self, k):
+                out[k] = int(getattr(self, k))
+        return out
+
+    def describe(self):
+        """One short phrase per change (``pio:blk hold x0.5``)."""
+        out = [f"{k} hold x{v:g}" for k, v in self.scale_hold.items()]
+        out += [f"{k} hold +{_ns_text(v)}" for k, v in self.add_hold.items()]
+        out += [f"{d} lockless" for d in self.lockless]
+        if self.vcpus:
+            out.append(f"{self.vcpus} vCPUs")
+        if self.aio_threads:
+            out.append(f"{self.aio_threads} AIO threads")
+        if self.timer_period_us:
+            out.append(f"timer period {self.timer_period_us}us")
+        return out
+
+    def check(self, model):
+        """ConfigError for a change the model cannot take (an unknown call
+        site or device, a value out of range)."""
+        for what, table in (("scale", self.scale_hold), ("add", self.add_hold)):
+            for cs, v in table.items():
+                if cs not in model.callsites:
+                    raise ConfigError(f"--{what}-hold: unknown call site {cs!r}; the trace has "
+                                      + ", ".join(used_callsites(model)))
+                if what == "scale" and not (0 <= float(v) <= MAX_SCALE):
+                    raise ConfigError(f"--scale-hold {cs}={v}: out of range: use 0 .. "
+                                      f"{MAX_SCALE:g}")
+                if what == "add" and not (0 <= int(v) <= MAX_HOLD_NS):
+                    raise ConfigError(f"--add-hold {cs}={v}: out of range: use 0 .. 1s")
+        for dev in self.lockless:
+            if dev not in model.devices:
+                raise ConfigError(f"--lockless: unknown device {dev!r}; devices are "
+                                  + ", ".join(sorted(model.devices)))
+        if self.vcpus is not None and not (1 <= int(self.vcpus) <= MAX_VCPUS):
+            raise ConfigError(f"--vcpus {self.vcpus} out of range: use 1 .. {MAX_VCPUS}")
+        if self.aio_threads is not None and not (1 <= int(self.aio_threads) <= MAX_AIO_THREADS):
+            raise ConfigError(f"--aio-threads {self.aio_threads} out of range: use 1 .. "
+                              f"{MAX_AIO_THREADS}")
+        lo, hi = TIMER_PERIOD_US
+        if self.timer_period_us is not None and not (lo <= int(self.timer_period_us) <= hi):
+            raise ConfigError(f"--timer-period-us {self.timer_period_us} out of range: use "
+                              f"{lo} .. {hi}")
+
+
+def _ns_text(ns):
+    for unit, k in (("s", 10 ** 9), ("ms", 10 ** 6), ("us", 1000)):
+        if ns >= k:
+            return f"{ns / k:g}{unit}"
+    return f"{ns}ns"
+
+
+def used_callsites(model):
+    """Call sites a model's recording used (not the ``:unassigned`` ones)."""
+    return [c for c in model.callsites if not c.endswith(":unassigned")]
+
+
+def _apply(S, changes, model):
+    """A copy of ExitSpecs *S* with the hold changes and lockless devices
+    applied."""
+    out = rm.ExitSpecs()
+    for f in rm.ExitSpecs.FIELDS:
+        setattr(out, f, list(getattr(S, f)))
+    for f in ("react", "defer"):
+        if hasattr(S, f):
+            setattr(out, f, list(getattr(S, f)))
+    scale = {model.callsites.index(k): float(v) for k, v in changes.scale_hold.items()}
+    add = {model.callsites.index(k): int(v) for k, v in changes.add_hold.items()}
+    lockless = {cs for dev in changes.lockless for cs in model.devices[dev]}
+    if not (scale or add or lockless):
+        return out
+    for k in range(len(out.row)):           # per exit, once per re-execution
+        cs = out.cs[k]
+        if cs < 0 or not (cs in scale or cs in add or cs in lockless):
+            continue
+        h = out.hold[k]
+        fx = out.fx[k]
+        if cs in scale:
+            f = scale[cs]
+            h = int(round(h * f))
+            fx = fx and [(int(round(e[0] * f)),) + tuple(e[1:]) for e in fx]
+        if cs in add:
+            # the injected busy-wait comes first, as kvmscope run's
+            h += add[cs]
+            fx = fx and [(e[0] + add[cs],) + tuple(e[1:]) for e in fx]
+        if cs in lockless:
+            pre = out.pre[k]
+            out.dur[k] = pre + h + out.post[k]
+            fx = fx and [(e[0] + pre,) + tuple(e[1:]) for e in fx]
+            out.cs[k] = -1
+        out.hold[k] = h
+        out.fx[k] = fx
+    return out
+
+
+class _Stream:
+    """A vCPU stream as one vCPU of the re-execution runs it: the recorded
+    specs with the changes applied."""
+
+    def __init__(self, src, changes, model, copy, copies, stagger):
+        P = src.prog
+        self.src = src
+        self.prog = _apply(P, changes, model)
+        self.gate, self.gvec, self.gcnt = P.gate, P.gvec, P.gcnt
+        self.gap = list(P.gap)
+        self.start = P.start + copy * stagger
+        if copy:
+            # A replica: its guest times are the recorded stream's, rotated
+            # within each exit class, so that copies do not run in lock step.
+            cls = np.asarray(model.exit_cls, dtype=np.int64)[np.asarray(P.row, dtype=np.int64)]
+            gap = np.asarray(self.gap, dtype=np.int64)
+            out = gap.copy()
+            comp = np.asarray(P.gate) == rm.GATE_COMPUTE
+            for c in np.unique(cls[comp]).tolist():     # per exit class
+                idx = np.flatnonzero((cls == c) & comp)
+                out[idx] = np.roll(gap[idx], (copy * len(idx)) // (copies + 1))
+            self.gap = out.tolist()
+        self.isr = {v: _apply(S, changes, model) for v, S in src.isr.items()}
+
+
+class _Vcpu:
+    """State of one vCPU of the re-execution."""
+
+    __slots__ = ("i", "th", "name", "st", "j", "mode", "ver", "left", "since", "waiting",
+                 "wvec", "wcnt", "sched", "until", "pending", "cnt", "rtimes", "icur",
+                 "timers", "cur_isr", "in_isr", "hlt", "done_t")
+
+    def __init__(self, i, name, st):
+        self.i, self.th, self.name, self.st = i, i, name, st
+        self.j = 0                  # next program exit
+        self.mode = M_GUEST
+        self.ver = 0                # invalidates scheduled guest events
+        self.left = 0               # guest time left before program exit j
+        self.since = 0              # ... counted from here
+        self.waiting = False        # program exit j waits for an interrupt
+        self.wvec = -1
+        self.wcnt = 0
+        self.sched = INF            # when program exit j is due
+        self.until = 0              # in userspace until (re-entry)
+        self.pending = []           # interrupt service routines to run at entry
+        self.cnt = {}               # interrupts received, per vector
+        self.rtimes = {}            # their times
+        self.icur = {}              # next ISR exit, per vector
+        self.timers = {}            # recorded timer index -> timer of this vCPU
+        self.cur_isr = None
+        self.in_isr = False
+        self.hlt = None             # a halt waiting in userspace for an interrupt
+        self.done_t = None
+
+
+class Engine:
+    """One re-execution of a model; :func:`run` is the entry point."""
+
+    def __init__(self, model, changes, policy="barging", seed=0):
+        if policy not in POLICIES:
+            raise ConfigError(f"unknown lock policy {policy!r}; use one of {', '.join(POLICIES)}")
+        changes.check(model)
+        self.m = model
+        self.ch = changes
+        self.policy = policy
+        self.barging = policy == "barging"
+        self.rng = random.Random(seed)
+        self.heap = []
+        self.seq = 0
+        # -- threads of the predicted run ----------------------------------
+        n_src = len(model.vcpus)
+        nv = int(changes.vcpus or n_src)
+        self.nworkers = int(changes.aio_threads or model.aio_workers)
+        stagger = self._stagger()
+        copies = (nv - 1) // n_src
+        self.vcpus = []
+        for i in range(nv):
+            src = model.vcpus[i % n_src]
+            st = _Stream(src, changes, model, i // n_src, copies, stagger)
+            self.vcpus.append(_Vcpu(i, f"vcpu{i}", st))
+        self.main_th = nv
+        self.aio_th = [nv + 1 + k for k in range(self.nworkers)]
+        # -- timers: one per (vCPU, recorded timer its stream arms) ----------
+        # [name, vcpu, vector, recorded index, armed, expire, armed at, period]
+        self.timers = []
+        for v in self.vcpus:
+            for slot in v.st.src.timers:
+                info = model.timers[slot]
+                name, src_v = info["name"], v.st.src.vcpu
+                if v.i != src_v:
+                    renamed = re.sub(rf"vcpu{src_v}$", f"vcpu{v.i}", name)
+                    name = renamed if renamed != name else f"{name}#{v.i}"
+                v.timers[slot] = len(self.timers)
+                per = info.get("period")
+                if changes.timer_period_us:
+                    per = int(changes.timer_period_us) * 1000
+                self.timers.append([name, v.i, info["vector"], slot, False, 0, 0, per])
+        self.timer_cb_i = {}
+        # -- the BQL -------------------------------------------------------------
+        self.busy_until = -INF      # release of the last acquisition (INF: not known yet)
+        self.last_owner = -1
+        self.waiters = []           # [thread, request, lat, d, cont, hold, cb, arg, wakes]
+        self.grant_ver = 0
+        # -- main loop ------------------------------------------------------------
+        self.ml = model.main
+        self.m_iter = 0
+        self.m_state = "init"
+        self.m_ver = 0
+        self.m_poll_enter = 0
+        self.m_wake_t = INF
+        self.m_timeout = -1
+        self.m_end = None
+        self.efd = []               # eventfd writes not yet read
+        self.notify = []
+        self.bh_pending = {}        # bottom half -> (scheduled, by thread)
+        self.bh_over_i = 0
+        self.bh_dur_i = {}
+        self.stop_t = None
+        self.cur_main = None
+        self.m_scale = float(changes.scale_hold.get("main:dispatch", 1.0))
+        self.m_add = int(changes.add_hold.get("main:dispatch", 0))
+        # -- AIO ---------------------------------------------------------------------
+        self.idle_workers = [(-INF, k) for k in range(self.nworkers)]
+        self.aio_queue = []
+        self.aio_done = []          # done, not yet completed by the bottom half
+        self.aio_reqs = []          # [spec, vcpu, submit, start, done, complete, worker]
+        # -- output -------------------------------------------------------------------
+        self.o_exits = []           # (recorded row, vcpu, exit, entry or None)
+        self.o_locks = []           # [thread, callsite, request, acquired, released, prev, cont]
+        self.o_loop = []
+        self.o_timers = []
+        self.o_bh = []
+        self.o_irqs = []            # (thread, kind, line, vector, vcpu, ts)
+        self.n_done = 0
+        self._lines = {}
+        raises = model.irq_rows[model.irq_rows["kind"] == "raise"]
+        stride = model.line_stride
+        for vec, line, vc in zip(raises["vector"].tolist(), raises["line"].tolist(),
+                                 raises["vcpu"].tolist()):
+            for v in range(nv):
+                self._lines.setdefault((v, vec), line - stride * vc + stride * v)
+
+    def _stagger(self):
+        starts = sorted(s.prog.start for s in self.m.vcpus)
+        if len(starts) > 1:
+            return max(1000, (starts[-1] - starts[0]) // (len(starts) - 1))
+        return 50_000
+
+    def push(self, t, kind, a=0, b=0):
+        self.seq += 1
+        heapq.heappush(self.heap, (t, self.seq, kind, a, b))
+
+    def draw(self, samples):
+        return samples.draw(self.rng)
+
+    # -- the BQL ----------------------------------------------------------------------
+
+    def request(self, th, r, lat, d, cont, hold, cb, arg):
+        """Thread *th* asks for the BQL at *r*; ``cb(arg, acquired, released,
+        lock_row)`` runs when it has it.  *lat*, *d*, *cont* are the
+        recorded acquisition's latency, request-to-previous-release offset
+        and contended flag; *hold* None: released later (:meth:`release_at`)."""
+        if r >= self.busy_until and (self.barging or not self.waiters):
+            dd = r - self.busy_until if self.busy_until > -INF else _FAR
+            if dd == d:
+                L, c = lat, cont
+            elif not cont:
+                L, c = lat, False
+            else:
+                L, c = self.draw(self.m.lock["free"]), False
+            self._acquire(th, r, r + L, hold, c, cb, arg)
+        else:
+            self.waiters.append([th, r, lat, d, cont, hold, cb, arg, 0])
+            if len(self.waiters) == 1 and self.busy_until < INF:
+                self._schedule_grant()
+
+    def _handoff_latency(self, w, rel):
+        """Hand-off latency of waiter *w* after a release at *rel*: the
+        recorded one when the situation is the recorded one, else drawn
+        from the recorded ones of a waiter that had slept or had not."""
+        th, r, lat, d, cont, hold, cb, arg, wakes = w
+        dd = r - rel
+        if wakes == 0 and dd == d:
+            return lat
+        sleep = wakes > 0 or -dd > rm.SLEEP_THRESHOLD_NS
+        if cont and d < 0 and sleep == (-d > rm.SLEEP_THRESHOLD_NS):
+            return lat
+        return self.draw(self.m.lock["sleep" if sleep else "spin"])
+
+    def _schedule_grant(self):
+        w = self.waiters[0]
+        rel = self.busy_until
+        g = max(rel, w[1]) + self._handoff_latency(w, rel)
+        self.grant_ver += 1
+        self.push(g, E_GRANT, self.grant_ver)
+
+    def _grant(self, ver, t):
+        if ver != self.grant_ver or not self.waiters:
+            return
+        if t < self.busy_until:
+            # a thread barged in: the woken waiter sleeps until that release
+            self.waiters[0][8] += 1
+            if self.busy_until < INF:
+                self._schedule_grant()
+            return
+        w = self.waiters.pop(0)
+        dd = w[1] - self.busy_until if self.busy_until > -INF else _FAR
+        c = w[4] if (w[8] == 0 and dd == w[3]) else dd < 0 or w[8] > 0 or w[4]
+        self._acquire(w[0], w[1], t, w[5], c, w[6], w[7])
+
+    def _acquire(self, th, r, acq, hold, contended, cb, arg):
+        prev = self.last_owner
+        self.last_owner = th
+        rel = None if hold is None else acq + hold
+        self.busy_until = INF if rel is None else rel
+        self.o_locks.append([th, -1, r, acq, rel, prev, contended])
+        cb(arg, acq, rel, len(self.o_locks) - 1)
+        if rel is not None and self.waiters:
+            self._schedule_grant()
+
+    def release_at(self, row, rel):
+        """The owner of lock record *row* (taken without a known hold)
+        releases it at *rel*."""
+        self.o_locks[row][4] = rel
+        self.busy_until = rel
+        if self.waiters:
+            self._schedule_grant()
+
+    # -- vCPUs ------------------------------------------------------------------------
+
+    def _setup_gate(self, v):
+        """Program exit v.j is next: what the guest does before it."""
+        j = v.j
+        st = v.st
+        if j >= len(st.prog.row):
+            v.waiting = False
+            v.left = INF
+            return
+        v.left = st.gap[j]
+        v.waiting = st.gate[j] == rm.GATE_WAIT
+        if v.waiting:
+            v.wvec, v.wcnt = st.gvec[j], st.gcnt[j]
+
+    def _enter(self, v, e):
+        """vCPU *v* re-enters the guest at *e* (possibly later than now:
+        an interrupt that reaches it before *e* re-runs this at *e*)."""
+        v.mode = M_GUEST
+        v.until = e
+        v.ver += 1
+        if v.pending:
+            self._isr_at(v, v.pending.pop(0), e)
+            return
+        v.since = e
+        if v.waiting:
+            if v.cnt.get(v.wvec, 0) < v.wcnt:
+                v.sched = INF
+                return
+            v.waiting = False
+            v.since = max(e, v.rtimes[v.wvec][v.wcnt - 1])
+        self._sched_prog(v, v.since + v.left)
+
+    def _sched_prog(self, v, t):
+        v.sched = t
+        P = v.st.prog
+        j = v.j
+        if j < len(P.row):
+            self.push(t + (P.pre[j] if P.cs[j] >= 0 else 0), E_PROG, v.i, v.ver)
+
+    def _isr_at(self, v, vec, t):
+        v.in_isr = True
+        S = v.st.isr[vec]
+        k = v.icur.get(vec, 0)
+        v.icur[vec] = k + 1
+        k %= len(S.row)
+        v.cur_isr = (vec, k)
+        v.ver += 1
+        v.sched = INF
+        self.push(t + S.react[k], E_ISR, v.i, v.ver)
+
+    def _prog(self, v, ver, t):
+        """Event: program exit v.j happened at v.sched; *t* is its lock
+        request, or the exit itself when it takes no lock."""
+        if ver != v.ver:
+            return
+        j = v.j
+        x = v.sched
+        v.mode = M_USER
+        v.until = INF
+        v.j = j + 1
+        self._setup_gate(v)
+        self._handle(v, v.st.prog, j, x, t)
+
+    def _handle(self, v, S, k, x, t):
+        """Handle exit *k* of specs *S*: exit at *x*, lock request at *t*."""
+        cs = S.cs[k]
+        if cs >= 0:
+            self.request(v.th, t, S.lat[k], S.d[k], S.cont[k], S.hold[k], self._v_acquired,
+                         (v, S, k, x, cs))
+            return
+        self._fx(v, S, k, x)
+        if S.wvec[k] >= 0:
+            vec, n = S.wvec[k], S.wcnt[k]
+            if v.cnt.get(vec, 0) < n:
+                v.hlt = (S, k, x)
+                return
+            e = max(x + S.wpre[k], v.rtimes[vec][n - 1]) + S.wake[k]
+        else:
+            e = x + S.dur[k]
+        self._exited(v, S, k, x, e)
+
+    def _v_acquired(self, arg, acq, rel, lrow):
+        v, S, k, x, cs = arg
+        self.o_locks[lrow][1] = cs
+        self._fx(v, S, k, acq)
+        self._exited(v, S, k, x, rel + S.post[k])
+
+    def _fx(self, v, S, k, base):
+        fx = S.fx[k]
+        if fx:
+            for off, kind, a, b in fx:
+                self.push(base + max(off, 0), E_FX, v.i, (kind, a, b))
+
+    def _exited(self, v, S, k, x, e):
+        """Exit *k* of *S* is handled: the vCPU re-enters at *e*."""
+        last = S.last[k]
+        self.o_exits.append((S.row[k], v.i, x, None if last else e))
+        if last:
+            v.mode = M_DONE
+            v.done_t = e
+            v.ver += 1
+            self.n_done += 1
+            if self.n_done == len(self.vcpus):
+                self._stop(e)
+            return
+        if S is not v.st.prog:
+            v.in_isr = False
+        self._enter(v, e)
+
+    def _isr(self, v, ver, t):
+        """Event: the ISR exit scheduled for vCPU *v* happens now."""
+        if ver != v.ver:
+            return
+        vec, k = v.cur_isr
+        S = v.st.isr[vec]
+        v.mode = M_USER
+        v.until = INF
+        if S.cs[k] >= 0:
+            self.push(t + S.pre[k], E_IREQ, v.i, (S, k, t))
+        else:
+            self._handle(v, S, k, t, t)
+
+    def _raise(self, vi, vec, t, raiser):
+        """Interrupt *vec* raised for vCPU *vi* at *t* by thread *raiser*."""
+        v = self.vcpus[vi]
+        self.o_irqs.append((raiser, "raise", self._lines.get((vi, vec), -1), vec, vi, t))
+        if v.mode == M_DONE:
+            return
+        v.cnt[vec] = v.cnt.get(vec, 0) + 1
+        v.rtimes.setdefault(vec, []).append(t)
+        in_guest = v.mode == M_GUEST and t >= v.until
+        if self.m.irqchip_user and in_guest and not v.in_isr and v.hlt is None:
+            self.o_irqs.append((raiser, "kick", -1, vec, vi, t))
+        if v.hlt is not None:
+            S, k, x = v.hlt
+            if S.wvec[k] == vec and v.cnt[vec] >= S.wcnt[k]:
+                v.hlt = None
+                self._exited(v, S, k, x, max(x + S.wpre[k], t) + S.wake[k])
+            return
+        S = v.st.isr.get(vec)
+        if S is not None:
+            k = v.icur.get(vec, 0) % len(S.row)
+            deferred = S.defer[k] >= 0 and S.defer[k] == v.j
+            if in_guest and not v.in_isr and t < v.sched and not deferred:
+                if not v.waiting:
+                    v.left = max(0, v.left - (t - v.since))
+                self._isr_at(v, vec, t)
+            else:
+                v.pending.append(vec)
+                if v.mode == M_GUEST and t < v.until:
+                    self._reenter_later(v)
+            return
+        if v.waiting and v.wvec == vec and v.cnt[vec] >= v.wcnt:
+            if in_guest and not v.in_isr:
+                v.waiting = False
+                v.since = t
+                v.ver += 1
+                self._sched_prog(v, t + v.left)
+            elif v.mode == M_GUEST and t < v.until:
+                self._reenter_later(v)
+
+    def _reenter_later(self, v):
+        v.ver += 1
+        self.push(v.until, E_ENTRY, v.i, v.ver)
+
+    # -- what an exit's handler starts ---------------------------------------------------
+
+    def _effect(self, vi, fx, t):
+        kind, a, b = fx
+        v = self.vcpus[vi]
+        if kind == rm.FX_SUBMIT:
+            self._aio_submit(vi, a, t)
+        elif kind in (rm.FX_ARM_REL, rm.FX_ARM_GRID, rm.FX_DEL):
+            ti = v.timers.get(a)
+            if ti is None:
+                return
+            tm = self.timers[ti]
+            if kind == rm.FX_DEL:
+                tm[4] = False
+                return
+            if kind == rm.FX_ARM_REL:
+                if self.ch.timer_period_us:
+                    b = tm[7]
+                tm[7] = b
+                expire = t + b
+            else:
+                per = tm[7] or b
+                expire = tm[5] + per
+                if expire < t:
+                    # fell behind by more than a period: skip ahead (timerdev)
+                    expire += ((t - expire) // per + 1) * per
+            tm[4], tm[5], tm[6] = True, expire, t
+            self._fd_event(False, t)
+        elif kind == rm.FX_RAISE:
+            self._raise(vi, a, t, v.th)
+        elif kind == rm.FX_BH:
+            if a not in self.bh_pending:
+                self.bh_pending[a] = (t, v.th)
+            self._fd_event(False, t)
+        elif kind == rm.FX_IRQROW:
+            r = self.m.irq_rows
+            self.o_irqs.append((v.th, str(r["kind"].iat[a]), int(r["line"].iat[a]),
+                                int(r["vector"].iat[a]), vi, t))
+
+    # -- AIO ------------------------------------------------------------------------------
+
+    def _aio_submit(self, vi, spec, t):
+        """A request is queued and an idle worker woken; the first worker to
+        reach the queue takes it (the woken one, or one that just finished)."""
+        q = len(self.aio_reqs)
+        self.aio_reqs.append([spec, vi, t, 0, 0, 0, -1])
+        self.aio_queue.append(q)
+        if self.idle_workers:
+            _, w = self.idle_workers.pop(0)
+            A = self.m.aio
+            wake = A["pick"][spec] if A["idle"][spec] else self.draw(A["wake"])
+            self.push(t + wake, E_AIOTAKE, 0, w)
+
+    def _aio_take(self, w, t):
+        """Worker *w* reaches the queue at *t*: takes its head, or sleeps."""
+        if not self.aio_queue:
+            self.idle_workers.append((t, w))
+            return
+        q = self.aio_queue.pop(0)
+        r = self.aio_reqs[q]
+        r[3], r[6] = t, w
+        self.push(t + self.m.aio["io"][r[0]], E_AIODONE, q, w)
+
+    def _aio_done(self, q, w, t):
+        self.aio_reqs[q][4] = t
+        self.aio_done.append(q)
+        self._fd_event(True, t)
+        if self.aio_queue:
+            A = self.m.aio
+            spec = self.aio_reqs[self.aio_queue[0]][0]
+            nxt = A["pick"][spec] if not A["idle"][spec] else self.draw(A["next"])
+            self.push(t + nxt, E_AIOTAKE, 0, w)
+        else:
+            self.idle_workers.append((t, w))
+
+    # -- main loop ------------------------------------------------------------------------
+
+    def _fd_event(self, efd, t):
+        """The AIO eventfd (*efd*) or the loop's notifier was written at *t*."""
+        (self.efd if efd else self.notify).append(t)
+        if self.m_state == "poll":
+            self._wake_at(t, rm.WAKE_FD)
+
+    def _iter_value(self, name):
+        vals = getattr(self.ml, name)
+        i = self.m_iter
+        return vals[i] if i < len(vals) else vals[i % len(vals)]
+
+    def _wake_latency(self, kind):
+        ml = self.ml
+        if kind == rm.WAKE_STOP:
+            return ml.stop_delay
+        i = self.m_iter
+        if i < len(ml.kind) and ml.kind[i] == kind:
+            return ml.wake[i]
+        return self.draw(ml.wake_samples[kind])
+
+    def _wake_at(self, t, kind):
+        """Schedule the poll's return for an event at *t* of *kind*, unless
+        it returns earlier anyway."""
+        w = max(t, self.m_poll_enter) + self._wake_latency(kind)
+        if w < self.m_wake_t:
+            self.m_wake_t = w
+            self.m_ver += 1
+            self.push(w, E_MWAKE, self.m_ver)
+
+    def _m_first(self, t):
+        """Event: the main loop takes the BQL before its first poll."""
+        f = self.ml.first
+        self.m_state = "first"
+        hold = int(f["hold"] * self.m_scale) + self.m_add
+
+        def acquired(arg, acq, rel, lrow):
+            self.o_locks[lrow][1] = self.ml.cs
+            self.push(rel + f["post"], E_MPOLL)
+        self.request(self.main_th, t, f["lat"], f["d"], f["cont"], hold, acquired, None)
+
+    def _m_poll(self, t):
+        """Event: the main loop enters poll at *t*, the BQL dropped."""
+        self.m_state = "poll"
+        self.m_poll_enter = t
+        self.m_wake_t = INF
+        if self.bh_pending:
+            deadline = t
+        else:
+            deadline = min((tm[5] for tm in self.timers if tm[4]), default=INF)
+            deadline = max(deadline, t) if deadline < INF else INF
+        self.m_timeout = -1 if deadline >= INF else deadline - t
+        if self.stop_t is not None:
+            self._wake_at(max(self.stop_t, t), rm.WAKE_STOP)
+        if self.efd or self.notify or deadline <= t:
+            self._wake_at(t, rm.WAKE_IMMEDIATE)
+        elif deadline < INF:
+            self._wake_at(deadline, rm.WAKE_TIMEOUT)
+
+    def _m_wake(self, ver, t):
+        """Event: poll returns; the loop asks for the BQL."""
+        if ver != self.m_ver or self.m_state != "poll":
+            return
+        self.m_state = "dispatch"
+        efd, notify = bool(self.efd), bool(self.notify)
+        stop = self.stop_t is not None and self.stop_t <= t
+        nready = efd + notify + (stop and not notify)
+        self.cur_main = [self.m_poll_enter, t, nready, efd, notify, stop, self.m_timeout, -1]
+        self.push(t + self._iter_value("pre"), E_MREQ)
+
+    def _m_req(self, t):
+        ml = self.ml
+        i = min(self.m_iter, len(ml.lat) - 1)
+        d = ml.d[i] if self.m_iter < len(ml.d) else _FAR + 1
+        self.request(self.main_th, t, ml.lat[i], d, ml.cont[i], None, self._m_acquired, None)
+
+    def _m_acquired(self, arg, acq, rel, lrow):
+        """The main loop has the BQL: fd handlers, then timers."""
+        self.o_locks[lrow][1] = self.ml.cs
+        cur = self.cur_main
+        cur[7] = lrow
+        if cur[3]:
+            # the AIO eventfd's handler schedules the completion bottom half
+            self.efd = [e for e in self.efd if e > acq]
+            off = self._iter_value("sched")
+            when = acq + (off if off >= 0 else 400)
+            aio_bh = self.m.bh["aio"]
+            if aio_bh >= 0 and aio_bh not in self.bh_pending:
+                self.bh_pending[aio_bh] = (when, self.main_th)
+            self.notify.append(when)    # bh_schedule writes the notifier
+        if cur[4]:
+            self.notify = [e for e in self.notify if e > acq]
+        t = acq + self.m_add + int(self._iter_value("base_pre") * self.m_scale)
+        while True:                     # expired timers, earliest deadline first
+            due = None
+            for ti, tm in enumerate(self.timers):
+                if tm[4] and tm[5] <= t and (due is None or tm[5] < self.timers[due][5]):
+                    due = ti
+            if due is None:
+                break
+            tm = self.timers[due]
+            tm[4] = False
+            info = self.m.timers[tm[3]]
+            k = self.timer_cb_i.get(due, 0)
+            self.timer_cb_i[due] = k + 1
+            cb = int(info["cb"][k % len(info["cb"])] * self.m_scale)
+            if tm[2] is not None:
+                off = info["raise_off"][k % len(info["raise_off"])]
+                self.push(t + min(off, cb), E_RAISE, tm[1], (tm[2], self.main_th))
+            self.o_timers.append((due, tm[6], tm[5], t, t + cb))
+            t += cb
+        self.push(t, E_MBH)
+
+    def _m_bh(self, t):
+        """Event: the dispatch's bottom halves run from *t*, then the BQL is
+        released and the loop polls again."""
+        aio_bh = self.m.bh["aio"]
+        B = self.m.bh
+        for b in sorted(self.bh_pending):
+            sched, who = self.bh_pending.pop(b)
+            t = max(t, sched)
+            start = t
+            if b == aio_bh:
+                done, self.aio_done = self.aio_done, []
+                for q in done:          # oldest first, as aio_complete_all
+                    r = self.aio_reqs[q]
+                    t += int(B["to_raise"][r[0]] * self.m_scale)
+                    if B["vector"] is not None:
+                        self.push(t, E_RAISE, r[1], (B["vector"], self.main_th))
+                    t += int(B["after_raise"][r[0]] * self.m_scale)
+                    r[5] = t
+                t += int(B["overhead"][self.bh_over_i % len(B["overhead"])] * self.m_scale)
+                self.bh_over_i += 1
+            else:
+                durs = B["dur"].get(b) or [1000]
+                k = self.bh_dur_i.get(b, 0)
+                self.bh_dur_i[b] = k + 1
+                t += int(durs[k % len(durs)] * self.m_scale)
+            self.o_bh.append((b, who, sched, start, t))
+        t += int(self._iter_value("base") * self.m_scale)
+        cur = self.cur_main
+        self.release_at(cur[7], t)
+        end = t + self._iter_value("post")
+        self.o_loop.append((self.m_iter + 1, cur[6], cur[0], cur[1], cur[2], end))
+        self.m_iter += 1
+        if cur[5]:
+            self.m_state = "stopped"
+            self.m_end = end
+            return
+        self.m_state = "between"
+        self.push(end, E_MPOLL)
+
+    def _stop(self, t):
+        """Every vCPU has ended at *t*: the runner stops the main loop."""
+        self.stop_t = t
+        if self.m_state == "poll":
+            self._wake_at(t, rm.WAKE_STOP)
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def run(self):
+        """Run every event; returns self."""
+        for v in self.vcpus:
+            v.since = v.st.start
+            self._sched_prog(v, v.st.start)
+        if self.ml is not None:
+            self.push(self.ml.first["request"], E_MFIRST)
+        heap = self.heap
+        pop = heapq.heappop
+        vcpus = self.vcpus
+        while heap:
+            t, _, kind, a, b = pop(heap)
+            if kind == E_PROG:
+                self._prog(vcpus[a], b, t)
+            elif kind == E_FX:
+                self._effect(a, b, t)
+            elif kind == E_GRANT:
+                self._grant(a, t)
+            elif kind == E_RAISE:
+                self._raise(a, b[0], t, b[1])
+            elif kind == E_ISR:
+                self._isr(vcpus[a], b, t)
+            elif kind == E_IREQ:
+                S, k, x = b
+                v = vcpus[a]
+                self.request(v.th, t, S.lat[k], S.d[k], S.cont[k], S.hold[k], self._v_acquired,
+                             (v, S, k, x, S.cs[k]))
+            elif kind == E_ENTRY:
+                v = vcpus[a]
+                if b == v.ver:
+                    self._enter(v, t)
+            elif kind == E_MWAKE:
+                self._m_wake(a, t)
+            elif kind == E_MPOLL:
+                self._m_poll(t)
+            elif kind == E_MREQ:
+                self._m_req(t)
+            elif kind == E_MBH:
+                self._m_bh(t)
+            elif kind == E_AIOTAKE:
+                self._aio_take(b, t)
+            elif kind == E_AIODONE:
+                self._aio_done(a, b, t)
+            elif kind == E_MFIRST:
+                self._m_first(t)
+        return self
+
+
+def run(model, changes=None, policy="barging", seed=0):
+    """Re-execute *model* under *changes*.
+
+    Parameters
+    ----------
+    model : reexec_model.Model
+    changes : Changes, optional
+    policy : {"barging", "fifo"}
+        How the BQL picks its next owner.
+    seed : int
+        Seed of the draws from recorded distributions (situations the
+        recording did not have).
+
+    Returns
+    -------
+    Engine
+        Holding the predicted records; :func:`tables` turns them into a
+        trace's tables.
+    """
+    return Engine(model, changes or Changes(), policy, seed).run()
+
+
+# --------------------------------------------------------------------------
+# the predicted run as trace tables
+
+def _dict_array(pa, values, names):
+    """Dictionary array of *names* indexed by int *values*."""
+    return pa.DictionaryArray.from_arrays(pa.array(np.asarray(values, np.int32), pa.int32()),
+                                          pa.array(list(names), pa.string()))
+
+
+def _strings_dict(pa, values, default):
+    if not len(values):
+        return _dict_array(pa, [], [default])
+    names, idx = np.unique(np.asarray(values, dtype=object).astype(str), return_inverse=True)
+    return _dict_array(pa, idx, names.tolist())
+
+
+def _col(pa, rows, i, dtype):
+    return pa.array(np.array([r[i] for r in rows], dtype=dtype))
+
+
+def tables(eng):
+    """The predicted records of a finished :class:`Engine` as Arrow tables
+    of the trace format (every table of ``kvmscope.traceformat.TABLES``),
+    rows in the order a recording writes them: exits by exit time, locks by
+    release, the others by their last timestamp."""
+    import pyarrow as pa
+    from .schema import SCHEMAS
+    m = eng.m
+    nv = len(eng.vcpus)
+    out = {}
+    rec_tid = dict(zip(m.threads["name"].tolist(), m.threads["tid"].tolist()))
+    names = ([v.name for v in eng.vcpus] + ["main"] + [f"aio{k}" for k in range(eng.nworkers)]
+             + ["drain"])
+    roles = ["vcpu"] * nv + ["main"] + ["aio"] * eng.nworkers + ["drain"]
+    out["threads"] = pa.Table.from_arrays([
+        pa.array(np.arange(len(names), dtype=np.int16)),
+        pa.array([int(rec_tid.get(n, 0)) for n in names], pa.int32()),
+        pa.array(names, pa.string()), pa.array(roles, pa.string())], schema=SCHEMAS["threads"])
+
+    # exits: the recorded rows' static columns with the predicted times
+    ex = eng.o_exits
+    rows = np.array([e[0] for e in ex], dtype=np.int64)
+    vc = np.array([e[1] for e in ex], dtype=np.int64)
+    xt = np.array([e[2] for e in ex], dtype=np.int64)
+    en = np.array([-1 if e[3] is None else e[3] for e in ex], dtype=np.int64)
+    order = np.argsort(xt, kind="stable")
+    rows, vc, xt, en = rows[order], vc[order], xt[order], en[order]
+    base = m.arrow_exits.take(pa.array(rows, pa.int64()))
+    data = base.column("data").to_numpy().astype(np.uint64)
+    if eng.ch.timer_period_us and len(rows):
+        hit = np.isin(rows, m.period_write_rows) & (data != 0)
+        data = np.where(hit, np.uint64(eng.ch.timer_period_us), data)
+    cols = {f.name: base.column(f.name) for f in SCHEMAS["exits"]}
+    cols["thread"] = pa.array(vc.astype(np.int16))
+    cols["vcpu"] = pa.array(vc.astype(np.int16))
+    cols["data"] = pa.array(data, pa.uint64())
+    cols["exit_ns"] = pa.array(xt)
+    cols["entry_ns"] = pa.array(en, mask=en < 0)
+    out["exits"] = pa.Table.from_arrays([cols[f.name] for f in SCHEMAS["exits"]],
+                                        schema=SCHEMAS["exits"])
+
+    lk = eng.o_locks
+    if any(r[4] is None for r in lk):
+        raise RuntimeError("re-execution ended with the BQL held")
+    arr = np.array([r[:6] for r in lk], dtype=np.int64).reshape(-1, 6)
+    cont = np.array([bool(r[6]) for r in lk], dtype=bool)
+    order = np.argsort(arr[:, 4], kind="stable")
+    arr, cont = arr[order], cont[order]
+    out["locks"] = pa.Table.from_arrays([
+        pa.array(arr[:, 0].astype(np.int16)), _dict_array(pa, np.zeros(len(arr)), ["bql"]),
+        _dict_array(pa, arr[:, 1], m.callsites), pa.array(arr[:, 2]), pa.array(arr[:, 3]),
+        pa.array(arr[:, 4]), pa.array(arr[:, 5].astype(np.int16)), pa.array(cont)],
+        schema=SCHEMAS["locks"])
+
+    main = eng.main_th
+    bh = sorted(eng.o_bh, key=lambda r: r[4])
+    out["bh"] = pa.Table.from_arrays([
+        pa.array(np.full(len(bh), main, np.int16)), _col(pa, bh, 0, np.int32),
+        _dict_array(pa, [r[0] for r in bh], m.bh["names"] or [""]),
+        _col(pa, bh, 1, np.int16), _col(pa, bh, 2, np.int64), _col(pa, bh, 3, np.int64),
+        _col(pa, bh, 4, np.int64), pa.array(np.zeros(len(bh), bool))], schema=SCHEMAS["bh"])
+
+    tm = sorted(eng.o_timers, key=lambda r: r[4])
+    out["timers"] = pa.Table.from_arrays([
+        pa.array(np.full(len(tm), main, np.int16)), _col(pa, tm, 0, np.int32),
+        _dict_array(pa, [r[0] for r in tm], [t[0] for t in eng.timers] or [""]),
+        _col(pa, tm, 1, np.int64), _col(pa, tm, 2, np.int64), _col(pa, tm, 3, np.int64),
+        _col(pa, tm, 4, np.int64)], schema=SCHEMAS["timers"])
+
+    done = sorted(((q, r) for q, r in enumerate(eng.aio_reqs) if r[5]), key=lambda x: x[1][5])
+    A = m.aio
+    spec = [r[0] for _, r in done]
+    reqs = [r for _, r in done]
+    out["aio"] = pa.Table.from_arrays([
+        pa.array(np.array([eng.aio_th[r[6]] for r in reqs], np.int16)),
+        pa.array(np.array([q for q, _ in done], np.int64)),
+        _strings_dict(pa, [A["op"][s] for s in spec], "read"),
+        pa.array(np.array([A["offset"][s] for s in spec], np.int64)),
+        pa.array(np.array([A["length"][s] for s in spec], np.int64)),
+        pa.array(np.array([A["result"][s] for s in spec], np.int64)),
+        _col(pa, reqs, 1, np.int16), _col(pa, reqs, 2, np.int64), _col(pa, reqs, 3, np.int64),
+        _col(pa, reqs, 4, np.int64), _col(pa, reqs, 5, np.int64)], schema=SCHEMAS["aio"])
+
+    lp = eng.o_loop
+    out["loop"] = pa.Table.from_arrays([
+        pa.array(np.full(len(lp), main, np.int16)), _col(pa, lp, 0, np.int64),
+        _col(pa, lp, 1, np.int64), _col(pa, lp, 2, np.int64), _col(pa, lp, 3, np.int64),
+        _col(pa, lp, 4, np.int32), _col(pa, lp, 5, np.int64)], schema=SCHEMAS["loop"])
+
+    ir = sorted(eng.o_irqs, key=lambda r: r[5])
+    out["irqs"] = pa.Table.from_arrays([
+        _col(pa, ir, 0, np.int16), _strings_dict(pa, [r[1] for r in ir], "raise"),
+        _col(pa, ir, 2, np.int32), _col(pa, ir, 3, np.int32), _col(pa, ir, 4, np.int16),
+        _col(pa, ir, 5, np.int64)], schema=SCHEMAS["irqs"])
+    out["losses"] = SCHEMAS["losses"].empty_table()
+    return out

@@ -19,7 +19,8 @@ import pyarrow.ipc as ipc
 from ..errors import KvmscopeError
 from . import convert as _convert
 from .convert import LAYOUTS
-from .schema import (ADDED_IN, FORMAT_NAME, FORMAT_VERSION, META_FILE, RUN_STATES, SCHEMAS,
+from .schema import (ADDED_IN, FORMAT_NAME, FORMAT_VERSION, MAX_RESOLUTION_NS, META_FILE,
+                     RUN_STATES, SCHEMAS,
                      SUPPORTED_VERSIONS, TABLES, describe, empty_table, table_file,
                      type_matches)
 
@@ -173,6 +174,10 @@ def _check_meta(meta, fname):
         v = meta.get(key)
         if v is not None and not isinstance(v, dict):
             wrong(key, v, "an object")
+    res = (meta.get("clock") or {}).get("resolution_ns")
+    if res is not None and not _is_int(res, 1, MAX_RESOLUTION_NS):
+        wrong("clock.resolution_ns", res, f"the timestamps' step in ns, an integer "
+                                          f"1 .. {MAX_RESOLUTION_NS}")
     for key in ("stop_reason", "failure", "kvmscope_version", "started_at"):
         v = meta.get(key)
         if v is not None and not isinstance(v, str):

@@ -20,6 +20,7 @@ Locks
 """
 
 import io
+import math
 import os
 import shlex
 import shutil
@@ -46,6 +47,39 @@ _RICH_CELLS = 20_000
 #: The pager when neither KVMSCOPE_PAGER nor PAGER is set (as git: quit if
 #: one screen, keep colours, leave the text on the screen).
 DEFAULT_PAGER = "less -FRX"
+
+
+# --------------------------------------------------------------------------
+# durations at the trace's resolution
+
+_DURATION_UNITS = (("s", 10 ** 9), ("ms", 10 ** 6), ("us", 10 ** 3), ("ns", 1))
+
+
+def duration_text(ns, resolution_ns=1, sep=""):
+    """A duration for a table cell with no more precision than the trace's
+    timestamps have: rounded to *resolution_ns* (``clock.resolution_ns`` of
+    ``meta.json``; 1000 for an imported QEMU log) and without digits below
+    it; at 1 ns, :func:`kvmscope.units.format_duration`.
+
+    Examples
+    --------
+    >>> duration_text(2140, 1000), duration_text(0, 1000), duration_text(1_234_000, 1000)
+    ('2us', '0us', '1.23ms')
+    >>> duration_text(2140)
+    '2.14us'
+    """
+    if resolution_ns <= 1 or ns is None or ns != ns:
+        from .. import units
+        return units.format_duration(ns, sep=sep)
+    r = math.floor(float(ns) / resolution_ns + 0.5) * resolution_ns
+    for unit, scale in _DURATION_UNITS:
+        if abs(r) >= scale or scale <= resolution_ns:
+            v = r / scale
+            digits = 0 if abs(v) >= 100 else (1 if abs(v) >= 10 else 2)
+            while digits and 10.0 ** -digits < resolution_ns / scale * (1 - 1e-9):
+                digits -= 1
+            return f"{v:.{digits}f}{sep}{unit}"
+    raise AssertionError("unreachable")        # pragma: no cover
 
 
 # --------------------------------------------------------------------------

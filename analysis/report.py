@@ -16,7 +16,8 @@ import pandas as pd
 
 from .. import units
 from ..errors import ConfigError
-from .render import Document, markdown_table
+from .render import Document, duration_text, markdown_table
+from .schema import clock_resolution_ns
 from .select import SORT_KEYS, Selection, sort_frame  # noqa: F401 (Selection re-exported)
 
 #: Section name -> (title, function of a Trace returning its DataFrame).
@@ -250,6 +251,7 @@ def summary(trace):
         "records": {n: trace.arrow(n).num_rows for n in
                     ("exits", "locks", "bh", "timers", "aio", "loop", "irqs")},
         "warnings": list(trace.warnings),
+        "resolution_ns": clock_resolution_ns(trace.meta),
         "complete": complete,
         "coverage": [] if complete else describe_coverage(trace),
     }
@@ -258,11 +260,11 @@ def summary(trace):
 # --------------------------------------------------------------------------
 # cell formatting (applied to the shown rows only)
 
-def _cell(col, v):
+def _cell(col, v, res=1):
     if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
         return "-"
     if col.endswith("_ns"):
-        return units.format_duration(v, sep="")
+        return duration_text(v, res)        # at the trace's clock resolution
     if col.endswith("_pct"):
         return f"{v:.1f}%"
     if col == "addr":
@@ -290,8 +292,8 @@ def _shown(name, df, top, all_columns):
     return df
 
 
-def _cells(df):
-    return [[_cell(c, v) for v in df[c].tolist()] for c in df.columns]
+def _cells(df, res=1):
+    return [[_cell(c, v, res) for v in df[c].tolist()] for c in df.columns]
 
 
 # --------------------------------------------------------------------------
@@ -303,11 +305,12 @@ def _cells(df):
 _DROP_FIRST = ("stddev_ns", "min_ns", "p50_ns", "p99_ns", "max_ns", "mean_ns")
 
 
-def _table(df):
+def _table(df, res=1):
     """Headers, formatted rows, right-aligned columns and the columns that
-    may be left out to fit a terminal of a shown section."""
+    may be left out to fit a terminal of a shown section (durations rounded
+    to the clock resolution *res*)."""
     heads = [_header(c) for c in df.columns]
-    rows = [list(r) for r in zip(*_cells(df))]
+    rows = [list(r) for r in zip(*_cells(df, res))]
     numeric = [i for i, c in enumerate(df.columns) if _is_numeric(df, c)]
     cols = list(df.columns)
     drop = [i for suffix in _DROP_FIRST for i in reversed(numeric[1:])
@@ -326,6 +329,8 @@ def _head_lines(info):
             f"{info['state']}, guest {info['guest']}, "
             f"{units.format_duration(info['duration_ns'], sep='')}",
             f"records: {rec or 'none'}"] + \
+        ([f"timestamps: {duration_text(info['resolution_ns'], info['resolution_ns'])} resolution "
+          "(durations are rounded to it)"] if info.get("resolution_ns", 1) > 1 else []) + \
         ([f"selection: {info['selection']}"] if info.get("selection") else []) + \
         [f"warning: {w}" for w in info["warnings"]] + \
         [f"incomplete: {c}" for c in info["coverage"]]
@@ -374,6 +379,7 @@ def render(trace, built=None, fmt="text", top=None, all_columns=False,
     if built is None:
         built = build(trace)
     info = summary(trace)
+    res = clock_resolution_ns(trace.meta)
     chosen = selection.describe() if selection is not None else ""
     if chosen:
         info = dict(info, selection=chosen)
@@ -404,7 +410,7 @@ def render(trace, built=None, fmt="text", top=None, all_columns=False,
             if shown.empty:
                 doc.line("  (no records)")
             else:
-                heads, rows, right, drop = _table(shown)
+                heads, rows, right, drop = _table(shown, res)
                 doc.table(heads, rows, right, drop=drop)
             if top and len(df) > top:
                 doc.line(_more(df, top))
@@ -415,7 +421,7 @@ def render(trace, built=None, fmt="text", top=None, all_columns=False,
     for name, df in built.items():
         parts.append(f"\n## {SECTIONS[name][0]}\n\n")
         shown = _shown(name, df, top, all_columns)
-        heads, rows, right, _ = _table(shown)
+        heads, rows, right, _ = _table(shown, res)
         parts.append(markdown_table(heads, rows, right) if rows
                      else "_no records_\n")
         if top and len(df) > top:

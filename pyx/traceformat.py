@@ -94,6 +94,20 @@ META_FILE = "meta.json"
 CONSOLE_FILE = "console.log"
 
 
+#: Largest ``meta.json`` ``clock.resolution_ns``: one second.
+MAX_RESOLUTION_NS = 10 ** 9
+
+
+def clock_resolution_ns(meta):
+    """The step of a trace's timestamps in ns: ``meta.json``
+    ``clock.resolution_ns`` (1000 for a log of QEMU's log trace backend,
+    which prints microseconds), 1 when absent.  Renderers round durations
+    to it, so as to show no more precision than the data has."""
+    clock = meta.get("clock") if isinstance(meta, dict) else None
+    res = clock.get("resolution_ns") if isinstance(clock, dict) else None
+    return res if type(res) is int and 1 <= res <= MAX_RESOLUTION_NS else 1
+
+
 def table_file(name):
     """File name of table *name* inside a trace directory."""
     return name + ".arrows"

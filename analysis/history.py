@@ -331,7 +331,9 @@ def history(store, metric="hold", stat="p50", callsite=None, lock=None, labels=N
                         "run": row["run"], **{k: c[k] for k in ("before", "after", "change")},
                         "recent": int(row["position"]) >= n_runs - recent})
         # The newest run against the runs of the current segment before it.
-        start = max([c["index"] for c in found if c["index"] < len(values) - 1], default=0)
+        # (a change point the newest run itself makes is not a segment start)
+        start = max([c["index"] for c in found if c["index"] < len(values) - min_size],
+                    default=0)
         if len(values) - start >= 4 and int(g["position"].iloc[-1]) == n_runs - 1:
             pending.append((lk, cs, g["run"].iloc[-1], values[start:]))
     newest = []

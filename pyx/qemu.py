@@ -120,13 +120,14 @@ def exit_reason(code):
 # one pass over the log
 
 class _Mutex:
-    __slots__ = ("owner", "depth", "held", "last_release")
+    __slots__ = ("owner", "depth", "held", "last_release", "release_seq")
 
     def __init__(self):
         self.owner = None           # tid holding it
         self.depth = 0              # nested acquisitions of a recursive mutex
         self.held = None            # (request, acquired, site, contended, prev_owner, seq)
         self.last_release = -1      # tid that released it last (-1: none seen)
+        self.release_seq = 0        # the line of that release
 
 
 class _Thread:
@@ -163,6 +164,7 @@ class LogData:
         self.clock_backwards = 0        # a thread's timestamp went back
         self.threads = {}
         self.mutexes = {}
+        self.sites = {}                 # (path, line) as logged -> call-site name
         # locks: one tuple per acquisition (tid, addr, site, request, acquired,
         # released, prev_owner_tid, contended, seq)
         self.locks = []
@@ -178,6 +180,10 @@ class LogData:
         self.cancelled = 0
         self.pending = {}               # (tid, addr) -> (request, site, contended)
         self.before_all_on = 0          # mutex events before all three kinds had appeared
+        # request to acquisition of uncontended acquisitions: what writing the
+        # `waiting on` line costs (the log backend's own cost per event)
+        self.free_waits = 0
+        self.free_count = 0
         # thread-pool jobs: (tid, mutex, start, done, seq); see _aio_stages
         self.jobs = []
         self.pool_release = {}
@@ -195,8 +201,11 @@ def _on_mutex(data, tid, ts, name, args, seq):
     if m is None:
         data.unparsed[name] += 1
         return
-    addr = m.group(1).decode()
-    site = site_name(m.group(2).decode("utf-8", "replace"), int(m.group(3)))
+    addr, path, line = m.groups()
+    addr = addr.decode()
+    site = data.sites.get((path, line))
+    if site is None:
+        site = data.sites[(path, line)] = site_name(path.decode("utf-8", "replace"), int(line))
     mx = data.mutexes.get(addr)
     if mx is None:
         mx = data.mutexes[addr] = _Mutex()
@@ -207,11 +216,10 @@ def _on_mutex(data, tid, ts, name, args, seq):
             # a thread-pool worker asks for the pool's lock again: the
             # request it took at that release has run (see _aio_stages)
             data.jobs.append((tid, addr, job[0], ts, job[1]))
-        # asked for it: contended if another thread held it then (log order)
         pending = data.pending.get((tid, addr))
         if pending is not None:
             data.anomalies["request without acquisition"] += 1
-        data.pending[(tid, addr)] = (ts, site, mx.owner not in (None, tid))
+        data.pending[(tid, addr)] = (ts, site, mx.owner not in (None, tid), seq)
     elif name == "qemu_mutex_locked":
         data.pool_release.pop((tid, addr), None)    # a condition wait ended
         req = data.pending.pop((tid, addr), None)
@@ -227,8 +235,14 @@ def _on_mutex(data, tid, ts, name, args, seq):
             request, contended = ts, False
             data.anomalies["acquisition without a request (trylock or condition wait)"] += 1
         else:
-            request, contended = req[0], req[2]
-            site = req[1]
+            # contended: another thread held it when this one asked, or
+            # released it after that (a holder logs `taken` only after it got
+            # the mutex, so the log can show it free while it was not)
+            request, site = req[0], req[1]
+            contended = req[2] or (mx.release_seq > req[3] and mx.last_release not in (-1, tid))
+            if not contended:
+                data.free_waits += ts - request
+                data.free_count += 1
         mx.owner, mx.depth = tid, 0
         mx.held = (request, ts, site, contended, mx.last_release, seq)
         th.sites[site.rsplit(":", 1)[0]] += 1
@@ -245,14 +259,14 @@ def _on_mutex(data, tid, ts, name, args, seq):
             else:
                 data.anomalies["released by a thread that did not hold it"] += 1
                 mx.owner, mx.held = None, None
-                mx.last_release = tid
+                mx.last_release, mx.release_seq = tid, seq
             return
         if mx.depth:
             mx.depth -= 1
             return
         request, acquired, asite, contended, prev, aseq = mx.held
         data.locks.append((tid, addr, asite, request, acquired, ts, prev, contended, aseq))
-        mx.owner, mx.held, mx.last_release = None, None, tid
+        mx.owner, mx.held, mx.last_release, mx.release_seq = None, None, tid, seq
 
 
 def _on_cpu(data, tid, ts, name, args):
@@ -327,7 +341,7 @@ def read_log(path, progress=None):
     ----------
     path : str
         The ``-D`` file of QEMU's ``log`` trace backend, run with
-        ``-msg timestamp=on``.
+        ``-msg timestamp=on``; gzip-compressed or not.
     progress : callable, optional
         Called as ``progress(bytes_read, total_bytes)`` now and then.
 
@@ -340,8 +354,14 @@ def read_log(path, progress=None):
     QemuLogError
         The file cannot be read or is not a QEMU trace log.
     """
+    import gzip
+    import stat
+    import zlib
     try:
-        f = open(path, "rb")
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):     # never open a FIFO or a device
+            raise QemuLogError(f"{path}: not a regular file")
+        raw_file = open(path, "rb")
     except OSError as e:
         raise QemuLogError(f"{path}: cannot read: {e.strerror}") from None
     data = LogData(path)
@@ -351,14 +371,22 @@ def read_log(path, progress=None):
     last_ts = {}
     kinds = set()
     match = _LINE.match
-    with f:
+    total = st.st_size
+    head = b""
+    with raw_file:
         try:
-            import stat
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise QemuLogError(f"{path}: not a regular file")
-            total = os.fstat(f.fileno()).st_size
+            compressed = raw_file.read(2) == b"\x1f\x8b"
+            raw_file.seek(0)
+            # a gzip-compressed log (.log.gz) is read as it is
+            f = gzip.GzipFile(fileobj=raw_file, mode="rb") if compressed else raw_file
             head = f.read(SNIFF_BYTES)
-            f.seek(0)
+            if not any(match(line.rstrip(b"\r")) for line in head.split(b"\n")[:-1]):
+                raise _not_a_log(path, head)    # before reading a large file line by line
+            if compressed:
+                raw_file.seek(0)
+                f = gzip.GzipFile(fileobj=raw_file, mode="rb")
+            else:
+                f.seek(0)
             seq = 0
             done = 0
             for raw in f:
@@ -371,14 +399,14 @@ def read_log(path, progress=None):
                 m = match(line)
                 if m is None:
                     data.other_lines += 1
-                    if data.trace_lines == 0 and done >= SNIFF_BYTES:
-                        raise _not_a_log(path, head)
                     continue
                 data.trace_lines += 1
-                tid = int(m.group(1))
-                ts = int(m.group(2)) * 1_000_000_000 + int(m.group(3)) * 1000
-                name = m.group(4).decode()
-                args = m.group(5) or b""
+                tid, sec, usec, name, args = m.groups()
+                tid = int(tid)
+                ts = int(sec) * 1_000_000_000 + int(usec) * 1000
+                name = name.decode()
+                if args is None:
+                    args = b""
                 prev = last_ts.get(tid)
                 if prev is not None and ts < prev:
                     data.clock_backwards += 1
@@ -407,9 +435,15 @@ def read_log(path, progress=None):
                     del data.events[name]
                     _thread(data, tid)
                 if progress is not None and not seq & 0xFFFF:
-                    progress(done, total)
+                    progress(raw_file.tell() if compressed else done, total)
+        except EOFError:
+            data.truncated = True               # a gzip stream cut short
+        except gzip.BadGzipFile as e:
+            raise QemuLogError(f"{path}: corrupt gzip data: {e}") from None
         except OSError as e:
-            raise QemuLogError(f"{path}: cannot read: {e.strerror}") from None
+            raise QemuLogError(f"{path}: cannot read: {e.strerror or e}") from None
+        except zlib.error as e:
+            raise QemuLogError(f"{path}: corrupt gzip data: {e}") from None
     if data.trace_lines == 0:
         raise _not_a_log(path, head)
     open_locks = sum(1 for mx in data.mutexes.values() if mx.owner is not None)
@@ -771,6 +805,9 @@ def _meta(data, decided, tables, source):
         "mutexes": decided["locks"],
         "threads": decided["threads"],
         "entry_times": "kvm_vcpu_ioctl" in data.events,
+        # mean request-to-acquisition of uncontended acquisitions: the cost
+        # of writing one trace line, which every wait and hold includes
+        "line_cost_ns": round(data.free_waits / data.free_count) if data.free_count else None,
         "aio_stages": decided["aio_stages"],
         "import": skipped,
     }

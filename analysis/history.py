@@ -159,7 +159,9 @@ def store_stats(store, metric="hold", runs=None, scheduler=None):
     if not parts:
         return _empty_stats()
     out = pd.concat(parts, ignore_index=True)
-    return out.sort_values(["run", "lock", "callsite"]).reset_index(drop=True)
+    for col in ("run", "lock", "callsite"):     # Dask may hand back Arrow strings
+        out[col] = out[col].astype(object)
+    return out.sort_values(["run", "lock", "callsite"]).reset_index(drop=True)[_STAT_COLUMNS]
 
 
 def _dask_stats(items, scheduler):
@@ -171,7 +173,7 @@ def _dask_stats(items, scheduler):
         return ddf.compute(scheduler=scheduler)
     distributed = require("distributed", "--scheduler ADDRESS")
     try:
-        client = distributed.Client(scheduler, timeout="10s", set_as_default=False)
+        client = distributed.Client(scheduler, timeout="5s", set_as_default=False)
     except (OSError, TimeoutError, ValueError) as e:
         raise HistoryError(f"cannot reach the Dask scheduler {scheduler}: "
                            f"{' '.join(str(e).split())[:200]}") from None

@@ -35,7 +35,7 @@ _FAR = 1 << 40          # "no previous release" in the recorded request offsets
 
 # Event kinds.
 (E_PROG, E_ISR, E_IREQ, E_ENTRY, E_GRANT, E_FX, E_RAISE, E_MWAKE, E_MPOLL, E_MREQ,
- E_MBH, E_AIOTAKE, E_AIODONE, E_MFIRST) = range(14)
+ E_MBH, E_AIOTAKE, E_AIODONE, E_MFIRST, E_EFD) = range(15)
 
 # vCPU modes: in the guest, handling an exit, ended.
 M_GUEST, M_USER, M_DONE = 0, 1, 2
@@ -295,6 +295,7 @@ class Engine:
         self.last_owner = -1
         self.waiters = []           # [thread, request, lat, d, cont, hold, cb, arg, wakes]
         self.grant_ver = 0
+        self.grant_pending = False
         # -- main loop ------------------------------------------------------------
         self.ml = model.main
         self.m_iter = 0
@@ -302,10 +303,12 @@ class Engine:
         self.m_ver = 0
         self.m_poll_enter = 0
         self.m_wake_t = INF
+        self.m_trigger_t = INF
         self.m_timeout = -1
         self.m_end = None
         self.efd = []               # eventfd writes not yet read
         self.notify = []
+        self.efd_upto = self.notify_upto = -INF     # read by a dispatch up to
         self.bh_pending = {}        # bottom half -> (scheduled, by thread)
         self.bh_over_i = 0
         self.bh_dur_i = {}
@@ -349,11 +352,12 @@ class Engine:
 
     # -- the BQL ----------------------------------------------------------------------
 
-    def request(self, th, r, lat, d, cont, hold, cb, arg):
+    def request(self, th, r, lat, d, cont, hold, cb, arg, tw=0):
         """Thread *th* asks for the BQL at *r*; ``cb(arg, acquired, released,
         lock_row)`` runs when it has it.  *lat*, *d*, *cont* are the
         recorded acquisition's latency, request-to-previous-release offset
-        and contended flag; *hold* None: released later (:meth:`release_at`)."""
+        and contended flag; *hold* None: released later (:meth:`release_at`);
+        *tw*: the request's timestamp came this much earlier (recorded)."""
         if r >= self.busy_until and (self.barging or not self.waiters):
             dd = r - self.busy_until if self.busy_until > -INF else _FAR
             if dd == d:
@@ -362,9 +366,9 @@ class Engine:
                 L, c = lat, False
             else:
                 L, c = self.draw(self.m.lock["free"]), False
-            self._acquire(th, r, r + L, hold, c, cb, arg)
+            self._acquire(th, r - tw, r + L, hold, c, cb, arg)
         else:
-            self.waiters.append([th, r, lat, d, cont, hold, cb, arg, 0])
+            self.waiters.append([th, r, lat, d, cont, hold, cb, arg, 0, tw])
             if len(self.waiters) == 1 and self.busy_until < INF:
                 self._schedule_grant()
 
@@ -372,7 +376,7 @@ class Engine:
         """Hand-off latency of waiter *w* after a release at *rel*: the
         recorded one when the situation is the recorded one, else drawn
         from the recorded ones of a waiter that had slept or had not."""
-        th, r, lat, d, cont, hold, cb, arg, wakes = w
+        th, r, lat, d, cont, hold, cb, arg, wakes, tw = w
         dd = r - rel
         if wakes == 0 and dd == d:
             return lat
@@ -382,15 +386,22 @@ class Engine:
         return self.draw(self.m.lock["sleep" if sleep else "spin"])
 
     def _schedule_grant(self):
+        """Wake the first waiter for the current owner's release (unless
+        one is already on its way: a barging thread's release wakes nobody,
+        as glibc's uncontended unlock)."""
+        if self.grant_pending:
+            return
         w = self.waiters[0]
         rel = self.busy_until
         g = max(rel, w[1]) + self._handoff_latency(w, rel)
         self.grant_ver += 1
+        self.grant_pending = True
         self.push(g, E_GRANT, self.grant_ver)
 
     def _grant(self, ver, t):
         if ver != self.grant_ver or not self.waiters:
             return
+        self.grant_pending = False
         if t < self.busy_until:
             # a thread barged in: the woken waiter sleeps until that release
             self.waiters[0][8] += 1
@@ -399,8 +410,8 @@ class Engine:
             return
         w = self.waiters.pop(0)
         dd = w[1] - self.busy_until if self.busy_until > -INF else _FAR
-        c = w[4] if (w[8] == 0 and dd == w[3]) else dd < 0 or w[8] > 0 or w[4]
-        self._acquire(w[0], w[1], t, w[5], c, w[6], w[7])
+        c = w[4] if (w[8] == 0 and dd == w[3]) else True
+        self._acquire(w[0], w[1] - w[9], t, w[5], c, w[6], w[7])
 
     def _acquire(self, th, r, acq, hold, contended, cb, arg):
         prev = self.last_owner
@@ -458,7 +469,7 @@ class Engine:
         P = v.st.prog
         j = v.j
         if j < len(P.row):
-            self.push(t + (P.pre[j] if P.cs[j] >= 0 else 0), E_PROG, v.i, v.ver)
+            self.push(t + (P.pre[j] + P.tw[j] if P.cs[j] >= 0 else 0), E_PROG, v.i, v.ver)
 
     def _isr_at(self, v, vec, t):
         v.in_isr = True
@@ -489,7 +500,7 @@ class Engine:
         cs = S.cs[k]
         if cs >= 0:
             self.request(v.th, t, S.lat[k], S.d[k], S.cont[k], S.hold[k], self._v_acquired,
-                         (v, S, k, x, cs))
+                         (v, S, k, x, cs), S.tw[k])
             return
         self._fx(v, S, k, x)
         if S.wvec[k] >= 0:
@@ -539,7 +550,7 @@ class Engine:
         v.mode = M_USER
         v.until = INF
         if S.cs[k] >= 0:
-            self.push(t + S.pre[k], E_IREQ, v.i, (S, k, t))
+            self.push(t + S.pre[k] + S.tw[k], E_IREQ, v.i, (S, k, t))
         else:
             self._handle(v, S, k, t, t)
 
@@ -603,11 +614,13 @@ class Engine:
                 return
             if kind == rm.FX_ARM_REL:
                 if self.ch.timer_period_us:
-                    b = tm[7]
-                tm[7] = b
+                    # the guest programs the new period; keep the recorded
+                    # offset between the two clock reads of an arming
+                    rec = self.m.timers[tm[3]]
+                    b = tm[7] + (b - (rec.get("period") or b))
                 expire = t + b
             else:
-                per = tm[7] or b
+                per = tm[7] if self.ch.timer_period_us else b
                 expire = tm[5] + per
                 if expire < t:
                     # fell behind by more than a period: skip ahead (timerdev)
@@ -636,7 +649,12 @@ class Engine:
         if self.idle_workers:
             _, w = self.idle_workers.pop(0)
             A = self.m.aio
-            wake = A["pick"][spec] if A["idle"][spec] else self.draw(A["wake"])
+            if A["idle"][spec]:
+                wake = A["pick"][spec]
+            else:
+                # recorded: a worker that finished first took it; the
+                # woken one had not come by then
+                wake = max(self.draw(A["wake"]), A["queue"][spec] + 1)
             self.push(t + wake, E_AIOTAKE, 0, w)
 
     def _aio_take(self, w, t):
@@ -652,11 +670,17 @@ class Engine:
     def _aio_done(self, q, w, t):
         self.aio_reqs[q][4] = t
         self.aio_done.append(q)
-        self._fd_event(True, t)
+        self.push(t + rm.EFD_DELAY_NS, E_EFD)
         if self.aio_queue:
             A = self.m.aio
-            spec = self.aio_reqs[self.aio_queue[0]][0]
-            nxt = A["pick"][spec] if not A["idle"][spec] else self.draw(A["next"])
+            head = self.aio_reqs[self.aio_queue[0]]
+            spec = head[0]
+            if not A["idle"][spec]:
+                nxt = A["pick"][spec]
+            else:
+                # recorded: the woken worker took it; this one had not
+                # come back to the queue by then
+                nxt = max(self.draw(A["next"]), head[2] + A["queue"][spec] + 1 - t)
             self.push(t + nxt, E_AIOTAKE, 0, w)
         else:
             self.idle_workers.append((t, w))
@@ -665,6 +689,8 @@ class Engine:
 
     def _fd_event(self, efd, t):
         """The AIO eventfd (*efd*) or the loop's notifier was written at *t*."""
+        if t <= (self.efd_upto if efd else self.notify_upto):
+            return      # a dispatch that is reading this fd gets it too
         (self.efd if efd else self.notify).append(t)
         if self.m_state == "poll":
             self._wake_at(t, rm.WAKE_FD)
@@ -686,11 +712,14 @@ class Engine:
     def _wake_at(self, t, kind):
         """Schedule the poll's return for an event at *t* of *kind*, unless
         it returns earlier anyway."""
-        w = max(t, self.m_poll_enter) + self._wake_latency(kind)
-        if w < self.m_wake_t:
-            self.m_wake_t = w
-            self.m_ver += 1
-            self.push(w, E_MWAKE, self.m_ver)
+        t = max(t, self.m_poll_enter)
+        if t >= self.m_trigger_t:
+            return      # an earlier event already wakes the loop
+        w = t + self._wake_latency(kind)
+        self.m_trigger_t = t
+        self.m_wake_t = w
+        self.m_ver += 1
+        self.push(w, E_MWAKE, self.m_ver)
 
     def _m_first(self, t):
         """Event: the main loop takes the BQL before its first poll."""
@@ -701,13 +730,15 @@ class Engine:
         def acquired(arg, acq, rel, lrow):
             self.o_locks[lrow][1] = self.ml.cs
             self.push(rel + f["post"], E_MPOLL)
-        self.request(self.main_th, t, f["lat"], f["d"], f["cont"], hold, acquired, None)
+        self.request(self.main_th, t + f["tw"], f["lat"], f["d"], f["cont"], hold, acquired, None,
+                     f["tw"])
 
     def _m_poll(self, t):
         """Event: the main loop enters poll at *t*, the BQL dropped."""
         self.m_state = "poll"
         self.m_poll_enter = t
         self.m_wake_t = INF
+        self.m_trigger_t = INF
         if self.bh_pending:
             deadline = t
         else:
@@ -730,13 +761,14 @@ class Engine:
         stop = self.stop_t is not None and self.stop_t <= t
         nready = efd + notify + (stop and not notify)
         self.cur_main = [self.m_poll_enter, t, nready, efd, notify, stop, self.m_timeout, -1]
-        self.push(t + self._iter_value("pre"), E_MREQ)
+        self.push(t + self._iter_value("pre") + self._iter_value("tw"), E_MREQ)
 
     def _m_req(self, t):
         ml = self.ml
         i = min(self.m_iter, len(ml.lat) - 1)
         d = ml.d[i] if self.m_iter < len(ml.d) else _FAR + 1
-        self.request(self.main_th, t, ml.lat[i], d, ml.cont[i], None, self._m_acquired, None)
+        self.request(self.main_th, t, ml.lat[i], d, ml.cont[i], None, self._m_acquired, None,
+                     self._iter_value("tw"))
 
     def _m_acquired(self, arg, acq, rel, lrow):
         """The main loop has the BQL: fd handlers, then timers."""
@@ -744,15 +776,18 @@ class Engine:
         cur = self.cur_main
         cur[7] = lrow
         if cur[3]:
-            # the AIO eventfd's handler schedules the completion bottom half
-            self.efd = [e for e in self.efd if e > acq]
+            # the AIO eventfd's handler reads it, then schedules the
+            # completion bottom half
             off = self._iter_value("sched")
             when = acq + (off if off >= 0 else 400)
+            self.efd_upto = when
+            self.efd = [e for e in self.efd if e > when]
             aio_bh = self.m.bh["aio"]
             if aio_bh >= 0 and aio_bh not in self.bh_pending:
                 self.bh_pending[aio_bh] = (when, self.main_th)
             self.notify.append(when)    # bh_schedule writes the notifier
         if cur[4]:
+            self.notify_upto = acq
             self.notify = [e for e in self.notify if e > acq]
         t = acq + self.m_add + int(self._iter_value("base_pre") * self.m_scale)
         while True:                     # expired timers, earliest deadline first
@@ -773,6 +808,8 @@ class Engine:
                 self.push(t + min(off, cb), E_RAISE, tm[1], (tm[2], self.main_th))
             self.o_timers.append((due, tm[6], tm[5], t, t + cb))
             t += cb
+        if self.bh_pending:
+            t += int(self._iter_value("base_mid") * self.m_scale)
         self.push(t, E_MBH)
 
     def _m_bh(self, t):
@@ -848,7 +885,7 @@ class Engine:
                 S, k, x = b
                 v = vcpus[a]
                 self.request(v.th, t, S.lat[k], S.d[k], S.cont[k], S.hold[k], self._v_acquired,
-                             (v, S, k, x, S.cs[k]))
+                             (v, S, k, x, S.cs[k]), S.tw[k])
             elif kind == E_ENTRY:
                 v = vcpus[a]
                 if b == v.ver:
@@ -865,6 +902,8 @@ class Engine:
                 self._aio_take(b, t)
             elif kind == E_AIODONE:
                 self._aio_done(a, b, t)
+            elif kind == E_EFD:
+                self._fd_event(True, t)
             elif kind == E_MFIRST:
                 self._m_first(t)
         return self

@@ -25,6 +25,8 @@ Everything here is vectorised except loops over interrupts, timers and
 main-loop iterations, which are few next to exits and acquisitions.
 """
 
+import bisect
+
 import numpy as np
 import pandas as pd
 
@@ -42,12 +44,20 @@ FX_SUBMIT, FX_ARM_REL, FX_ARM_GRID, FX_DEL, FX_RAISE, FX_BH, FX_IRQROW = range(7
 #: Measured on the shipped traces (docs/whatif.md, "the lock").
 SLEEP_THRESHOLD_NS = 300
 
+#: A worker writes the AIO eventfd this long after its I/O returned (it
+#: first puts the request on the done list): bounded to 0.8 .. 1.3 us by
+#: the polls and eventfd reads of traces/mixed-2vcpu that did and did not
+#: see the write (0.78 .. 0.80 us).
+EFD_DELAY_NS = 790
+
 #: Main-loop wake-up kinds: an event already pending when the loop polled,
 #: an fd written while it slept, its timeout, the run's stop.
 WAKE_IMMEDIATE, WAKE_FD, WAKE_TIMEOUT, WAKE_STOP = range(4)
 WAKE_NAMES = ("immediate", "fd", "timeout", "stop")
 
 _NULL = np.iinfo(np.int64).min
+_FAR = 1 << 40          # "no previous release": the engine's value too
+INF_NS = np.iinfo(np.int64).max
 
 
 class Samples:
@@ -82,7 +92,8 @@ class ExitSpecs:
     ``cs`` (call site id, -1: no BQL), ``pre`` (exit to lock request),
     ``lat`` (recorded acquisition latency after the lock was free),
     ``d`` (request minus the previous owner's release, recorded),
-    ``cont`` (recorded contended flag), ``hold``, ``post`` (release to
+    ``cont`` (recorded contended flag), ``tw`` (the try came this long
+    after the request: the thread lost its CPU in between), ``hold``, ``post`` (release to
     re-entry), ``dur`` (exit to entry, for exits without the BQL), ``wvec``,
     ``wcnt``, ``wpre``, ``wake`` (a halt exit: waits in userspace for the
     ``wcnt``-th interrupt of vector ``wvec``), ``fx`` (effects: list of
@@ -90,7 +101,7 @@ class ExitSpecs:
     the exit without the BQL), ``last`` (the vCPU never re-entered).
     """
 
-    FIELDS = ("row", "cs", "pre", "lat", "d", "cont", "hold", "post", "dur",
+    FIELDS = ("row", "cs", "pre", "tw", "lat", "d", "cont", "hold", "post", "dur",
               "wvec", "wcnt", "wpre", "wake", "fx", "last")
 
     def __init__(self, n=0):
@@ -193,15 +204,72 @@ def _lock_order_info(lk):
 
 
 def _acq_fields(lk, rows, prel):
-    """pre-independent acquisition fields of lock rows: lat, d, cont, hold."""
+    """Acquisition fields of lock rows: ``lat, d, cont, hold, tw``.
+
+    A waiter (contended, asked while another acquisition held the lock) is
+    described against the release of that holder: ``d = request -
+    release`` (< 0) and ``lat = acquired - release``, so that a thread
+    barging in after that release, before the waiter ran, barges in the
+    re-execution too.  Otherwise against the previous acquisition's release
+    ``prel``: ``d = request - prel`` and ``lat = acquired - max(request,
+    prel)``."""
     req = lk["request_ns"].to_numpy()[rows]
     acq = lk["acquired_ns"].to_numpy()[rows]
     rel = lk["released_ns"].to_numpy()[rows]
+    cont = lk["contended"].to_numpy()[rows]
     p = prel[rows]
     has = p != _NULL
     free = np.where(has, np.maximum(req, p), req)
-    d = np.where(has, req - p, 1 << 40)
-    return acq - free, d, lk["contended"].to_numpy()[rows], rel - acq
+    d = np.where(has, req - p, _FAR)
+    lat = acq - free
+    # the holder when the waiter asked
+    all_acq = lk["acquired_ns"].to_numpy()
+    order = np.argsort(all_acq, kind="stable")
+    sa = all_acq[order]
+    sr = lk["released_ns"].to_numpy()[order]
+    i = np.searchsorted(sa, req, side="right") - 1
+    ok = cont & (i >= 0)
+    i = np.maximum(i, 0)
+    if len(sa):
+        ok &= (sr[i] > req) & (order[i] != rows)
+        r1 = sr[i]
+        # queued behind an earlier waiter: the release after that one's
+        # acquisition (its own) woke this one
+        c_idx = np.flatnonzero(cont)
+        c_idx = c_idx[np.argsort(req[c_idx], kind="stable")]
+        if len(c_idx) > 1:
+            w, pw = c_idx[1:], c_idx[:-1]
+            behind = (acq[pw] > req[w]) & (acq[pw] < acq[w])
+            r1[w[behind]] = rel[pw[behind]]
+            ok[w[behind]] = True
+        d = np.where(ok, req - r1, d)
+        lat = np.where(ok, acq - r1, lat)
+    # An uncontended acquisition long after its request: the thread lost
+    # its CPU between the request's timestamp and its try (others took and
+    # released the lock meanwhile).  It competes from the try, ``tw`` later.
+    free_wait = (acq - req)[~cont]
+    c0 = int(np.median(free_wait)) if len(free_wait) else 30
+    tw = np.where(~cont & (acq - req > c0), acq - req - c0, 0)
+    if tw.any():
+        req2 = req + tw
+        u = tw > 0
+        free2 = np.where(has, np.maximum(req2, p), req2)
+        d = np.where(u, np.where(has, req2 - p, _FAR), d)
+        lat = np.where(u, acq - free2, lat)
+    # A waiter whose request's timestamp came before that of the thread that
+    # got the lock first (their tries raced): it tried after that one.
+    if len(rows) > 1 and np.array_equal(rows, np.arange(len(rows))):
+        prow = np.full(len(rows), -1, np.int64)
+        prow[order[1:]] = order[:-1]
+        w = np.flatnonzero(cont & (prow >= 0) & ~ok if len(sa) else cont & (prow >= 0))
+        if len(w):
+            pw = prow[w]
+            ptry = req[pw] + tw[pw]
+            race = ptry >= req[w]
+            w, pw, ptry = w[race], pw[race], ptry[race]
+            tw[w] = ptry + 1 - req[w]
+            d[w] = req[w] + tw[w] - rel[pw]
+    return lat, d, cont, rel - acq, tw
 
 
 def _holder(lk, ts):
@@ -303,7 +371,7 @@ def build(trace):
                      dtype=np.int64)[lk["callsite"].cat.codes.to_numpy()] if len(lk) else \
         np.zeros(0, np.int64)
     prel, _ = _lock_order_info(lk)
-    lat, d, cont, hold = _acq_fields(lk, np.arange(len(lk)), prel)
+    lat, d, cont, hold, tw = _acq_fields(lk, np.arange(len(lk)), prel)
     lk_thread = lk["thread"].to_numpy()
     lk_req = lk["request_ns"].to_numpy()
     lk_acq = lk["acquired_ns"].to_numpy()
@@ -388,12 +456,12 @@ def build(trace):
         sel = sel[np.argsort(ex["exit_ns"].to_numpy()[sel], kind="stable")]
         st = _vcpu_stream(trace, th, names.get(th, f"vcpu{th}"), ex, sel, ex_cls[sel],
                           lk_by_thread.get(th, np.zeros(0, np.int64)), lk_req, lk_acq, lk_rel,
-                          lk_cs, lat, d, cont, hold, raises, fx_by_lock, fx_by_exit.get(th, []),
+                          lk_cs, (lat, d, cont, hold, tw), raises, fx_by_lock, fx_by_exit.get(th, []),
                           m.timers)
         m.vcpus.append(st)
 
     # ---- main loop ---------------------------------------------------------------
-    m.main = _main_loop(trace, roles, lk, lk_cs, lat, d, cont, hold, timers, bh, aio,
+    m.main = _main_loop(trace, roles, lk, lk_cs, (lat, d, cont, hold, tw), timers, bh, aio,
                         cs_id, m)
     m.irq_rows = irqs
     m.exits = ex
@@ -449,6 +517,7 @@ def _aio_requests(aio):
         pick = start - np.where(busy, prev_done, sub)
     out["pick"] = pick.tolist()
     out["idle"] = idle.tolist()
+    out["queue"] = (aio["start_ns"] - aio["submit_ns"]).tolist()
     out["wake"] = Samples(pick[idle], 15000)
     out["next"] = Samples(pick[~idle], 1500)
     return out
@@ -492,21 +561,26 @@ def _timers(trace, timers, irqs):
 
 def _timer_arms(trace, timers, timer_idx, tinfo):
     """Every recorded arming of a timer: ``(armed_ns, FX_ARM_REL or
-    FX_ARM_GRID, timer index, delay)``: relative (deadline = now + delay)
-    or on the period grid (previous deadline + period)."""
+    FX_ARM_GRID, timer index, ns)``: relative (deadline = now + ns) or on
+    the period grid (previous deadline + the period).  Sets each timer's
+    ``period`` (the grid's step)."""
     out = []
     for tid, rows in timers.groupby("timer", sort=True):
         armed = rows["armed_ns"].to_numpy()
         expire = rows["expire_ns"].to_numpy()
-        period = None
+        delay = None
+        steps = []
         for k in range(len(rows)):          # per timer firing
-            delay = int(expire[k] - armed[k])
-            if k and period is not None and abs(int(expire[k] - expire[k - 1]) - period) <= 1000:
-                out.append((int(armed[k]), FX_ARM_GRID, timer_idx[int(tid)], period))
+            step = int(expire[k] - expire[k - 1]) if k else None
+            if k and delay is not None and abs(step - delay) <= 1000:
+                out.append((int(armed[k]), FX_ARM_GRID, timer_idx[int(tid)], step))
+                steps.append(step)
             else:
+                delay = int(expire[k] - armed[k])
                 out.append((int(armed[k]), FX_ARM_REL, timer_idx[int(tid)], delay))
-                period = delay
-        tinfo[timer_idx[int(tid)]]["period"] = period
+        info = tinfo[timer_idx[int(tid)]]
+        info["period"] = int(np.median(steps)) if steps else delay
+        info["delay"] = delay
     return out
 
 
@@ -561,7 +635,7 @@ def _bottom_halves(trace, bh, aio, irqs):
 
 
 def _vcpu_stream(trace, th, name, ex, sel, cls, lrows, lk_req, lk_acq, lk_rel, lk_cs,
-                 lat, d, cont, hold, raises, fx_by_lock, fx_exit, tinfo):
+                 acqf, raises, fx_by_lock, fx_exit, tinfo):
     """The program stream and interrupt service exits of vCPU thread *th*."""
     exit_ns = ex["exit_ns"].to_numpy()[sel]
     entry_m = ex["entry_ns"].take(sel)
@@ -668,7 +742,7 @@ def _vcpu_stream(trace, th, name, ex, sel, cls, lrows, lk_req, lk_acq, lk_rel, l
     cum_stolen = np.cumsum(stolen)
 
     specs = _exit_specs(sel, lrow, exit_ns, entry, last, reason, lk_req, lk_acq, lk_rel, lk_cs,
-                        lat, d, cont, hold, fx_by_lock, fx_exit, hlt_raise, rts, rvec, cum)
+                        acqf, fx_by_lock, fx_exit, hlt_raise, rts, rvec, cum)
 
     _timer_classes(specs, cls, ex["data"].to_numpy()[sel])
 
@@ -700,6 +774,15 @@ def _vcpu_stream(trace, th, name, ex, sel, cls, lrows, lk_req, lk_acq, lk_rel, l
             gvec[w] = rvec[gr[w]]
             gcnt[w] = cum[gr[w]]
             gap[w] = exit_ns[p[w]] - base
+            # ISRs after the interrupt took that time from the guest
+            if len(isr_rows):
+                isr_begin = np.full(n, INF_NS, np.int64)
+                isr_begin[isr_rows] = np.maximum(rts[isr_raise[isr_rows]], prev_entry[isr_rows])
+                for q, b0 in zip(w.tolist(), base.tolist()):    # per waiting exit
+                    lo_, hi_ = prevp[q] + 1, p[q]
+                    seg = isr_begin[lo_:hi_] < INF_NS
+                    after = entry[lo_:hi_] - np.maximum(isr_begin[lo_:hi_], b0)
+                    gap[q] -= int(np.maximum(after[seg], 0).sum())
         gap = np.maximum(gap, 0)
     P.gate, P.gap, P.gvec, P.gcnt = gate.tolist(), gap.tolist(), gvec.tolist(), gcnt.tolist()
     P.start = int(exit_ns[p[0]]) if len(p) else int(exit_ns[0])
@@ -752,8 +835,9 @@ def _timer_classes(S, cls, data):
 
 
 def _exit_specs(sel, lrow, exit_ns, entry, last, reason, lk_req, lk_acq, lk_rel, lk_cs,
-                lat, d, cont, hold, fx_by_lock, fx_exit, hlt_raise, rts, rvec, cum):
+                acqf, fx_by_lock, fx_exit, hlt_raise, rts, rvec, cum):
     """ExitSpecs of every exit of one vCPU, in order."""
+    lat, d, cont, hold, tw = acqf
     n = len(sel)
     S = ExitSpecs(n)
     has = lrow >= 0
@@ -767,6 +851,7 @@ def _exit_specs(sel, lrow, exit_ns, entry, last, reason, lk_req, lk_acq, lk_rel,
     S.d = np.where(has, d[lr] if len(d) else 0, 0).tolist()
     S.cont = np.where(has, cont[lr] if len(cont) else False, False).tolist()
     S.hold = np.where(has, hold[lr] if len(hold) else 0, 0).tolist()
+    S.tw = np.where(has, tw[lr] if len(tw) else 0, 0).tolist()
     S.post = np.maximum(post, 0).tolist()
     S.dur = np.where(~has, entry - exit_ns, 0).tolist()
     S.last = last.tolist()
@@ -798,8 +883,9 @@ def _exit_specs(sel, lrow, exit_ns, entry, last, reason, lk_req, lk_acq, lk_rel,
     return S
 
 
-def _main_loop(trace, roles, lk, lk_cs, lat, d, cont, hold, timers, bh, aio, cs_id, m):
+def _main_loop(trace, roles, lk, lk_cs, acqf, timers, bh, aio, cs_id, m):
     """Per main-loop iteration: wake-up, its acquisition, dispatch cost."""
+    lat, d, cont, hold, tw = acqf
     main_threads = [t for t, r in roles.items() if r == "main"]
     if not main_threads:
         return None
@@ -824,11 +910,13 @@ def _main_loop(trace, roles, lk, lk_cs, lat, d, cont, hold, timers, bh, aio, cs_
     de = loop["dispatch_end_ns"].to_numpy()
     tmo = loop["timeout_ns"].to_numpy()
     ml.cs = cs_id.get("main:dispatch", int(lk_cs[rows[0]]))
-    ml.first = {"request": int(req[0]), "lat": int(lat[rows[0]]), "d": int(d[rows[0]]),
+    ml.first = {"request": int(req[0]), "tw": int(tw[rows[0]]), "lat": int(lat[rows[0]]),
+                "d": int(d[rows[0]]),
                 "cont": bool(cont[rows[0]]), "hold": int(hold[rows[0]]),
                 "post": int(pe[0] - rel[0]) if n else 0}
     it = rows[1:]
     ml.pre = (req[1:] - px).tolist()
+    ml.tw = tw[it].tolist()
     ml.lat = lat[it].tolist()
     ml.d = d[it].tolist()
     ml.cont = cont[it].tolist()
@@ -857,9 +945,27 @@ def _main_loop(trace, roles, lk, lk_cs, lat, d, cont, hold, timers, bh, aio, cs_
         i = np.searchsorted(a1, s, side="right") - 1
         ok = (i >= 0) & (s <= r1[np.clip(i, 0, n - 1)])
         sched[i[ok]] = (s - a1[i])[ok]
+    # between the last timer callback and the first bottom half
+    mid = np.zeros(n, np.int64)
+    if len(timers) and len(bh):
+        last_t = np.full(n, _NULL, np.int64)
+        f = timers["fire_ns"].to_numpy()
+        i = np.searchsorted(a1, f, side="right") - 1
+        ok = (i >= 0) & (f <= r1[np.clip(i, 0, n - 1)])
+        np.maximum.at(last_t, i[ok], timers["done_ns"].to_numpy()[ok])
+        first_b = np.full(n, INF_NS, np.int64)
+        s = bh["run_ns"].to_numpy()
+        i = np.searchsorted(a1, s, side="right") - 1
+        ok = (i >= 0) & (s <= r1[np.clip(i, 0, n - 1)])
+        np.minimum.at(first_b, i[ok], s[ok])
+        both = (last_t != _NULL) & (first_b != INF_NS)
+        mid[both] = np.maximum(first_b[both] - last_t[both], 0)
     base = np.maximum(base, 0)
-    ml.base_pre = np.minimum(np.maximum(first_cb - a1, 0), base).tolist()
-    ml.base = (base - np.asarray(ml.base_pre, np.int64)).tolist()
+    pre_ = np.minimum(np.maximum(first_cb - a1, 0), base)
+    mid = np.minimum(mid, base - pre_)
+    ml.base_pre = pre_.tolist()
+    ml.base_mid = mid.tolist()
+    ml.base = (base - pre_ - mid).tolist()
     ml.sched = sched.tolist()
     ml.timeout = tmo.tolist()
     ml.nready = loop["nready"].tolist()
@@ -867,30 +973,23 @@ def _main_loop(trace, roles, lk, lk_cs, lat, d, cont, hold, timers, bh, aio, cs_
 
     # Wake-up kind and latency of each iteration: the earliest fd event
     # not consumed by an earlier iteration, or the poll's deadline.
-    events = []
-    if len(aio):
-        events.append(aio["done_ns"].to_numpy())
+    efd_ev = np.sort(aio["done_ns"].to_numpy()) + EFD_DELAY_NS if len(aio) else \
+        np.zeros(0, np.int64)
+    notify = []
     if len(bh):
         nb = bh[~bh["idle"].to_numpy()]
-        events.append(nb["scheduled_ns"].to_numpy())
+        notify.append(nb["scheduled_ns"].to_numpy())
     if len(timers):
         arm = timers["armed_ns"].to_numpy()
         holder = _holder(lk, arm)
         by_other = (holder >= 0) & (lk["thread"].to_numpy()[np.maximum(holder, 0)] != th)
-        events.append(arm[by_other])
-    ev = np.sort(np.concatenate(events)) if events else np.zeros(0, np.int64)
-    # The last iteration is the stop's (the runner's notify after the vCPUs ended).
-    kind = np.full(n, WAKE_FD, np.int64)
-    wake = np.zeros(n, np.int64)
-    consumed_upto = np.concatenate([[np.iinfo(np.int64).min], px[:-1]])
-    j = np.searchsorted(ev, consumed_upto, side="right")       # first event after the previous poll returned
-    has_ev = j < len(ev)
-    first_ev = np.where(has_ev, ev[np.clip(j, 0, max(len(ev) - 1, 0))] if len(ev) else 0, np.iinfo(np.int64).max)
+        notify.append(arm[by_other])
+    notify_ev = np.sort(np.concatenate(notify)) if notify else np.zeros(0, np.int64)
     # The poll's deadline: the earliest timer armed when it began (the
     # recorded timeout was computed a little before poll_enter).
-    deadline = np.where(tmo >= 0, pe + tmo, np.iinfo(np.int64).max)
+    deadline = np.where(tmo >= 0, pe + tmo, INF_NS)
     if len(timers):
-        exact = np.full(n, np.iinfo(np.int64).max, np.int64)
+        exact = np.full(n, INF_NS, np.int64)
         lo = np.searchsorted(pe, timers["armed_ns"].to_numpy(), side="left")
         hi = np.searchsorted(pe, timers["fire_ns"].to_numpy(), side="right")
         for a, b, e in zip(lo.tolist(), hi.tolist(), timers["expire_ns"].tolist()):
@@ -898,11 +997,36 @@ def _main_loop(trace, roles, lk, lk_cs, lat, d, cont, hold, timers, bh, aio, cs_
                 np.minimum(exact[a:b], e, out=exact[a:b])
         close = (tmo >= 0) & (np.abs(exact - deadline) < 20_000)
         deadline = np.where(close, np.maximum(exact, pe), deadline)
-    trig = np.minimum(first_ev, deadline)
-    kind = np.where(trig <= pe, WAKE_IMMEDIATE,
-                    np.where(deadline <= first_ev, WAKE_TIMEOUT, WAKE_FD))
-    kind = np.where(trig > px, WAKE_FD, kind)           # nothing known woke it
-    wake = px - np.maximum(pe, np.minimum(trig, px))
+    # Per iteration: the earliest fd event not read by an earlier dispatch
+    # (a dispatch reads an fd poll reported, with what was written to it up
+    # to its handler), or the deadline, woke it.
+    kind = np.full(n, WAKE_FD, np.int64)
+    wake = np.zeros(n, np.int64)
+    ce = cn = 0
+    E, N = efd_ev.tolist(), notify_ev.tolist()
+    acq_it = acq[1:]
+    for i in range(n):                      # per main-loop iteration
+        fe = E[ce] if ce < len(E) else INF_NS
+        fn = N[cn] if cn < len(N) else INF_NS
+        first = min(fe, fn)
+        dl = int(deadline[i])
+        trig = min(first, dl)
+        p_in, p_out = int(pe[i]), int(px[i])
+        if trig <= p_in:
+            kind[i] = WAKE_IMMEDIATE
+        elif trig > p_out:
+            kind[i] = WAKE_FD           # nothing known woke it
+            trig = p_out
+        else:
+            kind[i] = WAKE_TIMEOUT if dl <= first else WAKE_FD
+        wake[i] = p_out - max(p_in, trig)
+        if fe <= p_out:
+            # the handler reads the eventfd just before it schedules the
+            # completion bottom half
+            read = int(acq_it[i]) + max(int(sched[i]), 0)
+            ce = bisect.bisect_right(E, read, ce)
+        if fn <= p_out:
+            cn = bisect.bisect_right(N, int(acq_it[i]), cn)
     if n:
         kind[-1] = WAKE_STOP
         done = [int(s.prog.row[-1]) for s in m.vcpus if len(s.prog.row)]

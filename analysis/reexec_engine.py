@@ -668,9 +668,10 @@ class Engine:
         self.push(t + self.m.aio["io"][r[0]], E_AIODONE, q, w)
 
     def _aio_done(self, q, w, t):
-        self.aio_reqs[q][4] = t
+        r = self.aio_reqs[q]
+        r[4] = t
         self.aio_done.append(q)
-        self.push(t + rm.EFD_DELAY_NS, E_EFD)
+        self.push(t + self.m.aio["efd_delay"][r[0]], E_EFD)
         if self.aio_queue:
             A = self.m.aio
             head = self.aio_reqs[self.aio_queue[0]]
@@ -790,6 +791,7 @@ class Engine:
             self.notify_upto = acq
             self.notify = [e for e in self.notify if e > acq]
         t = acq + self.m_add + int(self._iter_value("base_pre") * self.m_scale)
+        fired = 0
         while True:                     # expired timers, earliest deadline first
             due = None
             for ti, tm in enumerate(self.timers):
@@ -802,6 +804,9 @@ class Engine:
             info = self.m.timers[tm[3]]
             k = self.timer_cb_i.get(due, 0)
             self.timer_cb_i[due] = k + 1
+            if fired:
+                t += info["gap"][k % len(info["gap"])]
+            fired += 1
             cb = int(info["cb"][k % len(info["cb"])] * self.m_scale)
             if tm[2] is not None:
                 off = info["raise_off"][k % len(info["raise_off"])]

@@ -532,13 +532,22 @@ def _timers(trace, timers, irqs):
     idx = {}
     main_raises = irqs[irqs["kind"] == "raise"]
     rts = main_raises["ts_ns"].to_numpy()
+    # time between a callback and the one before it in the same dispatch
+    f = timers["fire_ns"].to_numpy()
+    dn = timers["done_ns"].to_numpy()
+    gaps = np.zeros(len(timers), np.int64)
+    if len(timers) > 1:
+        g = f[1:] - dn[:-1]
+        near = (g >= 0) & (g < 5000)
+        gaps[1:][near] = g[near]
     for tid in ids:
         rows = timers[timers["timer"] == tid]
         name = names[tid] if tid < len(names) else (
             str(rows["name"].iloc[0]) if len(rows) else f"timer{tid}")
         info = {"id": tid, "name": name, "vcpu": None, "vector": None,
                 "cb": (rows["done_ns"] - rows["fire_ns"]).tolist() or [1000],
-                "raise_off": [0]}
+                "raise_off": [0], "gap": (gaps[rows.index.to_numpy()].tolist()
+                                           if len(rows) else [0])}
         if len(rows):
             f = rows["fire_ns"].to_numpy()
             dn = rows["done_ns"].to_numpy()
@@ -933,6 +942,16 @@ def _main_loop(trace, roles, lk, lk_cs, acqf, timers, bh, aio, cs_id, m):
         ok = (i >= 0) & (f <= r1[np.clip(i, 0, n - 1)])
         np.subtract.at(base, i[ok], (timers["done_ns"] - timers["fire_ns"]).to_numpy()[ok])
         np.minimum.at(first_cb, i[ok], f[ok])
+        # the gaps between callbacks are the timers' (see _timers)
+        dn = timers["done_ns"].to_numpy()
+        g = np.zeros(len(f), np.int64)
+        if len(f) > 1:
+            gg = f[1:] - dn[:-1]
+            near = (gg >= 0) & (gg < 5000)
+            g[1:][near] = gg[near]
+        same = np.zeros(len(f), bool)
+        same[1:] = i[1:] == i[:-1]
+        np.subtract.at(base, i[ok & same], g[ok & same])
     sched = np.full(n, -1, np.int64)
     if len(bh):
         s = bh["run_ns"].to_numpy()
@@ -973,8 +992,6 @@ def _main_loop(trace, roles, lk, lk_cs, acqf, timers, bh, aio, cs_id, m):
 
     # Wake-up kind and latency of each iteration: the earliest fd event
     # not consumed by an earlier iteration, or the poll's deadline.
-    efd_ev = np.sort(aio["done_ns"].to_numpy()) + EFD_DELAY_NS if len(aio) else \
-        np.zeros(0, np.int64)
     notify = []
     if len(bh):
         nb = bh[~bh["idle"].to_numpy()]
@@ -999,19 +1016,46 @@ def _main_loop(trace, roles, lk, lk_cs, acqf, timers, bh, aio, cs_id, m):
         deadline = np.where(close, np.maximum(exact, pe), deadline)
     # Per iteration: the earliest fd event not read by an earlier dispatch
     # (a dispatch reads an fd poll reported, with what was written to it up
-    # to its handler), or the deadline, woke it.
+    # to its handler), or the deadline, woke it.  A worker's eventfd write
+    # comes EFD_DELAY_NS after its I/O, give or take a few hundred ns: per
+    # request, the delay is set so that each poll sees the writes the
+    # recording shows it saw (its dispatch ran the eventfd's handler or not).
     kind = np.full(n, WAKE_FD, np.int64)
     wake = np.zeros(n, np.int64)
+    dorder = np.argsort(aio["done_ns"].to_numpy(), kind="stable") if len(aio) else \
+        np.zeros(0, np.int64)
+    D = aio["done_ns"].to_numpy()[dorder].tolist() if len(aio) else []
+    delay = [EFD_DELAY_NS] * len(D)
+    used = [False] * len(D)
     ce = cn = 0
-    E, N = efd_ev.tolist(), notify_ev.tolist()
+    N = notify_ev.tolist()
     acq_it = acq[1:]
+    prev_read = None
     for i in range(n):                      # per main-loop iteration
-        fe = E[ce] if ce < len(E) else INF_NS
+        p_in, p_out = int(pe[i]), int(px[i])
+        ready = sched[i] >= 0               # the eventfd handler ran
+        read = int(acq_it[i]) + max(int(sched[i]), 0)
+        while ce < len(D) and used[ce]:
+            ce += 1
+        hi = bisect.bisect_right(D, p_out, ce)
+        vis = [j for j in range(ce, hi) if not used[j] and D[j] + delay[j] <= p_out]
+        if ready and not vis:
+            pend = [j for j in range(ce, hi) if not used[j]]
+            if pend:
+                delay[pend[0]] = max(0, p_out - D[pend[0]])
+        elif not ready and vis:
+            for j in vis:
+                if prev_read is not None and D[j] <= prev_read:
+                    delay[j] = prev_read - D[j]     # the previous read had it
+                    used[j] = True
+                else:
+                    delay[j] = p_out - D[j] + 1
+        fe = min((D[j] + delay[j] for j in range(ce, min(len(D), hi + 8)) if not used[j]),
+                 default=INF_NS)
         fn = N[cn] if cn < len(N) else INF_NS
         first = min(fe, fn)
         dl = int(deadline[i])
         trig = min(first, dl)
-        p_in, p_out = int(pe[i]), int(px[i])
         if trig <= p_in:
             kind[i] = WAKE_IMMEDIATE
         elif trig > p_out:
@@ -1020,13 +1064,19 @@ def _main_loop(trace, roles, lk, lk_cs, acqf, timers, bh, aio, cs_id, m):
         else:
             kind[i] = WAKE_TIMEOUT if dl <= first else WAKE_FD
         wake[i] = p_out - max(p_in, trig)
-        if fe <= p_out:
-            # the handler reads the eventfd just before it schedules the
-            # completion bottom half
-            read = int(acq_it[i]) + max(int(sched[i]), 0)
-            ce = bisect.bisect_right(E, read, ce)
+        if ready:
+            for j in range(ce, bisect.bisect_right(D, read, ce)):
+                if D[j] + delay[j] <= read:
+                    used[j] = True
+            prev_read = read
+        else:
+            prev_read = None
         if fn <= p_out:
             cn = bisect.bisect_right(N, int(acq_it[i]), cn)
+    efd_delay = np.full(len(aio), EFD_DELAY_NS, np.int64)
+    if len(D):
+        efd_delay[dorder] = delay
+    m.aio["efd_delay"] = efd_delay.tolist()
     if n:
         kind[-1] = WAKE_STOP
         done = [int(s.prog.row[-1]) for s in m.vcpus if len(s.prog.row)]

@@ -84,6 +84,16 @@ def _names(trace, ids):
     return np.asarray(_replay._names(trace, ids), dtype=object)
 
 
+def _name_column(trace, ids):
+    """Thread names of thread ids *ids*, as a categorical (names looked up
+    once per distinct id)."""
+    uniq, inv = np.unique(ids, return_inverse=True)
+    names = _names(trace, uniq)
+    if len(set(names)) != len(names):
+        return names[inv.reshape(-1)]
+    return pd.Categorical.from_codes(inv.reshape(-1), categories=list(names))
+
+
 def _detail(trace, pw, ph, ov):
     df = trace.locks
     req = df["request_ns"].to_numpy()
@@ -94,11 +104,62 @@ def _detail(trace, pw, ph, ov):
         "thread": df["thread"].to_numpy()[pw].astype(np.int64),
         "thread_name": _replay._take(df["thread_name"], pw),
         "holder_thread": holder,
-        "holder_name": _names(trace, holder),
+        "holder_name": _name_column(trace, holder),
         "holder_callsite": _replay._take(df["callsite"], ph),
         "overlap_ns": ov,
         "barged": req[ph] > req[pw],
     })[_DETAIL]
+
+
+def _anatomy(trace, pairs):
+    """The :func:`wait_anatomy` table (all locks) from :func:`_pairs`."""
+    df = trace.locks
+    waits, pw, ph, ov = pairs
+    req = df["request_ns"].to_numpy()
+    acq = df["acquired_ns"].to_numpy()
+    wait = acq[waits] - req[waits]
+    pos = np.empty(len(df), dtype=np.int64)
+    pos[waits] = np.arange(len(waits))
+    pi = pos[pw]
+    barged = req[ph] > req[pw]
+    held = np.bincount(pi, weights=np.where(barged, 0, ov),
+                       minlength=len(waits)).astype(np.int64)
+    barg = np.bincount(pi, weights=np.where(barged, ov, 0),
+                       minlength=len(waits)).astype(np.int64)
+    # Longest overlap per wait, earliest holder on a tie: pairs come grouped
+    # by wait (pi non-decreasing) and, within a wait, in the owners' order.
+    hrow = np.full(len(waits), -1, dtype=np.int64)
+    if len(pi):
+        starts = np.flatnonzero(np.r_[True, pi[1:] != pi[:-1]])
+        top = np.maximum.reduceat(ov, starts)
+        cand = np.flatnonzero(ov == np.repeat(top, np.diff(np.r_[starts, len(pi)])))
+        firsts = cand[np.r_[True, pi[cand][1:] != pi[cand][:-1]]]
+        hrow[pi[firsts]] = ph[firsts]
+    has = hrow >= 0
+    hthread = np.full(len(waits), NO_HOLDER, dtype=np.int64)
+    hthread[has] = df["thread"].to_numpy()[hrow[has]]
+    # Categoricals built from codes: no string per row.
+    csite = df["callsite"]
+    cats = list(csite.cat.categories)
+    none = cats.index(NO_CALLSITE) if NO_CALLSITE in cats else len(cats)
+    codes = np.full(len(waits), none, dtype=np.int64)
+    codes[has] = csite.cat.codes.to_numpy()[hrow[has]]
+    hcs = pd.Categorical.from_codes(codes, categories=cats + [NO_CALLSITE] * (none == len(cats)))
+    hname = _name_column(trace, hthread)
+    out = pd.DataFrame({
+        "row": waits,
+        "lock": _replay._take(df["lock"], waits),
+        "thread": df["thread"].to_numpy()[waits].astype(np.int64),
+        "thread_name": _replay._take(df["thread_name"], waits),
+        "callsite": _replay._take(df["callsite"], waits),
+        "request_ns": req[waits], "acquired_ns": acq[waits],
+        "wait_ns": wait, "held_ns": held, "barged_ns": barg,
+        "handoff_ns": wait - held - barg,
+        "holder_thread": hthread,
+        "holder_name": hname,
+        "holder_callsite": hcs,
+    })[_ANATOMY]
+    return out
 
 
 def wait_anatomy(trace, lock=None):
@@ -134,46 +195,7 @@ def wait_anatomy(trace, lock=None):
     >>> a = trace.wait_anatomy("bql")                  # doctest: +SKIP
     >>> a[["held_ns", "barged_ns", "handoff_ns"]].sum()  # doctest: +SKIP
     """
-    df = trace.locks
-    waits, pw, ph, ov = _pairs(trace)
-    req = df["request_ns"].to_numpy()
-    acq = df["acquired_ns"].to_numpy()
-    wait = acq[waits] - req[waits]
-    pos = np.empty(len(df), dtype=np.int64)
-    pos[waits] = np.arange(len(waits))
-    pi = pos[pw]
-    barged = req[ph] > req[pw]
-    held = np.bincount(pi, weights=np.where(barged, 0, ov),
-                       minlength=len(waits)).astype(np.int64)
-    barg = np.bincount(pi, weights=np.where(barged, ov, 0),
-                       minlength=len(waits)).astype(np.int64)
-    # Longest overlap per wait, earliest holder on a tie.
-    best = np.lexsort((-ov, pi))
-    firsts = best[np.r_[True, pi[best][1:] != pi[best][:-1]]] if len(best) \
-        else best
-    hrow = np.full(len(waits), -1, dtype=np.int64)
-    hrow[pi[firsts]] = ph[firsts]
-    has = hrow >= 0
-    hthread = np.full(len(waits), NO_HOLDER, dtype=np.int64)
-    hthread[has] = df["thread"].to_numpy()[hrow[has]]
-    csite = df["callsite"]
-    hcs = np.full(len(waits), NO_CALLSITE, dtype=object)
-    hcs[has] = np.asarray(csite.cat.categories, dtype=object)[
-        csite.cat.codes.to_numpy()[hrow[has]]]
-    out = pd.DataFrame({
-        "row": waits,
-        "lock": _replay._take(df["lock"], waits),
-        "thread": df["thread"].to_numpy()[waits].astype(np.int64),
-        "thread_name": _replay._take(df["thread_name"], waits),
-        "callsite": _replay._take(df["callsite"], waits),
-        "request_ns": req[waits], "acquired_ns": acq[waits],
-        "wait_ns": wait, "held_ns": held, "barged_ns": barg,
-        "handoff_ns": wait - held - barg,
-        "holder_thread": hthread,
-        "holder_name": _names(trace, hthread),
-        "holder_callsite": pd.Categorical(hcs),
-    })[_ANATOMY]
-    return _replay._lock_filter(out, lock).reset_index(drop=True)
+    return _replay._lock_filter(_anatomy(trace, _pairs(trace)), lock).reset_index(drop=True)
 
 
 def wait_anatomy_detail(trace, lock=None):
@@ -267,36 +289,66 @@ def caused(trace, lock=None, threads=None):
     --------
     >>> trace.caused().head(3)                         # doctest: +SKIP
     """
-    detail = wait_anatomy_detail(trace, lock)
-    anatomy = wait_anatomy(trace, lock)
-    if threads is not None:
-        names = set(threads)
-        detail = detail[detail["thread_name"].astype(str).isin(names)]
-        anatomy = anatomy[anatomy["thread_name"].astype(str).isin(names)]
+    df = trace.locks
     cols = ["lock", "holder_callsite", "caused_ns", "caused_pct", "waits", "barged_ns",
             "acquisitions", "hold_mean_ns", "hold_p99_ns", "hold_total_ns"]
-    if anatomy.empty:
+    waits, pw, ph, ov = _pairs(trace)
+    req = df["request_ns"].to_numpy()
+    acq = df["acquired_ns"].to_numpy()
+    lcode = df["lock"].cat.codes.to_numpy().astype(np.int64)
+    ccode = df["callsite"].cat.codes.to_numpy().astype(np.int64)
+    locks = np.asarray(df["lock"].cat.categories, dtype=object)
+    sites = np.asarray(df["callsite"].cat.categories, dtype=object)
+    keep_w = np.ones(len(waits), dtype=bool)
+    keep_p = np.ones(len(pw), dtype=bool)
+    if lock is not None:
+        want = np.isin(locks, [lock] if isinstance(lock, str) else list(lock))
+        keep_w &= want[lcode[waits]]
+        keep_p &= want[lcode[pw]]
+    if threads is not None:
+        ids = trace.thread_ids(list(threads)).astype(np.int64)
+        thread = df["thread"].to_numpy().astype(np.int64)
+        keep_w &= np.isin(thread[waits], ids)
+        keep_p &= np.isin(thread[pw], ids)
+    waits = waits[keep_w]
+    pw, ph, ov = pw[keep_p], ph[keep_p], ov[keep_p]
+    if not len(waits):
         return pd.DataFrame({c: pd.Series(dtype=object if c in ("lock", "holder_callsite") else float)
                              for c in cols})
-    d = detail.assign(lock=detail["lock"].astype(str), holder_callsite=detail["holder_callsite"].astype(str),
-                      barged_part=np.where(detail["barged"], detail["overlap_ns"], 0))
-    by_site = d.groupby(["lock", "holder_callsite"], sort=False).agg(
-        caused_ns=("overlap_ns", "sum"), waits=("row", "nunique"),
-        barged_ns=("barged_part", "sum")).reset_index()
-    a = anatomy.assign(lock=anatomy["lock"].astype(str))
-    free = a.groupby("lock", sort=False).agg(caused_ns=("handoff_ns", "sum"),
-                                             waits=("handoff_ns", lambda s: int((s > 0).sum())))
-    free = free.reset_index().assign(holder_callsite="(hand-off)", barged_ns=0)
-    out = pd.concat([by_site, free[free["caused_ns"] > 0]], ignore_index=True)
-    total = a.groupby("lock")["wait_ns"].sum()
-    out["caused_pct"] = 100.0 * out["caused_ns"] / out["lock"].map(total).to_numpy()
-    locks = trace.locks.assign(lock=trace.locks["lock"].astype(str),
-                               callsite=trace.locks["callsite"].astype(str))
-    hold = locks.groupby(["lock", "callsite"])["hold_ns"].agg(
-        acquisitions="size", hold_mean_ns="mean", hold_p99_ns=lambda s: s.quantile(0.99),
-        hold_total_ns="sum")
-    hold.index = hold.index.set_names(["lock", "holder_callsite"])
-    out = out.join(hold, on=["lock", "holder_callsite"])
+    nl, nc = len(locks), len(sites)
+    # Each (lock, holder call site) is one bin; the hand-off rows are bins nc.
+    key = lcode[ph] * (nc + 1) + ccode[ph]
+    nbins = nl * (nc + 1)
+    caused = np.bincount(key, weights=ov, minlength=nbins)
+    barged = np.bincount(key, weights=np.where(req[ph] > req[pw], ov, 0), minlength=nbins)
+    pairs = np.sort(pw * nbins + key)       # a sort: cheaper than a hash unique here
+    pairs = pairs[np.r_[True, pairs[1:] != pairs[:-1]]] if len(pairs) else pairs
+    delayed = np.bincount(pairs % nbins, minlength=nbins)
+    wait = acq[waits] - req[waits]
+    # Hand-off time per wait: its wait minus what owners covered.
+    order = np.argsort(waits)
+    covered = np.zeros(len(waits))
+    covered[order] = np.bincount(np.searchsorted(waits[order], pw), weights=ov, minlength=len(waits))
+    handoff = wait - covered
+    hkey = lcode[waits] * (nc + 1) + nc
+    caused += np.bincount(hkey, weights=handoff, minlength=nbins)
+    delayed += np.bincount(hkey, weights=handoff > 0, minlength=nbins).astype(np.int64)
+    total = np.bincount(lcode[waits], weights=wait, minlength=nl)
+    bins = np.flatnonzero(caused > 0)
+    out = pd.DataFrame({
+        "lock": locks[bins // (nc + 1)],
+        "holder_callsite": np.where(bins % (nc + 1) == nc, "(hand-off)",
+                                    sites[np.minimum(bins % (nc + 1), nc - 1)]),
+        "caused_ns": caused[bins].astype(np.int64),
+        "caused_pct": 100.0 * caused[bins] / total[bins // (nc + 1)],
+        "waits": delayed[bins].astype(np.int64),
+        "barged_ns": barged[bins].astype(np.int64),
+    })
+    hold = trace.lock_stats(["lock", "callsite"])[["lock", "callsite", "acquisitions", "hold_mean_ns",
+                                                    "hold_p99_ns", "hold_total_ns"]]
+    hold = hold.assign(lock=hold["lock"].astype(str), callsite=hold["callsite"].astype(str))
+    out = out.merge(hold.rename(columns={"callsite": "holder_callsite"}),
+                    on=["lock", "holder_callsite"], how="left")
     out["acquisitions"] = out["acquisitions"].astype("Int64")
     # critical sections first, largest first; the hand-off rows (nobody's
     # critical section) after them

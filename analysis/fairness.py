@@ -144,6 +144,29 @@ def fairness(trace, lock=None):
                            kind="stable").reset_index(drop=True)
 
 
+def _strings(col, rows):
+    """Rows *rows* of a (categorical) column as an array of str."""
+    return np.asarray(_replay._take(col, rows), dtype=object).astype(str)
+
+
+def _member_names(ep, thread, ep2, thread2, nep, idx, trace):
+    """Comma-separated sorted names of the threads of episodes *idx*, from
+    (episode, thread) pairs ``(ep, thread)`` and ``(ep2, thread2)``."""
+    eps = np.r_[ep, ep2]
+    ids = np.r_[thread, thread2]
+    uniq, code = np.unique(ids, return_inverse=True)
+    names = np.asarray(_replay._names(trace, uniq), dtype=object)
+    if len(uniq) <= 62:
+        mask = np.zeros(nep, dtype=np.int64)
+        np.bitwise_or.at(mask, eps, np.left_shift(1, code.astype(np.int64)))
+        sets, inv = np.unique(mask[idx], return_inverse=True)
+        text = [",".join(sorted(names[b] for b in range(len(uniq)) if m >> b & 1)) for m in sets]
+        return np.asarray(text, dtype=object)[inv]
+    pairs = pd.DataFrame({"ep": eps, "name": names[code]}).drop_duplicates()
+    joined = pairs.groupby("ep")["name"].agg(lambda s: ",".join(sorted(s)))
+    return joined.reindex(idx).to_numpy()
+
+
 def convoys(trace, lock=None, min_handoffs=4):
     """Lock convoys: intervals in which the lock always had a waiter.
 
@@ -176,8 +199,6 @@ def convoys(trace, lock=None, min_handoffs=4):
     rel_all = df["released_ns"].to_numpy()
     thr_all = df["thread"].to_numpy().astype(np.int64)
     cont_all = df["contended"].to_numpy() & (acq_all >= req_all)
-    names = df["thread_name"].astype(str).to_numpy()
-    sites = df["callsite"].astype(str).to_numpy()
     frames = []
     for pos in _per_lock(trace):
         w = pos[cont_all[pos]]
@@ -216,23 +237,24 @@ def convoys(trace, lock=None, min_handoffs=4):
         keep = handoffs >= min_handoffs
         if not keep.any():
             continue
-        # Threads per episode: the waiters and the first holder.
+        # Threads per episode (the waiters and the first holder) as a bit
+        # set per episode, named once per distinct set.
+        idx = np.flatnonzero(keep)
         first_owner = pos[np.clip(np.searchsorted(lacq, s_ns, side="right") - 1, 0, len(pos) - 1)]
         held = (acq_all[first_owner] <= s_ns) & (rel_all[first_owner] >= s_ns)
-        pairs = pd.DataFrame({"ep": np.r_[ep, np.arange(nep)],
-                              "name": np.r_[names[w], names[first_owner]]})
-        pairs = pairs[np.r_[np.ones(len(w), bool), held]].drop_duplicates()
-        members = pairs.groupby("ep")["name"].agg(lambda s: ",".join(sorted(s)))
-        idx = np.flatnonzero(keep)
+        members = _member_names(ep, thr_all[w], np.flatnonzero(held), thr_all[first_owner[held]],
+                                nep, idx, trace)
         frames.append(pd.DataFrame({
             "lock": str(df["lock"].iloc[pos[0]]),
             "start_ns": s_ns[idx], "end_ns": e_ns[idx], "duration_ns": e_ns[idx] - s_ns[idx],
             "window": [_window(trace, a, b) for a, b in zip(s_ns[idx], e_ns[idx])],
             "acquisitions": count[idx], "handoffs": handoffs[idx],
-            "threads": members.reindex(idx).to_numpy(),
+            "threads": members,
             "max_waiting": peak[idx], "wait_ns": waited[idx],
-            "first_holder": np.where(held[idx], names[first_owner[idx]], "(none)"),
-            "first_callsite": np.where(held[idx], sites[first_owner[idx]], "(none)"),
+            "first_holder": np.where(held[idx], _strings(df["thread_name"], first_owner[idx]),
+                                     "(none)"),
+            "first_callsite": np.where(held[idx], _strings(df["callsite"], first_owner[idx]),
+                                       "(none)"),
         }))
     if not frames:
         return pd.DataFrame({c: [] for c in _CONVOYS})
@@ -273,7 +295,6 @@ def pingpong(trace, lock=None, min_handoffs=16, max_gap_ns=20_000):
     rel_all = df["released_ns"].to_numpy()
     req_all = df["request_ns"].to_numpy()
     thr_all = df["thread"].to_numpy().astype(np.int64)
-    names = df["thread_name"].astype(str).to_numpy()
     frames = []
     for pos in _per_lock(trace):
         if len(pos) < 3:
@@ -303,7 +324,8 @@ def pingpong(trace, lock=None, min_handoffs=16, max_gap_ns=20_000):
         gaps = csum(gap)
         holds = csum(rel - acq)
         dur = end_ns - start_ns
-        pair = [",".join(sorted((names[pos[a]], names[pos[a + 1]]))) for a in lo]
+        one, two = _strings(df["thread_name"], pos[lo]), _strings(df["thread_name"], pos[lo + 1])
+        pair = np.where(one < two, one + "," + two, two + "," + one)
         frames.append(pd.DataFrame({
             "lock": str(df["lock"].iloc[pos[0]]),
             "threads": pair,

@@ -387,8 +387,13 @@ class Trace:
         return _stats.exit_stats(self, by)
 
     def lock_stats(self, by="lock"):
-        """lock_stat-style lock statistics; see :func:`stats.lock_stats`."""
-        return _stats.lock_stats(self, by)
+        """lock_stat-style lock statistics; see :func:`stats.lock_stats`.
+        Computed once per grouping (``caused()`` and the report share it);
+        each call returns a copy."""
+        key = ("lock_stats", by if isinstance(by, str) else tuple(by))
+        if key not in self._cache:
+            self._cache[key] = _stats.lock_stats(self, by)
+        return self._cache[key].copy()
 
     def bh_stats(self):
         """Bottom-half latency per name; see :func:`stats.bh_stats`."""

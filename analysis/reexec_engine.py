@@ -670,8 +670,8 @@ class Engine:
     def _aio_done(self, q, w, t):
         r = self.aio_reqs[q]
         r[4] = t
-        self.aio_done.append(q)
-        self.push(t + self.m.aio["efd_delay"][r[0]], E_EFD)
+        # on the done list, then the eventfd written
+        self.push(t + self.m.aio["efd_delay"][r[0]], E_EFD, q)
         if self.aio_queue:
             A = self.m.aio
             head = self.aio_reqs[self.aio_queue[0]]
@@ -908,6 +908,7 @@ class Engine:
             elif kind == E_AIODONE:
                 self._aio_done(a, b, t)
             elif kind == E_EFD:
+                self.aio_done.append(a)
                 self._fd_event(True, t)
             elif kind == E_MFIRST:
                 self._m_first(t)

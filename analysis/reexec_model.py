@@ -1025,7 +1025,8 @@ def _main_loop(trace, roles, lk, lk_cs, acqf, timers, bh, aio, cs_id, m):
     dorder = np.argsort(aio["done_ns"].to_numpy(), kind="stable") if len(aio) else \
         np.zeros(0, np.int64)
     D = aio["done_ns"].to_numpy()[dorder].tolist() if len(aio) else []
-    delay = [EFD_DELAY_NS] * len(D)
+    delay = _done_list_order(aio, bh, m.bh["aio"], np.full(len(aio), EFD_DELAY_NS, np.int64))
+    delay = delay[dorder].tolist()
     used = [False] * len(D)
     ce = cn = 0
     N = notify_ev.tolist()
@@ -1097,6 +1098,29 @@ def _main_loop(trace, roles, lk, lk_cs, acqf, timers, bh, aio, cs_id, m):
     ml.wake_samples = {k: Samples(wake[kind == k], (1000, 30000, 20000, 100000)[k])
                        for k in range(4)}
     return ml
+
+
+def _done_list_order(aio, bh, aio_bh, delay):
+    """Eventfd delays adjusted so that the requests reach the done list
+    (just before the write) in the order, and before the completion bottom
+    half, that completed them: a worker can lose its CPU between its I/O
+    and that."""
+    if aio_bh < 0:
+        return delay
+    runs = np.sort(bh[bh["bh"] == aio_bh]["run_ns"].to_numpy())
+    done = aio["done_ns"].to_numpy()
+    comp = aio["complete_ns"].to_numpy()
+    out = delay.copy()
+    prev = np.iinfo(np.int64).min
+    for r in np.argsort(comp, kind="stable").tolist():      # per request
+        b = np.searchsorted(runs, comp[r], side="right") - 1
+        hi = int(runs[b]) - 1 if b >= 0 else int(comp[r])
+        lo = int(runs[b - 1]) + 1 if b >= 1 else np.iinfo(np.int64).min
+        p = max(int(done[r] + out[r]), lo, prev + 1)
+        p = max(min(p, hi), int(done[r]))
+        out[r] = p - int(done[r])
+        prev = p
+    return out
 
 
 def describe(model):

@@ -179,7 +179,7 @@ class LogData:
         self.pending_aio = {}
         self.cancelled = 0
         self.pending = {}               # (tid, addr) -> (request, site, contended)
-        self.before_all_on = 0          # mutex events before all three kinds had appeared
+        self.releases_on = False        # a qemu_mutex_unlock was seen (see _on_mutex)
         # request to acquisition of uncontended acquisitions: what writing the
         # `waiting on` line costs (the log backend's own cost per event)
         self.free_waits = 0
@@ -223,11 +223,15 @@ def _on_mutex(data, tid, ts, name, args, seq):
     elif name == "qemu_mutex_locked":
         data.pool_release.pop((tid, addr), None)    # a condition wait ended
         req = data.pending.pop((tid, addr), None)
-        if mx.owner == tid:             # a recursive mutex taken again
-            mx.depth += 1
-            data.anomalies["nested acquisition (recursive mutex)"] += 1
-            return
-        if mx.owner is not None:        # the holder's release is not in the log
+        if mx.owner == tid:
+            if data.releases_on:        # a recursive mutex taken again
+                mx.depth += 1
+                data.anomalies["nested acquisition (recursive mutex)"] += 1
+                return
+            # releases are not traced yet (events switched on one by one from
+            # the monitor): the previous acquisition's release is missing
+            data.anomalies["acquired again before releases were traced"] += 1
+        elif mx.owner is not None:      # the holder's release is not in the log
             data.anomalies["acquired while another thread held it"] += 1
         if req is None:
             # no request event: a trylock that succeeded, or the re-acquisition
@@ -248,6 +252,7 @@ def _on_mutex(data, tid, ts, name, args, seq):
         th.sites[site.rsplit(":", 1)[0]] += 1
         data.acq_sites[(addr, site)] += 1
     else:                               # qemu_mutex_unlock
+        data.releases_on = True
         data.rel_sites[(addr, site)] += 1
         if site.startswith(_POOL_FILE + ":"):
             data.pool_release[(tid, addr)] = (ts, seq)
@@ -369,7 +374,6 @@ def read_log(path, progress=None):
     handlers_cpu = {"kvm_run_exit", "kvm_vcpu_ioctl"}
     handlers_pool = {"thread_pool_submit", "thread_pool_complete", "thread_pool_cancel"}
     last_ts = {}
-    kinds = set()
     match = _LINE.match
     total = st.st_size
     head = b""
@@ -418,13 +422,6 @@ def read_log(path, progress=None):
                 data.events[name] += 1
                 seq += 1
                 if name in handlers_mutex:
-                    if len(kinds) < len(LOCK_EVENTS):
-                        # tracing switched on event by event (the monitor's
-                        # trace-event): lock state is known once all are on
-                        kinds.add(name)
-                        data.before_all_on += 1
-                        _thread(data, tid)
-                        continue
                     _on_mutex(data, tid, ts, name, args, seq)
                 elif name in handlers_cpu:
                     _on_cpu(data, tid, ts, name, args)
@@ -777,6 +774,7 @@ def _meta(data, decided, tables, source):
         "state": state,
         "clock": dict(CLOCK),
         "config": {"guest": kernel or "qemu", "source": "qemu-log"},
+        **({"host": source["host"]} if (source or {}).get("host") else {}),
         "start_ns": data.first_ns, "end_ns": data.last_ns,
         "stop_reason": "end of the QEMU log" + (" (its last line was cut short)"
                                                if data.truncated else ""),
@@ -791,13 +789,12 @@ def _meta(data, decided, tables, source):
         "unparsed_events": dict(data.unparsed.most_common()),
         "unknown_exit_reasons": {str(k): v for k, v in sorted(data.unknown_reasons.items())},
         "anomalies": dict(data.anomalies.most_common()),
-        "mutex_events_before_all_on": data.before_all_on,
         "clock_went_back": data.clock_backwards,
         "aio_cancelled": data.cancelled,
     }
     meta["qemu"] = {
         "source": "qemu-log",
-        "log": os.path.abspath(data.path),
+        "log": data.path,
         "version": (source or {}).get("version") or "unknown",
         "command": (source or {}).get("command"),
         "events": dict(sorted(data.events.items())),

@@ -303,7 +303,7 @@ def run(command, output, *, events=qemu.DEFAULT_EVENTS, force=False, log=None, d
         if not os.path.getsize(log):
             why = stderr_lines[-1].strip() if stderr_lines else f"exit status {code}"
             raise ConfigError(f"{binary} wrote no trace log ({why})")
-        source = {"version": version, "command": full, "guest": guest}
+        source = {"version": version, "command": full, "guest": guest, "host": _host()}
         meta = qemu.import_log(log, output, force=force, source=source, compression=compression)
     finally:
         if own_log:
@@ -315,6 +315,20 @@ def run(command, output, *, events=qemu.DEFAULT_EVENTS, force=False, log=None, d
     if "isa-debug-exit" in " ".join(command) and code is not None and code % 2 == 1:
         result.guest_status = code >> 1
     return result
+
+
+def _host():
+    import platform
+    import socket
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"hostname": socket.gethostname(), "kernel": platform.release(),
+            "machine": platform.machine(), "cpu": cpu, "cpus": os.cpu_count()}
 
 
 def _option(command, name):

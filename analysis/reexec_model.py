@@ -230,8 +230,10 @@ def _acq_fields(lk, rows, prel):
     i = np.searchsorted(sa, req, side="right") - 1
     ok = cont & (i >= 0)
     i = np.maximum(i, 0)
+    held = np.zeros(len(rows), bool)
     if len(sa):
         ok &= (sr[i] > req) & (order[i] != rows)
+        held = ok.copy()            # another acquisition held it at the request
         r1 = sr[i]
         # queued behind an earlier waiter: the release after that one's
         # acquisition (its own) woke this one
@@ -259,16 +261,20 @@ def _acq_fields(lk, rows, prel):
     # A waiter whose request's timestamp came before that of the thread that
     # got the lock first (their tries raced): it tried after that one.
     if len(rows) > 1 and np.array_equal(rows, np.arange(len(rows))):
-        prow = np.full(len(rows), -1, np.int64)
-        prow[order[1:]] = order[:-1]
-        w = np.flatnonzero(cont & (prow >= 0) & ~ok if len(sa) else cont & (prow >= 0))
+        # the first acquisition after the request
+        nxt = np.searchsorted(sa, req, side="right")
+        prow = np.where(nxt < len(sa), order[np.minimum(nxt, len(sa) - 1)], -1)
+        w = np.flatnonzero(cont & (prow >= 0) & (prow != rows) & ~held)
         if len(w):
             pw = prow[w]
-            ptry = req[pw] + tw[pw]
+            # when the re-execution decides that acquisition: its try, or
+            # the wake-up of a waiter
+            ptry = np.where(cont[pw], acq[pw], req[pw] + tw[pw])
             race = ptry >= req[w]
             w, pw, ptry = w[race], pw[race], ptry[race]
             tw[w] = ptry + 1 - req[w]
             d[w] = req[w] + tw[w] - rel[pw]
+            lat[w] = acq[w] - rel[pw]
     return lat, d, cont, rel - acq, tw
 
 

@@ -293,9 +293,10 @@ class Engine:
         # -- the BQL -------------------------------------------------------------
         self.busy_until = -INF      # release of the last acquisition (INF: not known yet)
         self.last_owner = -1
-        self.waiters = []           # [thread, request, lat, d, cont, hold, cb, arg, wakes]
-        self.grant_ver = 0
-        self.grant_pending = False
+        self.waiters = []
+        self.word = 0               # glibc's lock word: 0 free, 1 taken, 2 with sleepers
+        self.owner_row = -1         # lock record of the current owner
+        self.wake_row = -2          # the owner whose release already woke a waiter
         # -- main loop ------------------------------------------------------------
         self.ml = model.main
         self.m_iter = 0
@@ -351,6 +352,11 @@ class Engine:
         return samples.draw(self.rng)
 
     # -- the BQL ----------------------------------------------------------------------
+    # glibc's default mutex: a free lock goes to whoever tries first (a
+    # woken waiter is not preferred); the lock word is 1 when taken by a
+    # try that found it free, 2 once a thread went to sleep on it or a
+    # woken waiter took it; an unlock that finds 2 wakes one sleeper.
+    # ``fifo`` instead hands the lock to the first waiter at every release.
 
     def request(self, th, r, lat, d, cont, hold, cb, arg, tw=0):
         """Thread *th* asks for the BQL at *r*; ``cb(arg, acquired, released,
@@ -366,17 +372,20 @@ class Engine:
                 L, c = lat, False
             else:
                 L, c = self.draw(self.m.lock["free"]), False
+            self.word = 1
             self._acquire(th, r - tw, r + L, hold, c, cb, arg)
-        else:
-            self.waiters.append([th, r, lat, d, cont, hold, cb, arg, 0, tw])
-            if len(self.waiters) == 1 and self.busy_until < INF:
-                self._schedule_grant()
+            return
+        # [thread, request, lat, d, cont, hold, cb, arg, wakes, tw, woken]
+        self.waiters.append([th, r, lat, d, cont, hold, cb, arg, 0, tw, False])
+        self.word = 2
+        if self.busy_until < INF:
+            self._wake(self.busy_until)
 
     def _handoff_latency(self, w, rel):
         """Hand-off latency of waiter *w* after a release at *rel*: the
         recorded one when the situation is the recorded one, else drawn
         from the recorded ones of a waiter that had slept or had not."""
-        th, r, lat, d, cont, hold, cb, arg, wakes, tw = w
+        r, lat, d, cont, wakes = w[1], w[2], w[3], w[4], w[8]
         dd = r - rel
         if wakes == 0 and dd == d:
             return lat
@@ -385,32 +394,39 @@ class Engine:
             return lat
         return self.draw(self.m.lock["sleep" if sleep else "spin"])
 
-    def _schedule_grant(self):
-        """Wake the first waiter for the current owner's release (unless
-        one is already on its way: a barging thread's release wakes nobody,
-        as glibc's uncontended unlock)."""
-        if self.grant_pending:
+    def _wake(self, rel):
+        """The owner's release at *rel* wakes a waiter: the first one
+        asleep (fifo: the first one), once per release."""
+        if self.wake_row == self.owner_row:
             return
-        w = self.waiters[0]
-        rel = self.busy_until
+        if self.barging and self.word != 2:
+            return
+        for w in self.waiters:
+            if not w[10]:
+                break
+        else:
+            return
+        if not self.barging and w is not self.waiters[0]:
+            return
+        self.wake_row = self.owner_row
+        w[10] = True
         g = max(rel, w[1]) + self._handoff_latency(w, rel)
-        self.grant_ver += 1
-        self.grant_pending = True
-        self.push(g, E_GRANT, self.grant_ver)
+        self.push(g, E_GRANT, id(w), w)
 
-    def _grant(self, ver, t):
-        if ver != self.grant_ver or not self.waiters:
-            return
-        self.grant_pending = False
+    def _grant(self, w, t):
+        """Event: woken waiter *w* runs and tries the lock."""
         if t < self.busy_until:
-            # a thread barged in: the woken waiter sleeps until that release
-            self.waiters[0][8] += 1
+            # a thread barged in: back to sleep until a release wakes it
+            w[10] = False
+            w[8] += 1
+            self.word = 2
             if self.busy_until < INF:
-                self._schedule_grant()
+                self._wake(self.busy_until)
             return
-        w = self.waiters.pop(0)
+        self.waiters.remove(w)
         dd = w[1] - self.busy_until if self.busy_until > -INF else _FAR
         c = w[4] if (w[8] == 0 and dd == w[3]) else True
+        self.word = 2
         self._acquire(w[0], w[1] - w[9], t, w[5], c, w[6], w[7])
 
     def _acquire(self, th, r, acq, hold, contended, cb, arg):
@@ -419,9 +435,10 @@ class Engine:
         rel = None if hold is None else acq + hold
         self.busy_until = INF if rel is None else rel
         self.o_locks.append([th, -1, r, acq, rel, prev, contended])
-        cb(arg, acq, rel, len(self.o_locks) - 1)
+        self.owner_row = len(self.o_locks) - 1
+        cb(arg, acq, rel, self.owner_row)
         if rel is not None and self.waiters:
-            self._schedule_grant()
+            self._wake(rel)
 
     def release_at(self, row, rel):
         """The owner of lock record *row* (taken without a known hold)
@@ -429,7 +446,7 @@ class Engine:
         self.o_locks[row][4] = rel
         self.busy_until = rel
         if self.waiters:
-            self._schedule_grant()
+            self._wake(rel)
 
     # -- vCPUs ------------------------------------------------------------------------
 
@@ -881,7 +898,7 @@ class Engine:
             elif kind == E_FX:
                 self._effect(a, b, t)
             elif kind == E_GRANT:
-                self._grant(a, t)
+                self._grant(b, t)
             elif kind == E_RAISE:
                 self._raise(a, b[0], t, b[1])
             elif kind == E_ISR:

@@ -14,7 +14,8 @@ Examples
 
 from .schema import FORMAT_VERSION, TABLES
 
-__all__ = ["Trace", "TraceError", "SCHEMAS", "TABLES", "FORMAT_VERSION", "diff", "Store"]
+__all__ = ["Trace", "TraceError", "SCHEMAS", "TABLES", "FORMAT_VERSION", "diff", "Store",
+           "request_paths"]
 
 
 def __getattr__(name):
@@ -44,3 +45,13 @@ def diff(base, new, **options):
     """
     from .regress import compare
     return compare(base, new, **options)
+
+
+def request_paths(trace, kind="block"):
+    """Every block request (or timer tick) of *trace* followed across
+    threads, stage by stage.
+
+    See :func:`kvmscope.analysis.paths.request_paths`.
+    """
+    from .paths import request_paths as follow
+    return follow(trace, kind)

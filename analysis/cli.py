@@ -249,6 +249,8 @@ def cmd_plot(args):
             fig = plot.plot_aio_latency(trace, window=window)
         elif kind == "bh":
             fig = plot.plot_bh_latency(trace, window=window)
+        elif kind == "path":
+            fig = plot.plot_request_paths(trace, kind=args.by, window=window)
         else:
             fig = plot.plot_timer_lateness(trace, window=window)
         plot.save(fig, args.output, dpi=args.dpi)
@@ -296,6 +298,10 @@ from . import runs_cli as _runs_cli  # noqa: E402  (the command bodies)
 COMMANDS.update({"cmd_convert": _runs_cli.cmd_convert, "cmd_store_add": _runs_cli.cmd_store_add,
                  "cmd_store_list": _runs_cli.cmd_store_list, "cmd_sql": _runs_cli.cmd_sql,
                  "cmd_history": _runs_cli.cmd_history})
+
+# ---- request paths: path
+from . import paths_cli as _paths_cli  # noqa: E402  (the command body)
+COMMANDS["cmd_path"] = _paths_cli.cmd_path
 
 
 def register(subparsers):

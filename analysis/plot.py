@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 
 from .. import units
 from ..errors import ConfigError
+from . import paths as _paths
 from .progress import Progress
 from .replay import STATES
 from .stats import group_codes
@@ -63,7 +64,7 @@ THREAD_PALETTE = ("#08306b", "#8c510a", "#5a6b7b", "#6b6b00")
 
 #: Kinds of ``kvmscope plot --kind``.
 KINDS = ("timeline", "wait", "hold", "contention", "exits", "aio", "bh",
-         "timers")
+         "timers", "path")
 
 # Units of axes and tick labels (durations in text: kvmscope.units).
 _UNITS = (("s", 1e9), ("ms", 1e6), ("µs", 1e3), ("ns", 1.0))
@@ -847,6 +848,138 @@ def plot_timer_lateness(trace, kind="cdf", window=None, max_groups=8,
         trace, "timers", "late_ns", "Timers: lateness (fire − deadline)",
         "timer firings",
         "lateness", kind, window, max_groups, ax, figsize)
+
+
+# --------------------------------------------------------------------------
+# request paths
+
+#: Colour of each request-path stage (:mod:`~kvmscope.analysis.paths`):
+#: the waits in reds and oranges, the rest in the colours of the thread
+#: states they are spent in (:data:`STATE_COLORS`).
+STAGE_COLORS = {
+    "decode": STATE_COLORS["exit"], "vcpu_bql_wait": "#d73027",
+    "dispatch": STATE_COLORS["hold_lock"], "queue": "#f46d43",
+    "io": STATE_COLORS["io"], "wakeup": "#bdbdbd", "loop_bql_wait": "#a50026",
+    "pending": STATE_COLORS["dispatch"], "callback": STATE_COLORS["bh"],
+    "delivery": STATE_COLORS["in_guest"],
+}
+
+
+def plot_request_paths(trace, kind=None, window=None, top=20, figsize=None):
+    """Request paths stage by stage: one stacked bar per request for the
+    slowest ones, and each stage's distribution.
+
+    Parameters
+    ----------
+    trace : Trace
+    kind : {"block", "timer"}, optional
+        Block requests (default when the trace has AIO requests) or timer
+        ticks (:func:`paths.request_paths`).
+    window : (int, int), optional
+        Only the paths whose span overlaps ``(start_ns, end_ns)``.
+    top : int
+        Requests drawn as bars: the slowest whose every stage matched.
+    figsize : (float, float), optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Two panels: the stacked bars (the waiting stages in reds, each bar
+        labelled with the request and what its longest wait was behind),
+        and a box per stage (whiskers at the 1st and 99th percentiles, log
+        scale).  With a "no data" message when there is no such request.
+
+    Examples
+    --------
+    >>> fig = plot_request_paths(t, "block", top=10)          # doctest: +SKIP
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+    if kind is None:
+        kind = "block" if trace.arrow("aio").num_rows else "timer"
+    if kind not in _paths.KINDS:
+        raise ConfigError(f"unknown kind of request path {kind!r}; kinds are "
+                          + ", ".join(_paths.KINDS))
+    top = _at_least("top", top, 1)
+    stages = _paths.STAGES[kind]
+    what = "block requests" if kind == "block" else "timer ticks"
+    title = f"Request paths ({what}): {_trace_label(trace)}"
+    missing = _paths.missing_tables(trace, kind)
+    p = _paths.request_paths(trace, kind) if not missing else None
+    if p is not None and window is not None:
+        p = _paths.filter_paths(p, _window(trace, window))
+    if p is None or not p["matched"].any():
+        fig, ax = _figure(None, figsize or (11, 4))
+        if missing:
+            why = f"no {what} in this trace (the {missing[0]} table is empty)"
+        elif p is not None and len(p):
+            why = f"no {what} with every stage matched {_where(trace, window)}"
+        else:
+            why = f"no {what} {_where(trace, window)}"
+        return _no_data(ax, why, title)
+    done = p[p["matched"].to_numpy()]
+    slow = done.sort_values("total_ns", ascending=False, kind="stable").head(top)
+    n = len(slow)
+    fig = Figure(figsize=figsize or (11, 3.2 + 0.28 * n + 0.32 * len(stages)),
+                 layout="constrained")
+    ax, bx = fig.subplots(2, 1, height_ratios=[max(n, 3), len(stages) + 1])
+
+    # Stacked bars, slowest on top.
+    total = slow["total_ns"].to_numpy(dtype=np.float64)
+    unit, scale = _time_unit(float(total.max()) if n else 1.0)
+    left = np.zeros(n)
+    rows = np.arange(n)
+    for stage in stages:                            # a loop over stages
+        d = slow[f"{stage}_ns"].to_numpy(dtype=np.float64) / scale
+        ax.barh(rows, d, left=left, color=STAGE_COLORS[stage], height=0.75,
+                edgecolor="none", label=stage)
+        left += d
+    labels = []
+    for _, r in slow.iterrows():                    # at most `top` rows
+        who = (f"req {r['req']} {r['thread_name']} {r['op']}" if kind == "block"
+               else f"{r['name']} @{(int(r['start_ns']) - trace.start_ns) / 1e6:.1f} ms")
+        labels.append(who)
+    ax.set_yticks(rows, labels, fontsize=8)
+    ax.set_ylim(n - 0.5, -0.5)
+    # What each bar's longest wait was behind, after the bar.
+    waits = _paths.WAITS[kind]
+    for i, (_, r) in enumerate(slow.iterrows()):
+        d = {w: r[f"{w}_ns"] for w in waits}
+        w = max(d, key=d.get)
+        holder = r[f"{w}_holder"]
+        if d[w] > 0 and holder != _paths.NONE:
+            ax.text(left[i], i, f"  {w.replace('_', ' ')} behind {holder} "
+                    f"{r[f'{w}_holder_site']}", va="center", fontsize=7, color="#333333")
+    ax.set_xlim(0, float(left.max()) * 1.35 if n else 1)
+    ax.set_xlabel(f"time from the {'OUT exit' if kind == 'block' else 'deadline'} ({unit})")
+    ax.grid(axis="x", color="#dddddd", lw=0.5)
+    ax.set_axisbelow(True)
+    ax.legend(handles=[Patch(color=STAGE_COLORS[s], label=s) for s in stages],
+              loc="upper left", bbox_to_anchor=(1.005, 1), fontsize=8, frameon=False,
+              borderaxespad=0)
+    ax.set_title(f"{title}\nthe {n} slowest of {len(p):,} ({len(done):,} with every "
+                 "stage matched)", fontsize=10)
+
+    # One box per stage: p1-p99 whiskers, median, quartiles; log scale.
+    data = [np.maximum(done[f"{s}_ns"].to_numpy(dtype=np.float64), 1.0) for s in stages]
+    # matplotlib 3.10 named it orientation; vert=False before that.
+    import inspect
+    horizontal = ({"orientation": "horizontal"} if "orientation" in
+                  inspect.signature(bx.boxplot).parameters else {"vert": False})
+    box = bx.boxplot(data, whis=(1, 99), showfliers=False, patch_artist=True,
+                     widths=0.6, medianprops={"color": "black"}, **horizontal)
+    for patch, stage in zip(box["boxes"], stages):
+        patch.set_facecolor(STAGE_COLORS[stage])
+    bx.set_yticks(np.arange(1, len(stages) + 1), list(stages), fontsize=8)
+    bx.set_ylim(len(stages) + 0.5, 0.5)
+    allv = np.concatenate(data)
+    _duration_axis(bx, float(allv.min()), float(allv.max()))
+    floored = any((done[f"{s}_ns"].to_numpy(dtype=np.float64) < 1).any() for s in stages)
+    bx.set_xlabel("stage duration, all requests with every stage matched (log scale; "
+                  "box: quartiles, whiskers: 1st and 99th percentiles"
+                  + ("; 0 drawn at 1 ns" if floored else "") + ")", fontsize=8)
+    bx.grid(axis="x", which="major", color="#dddddd", lw=0.5)
+    return fig
 
 
 # --------------------------------------------------------------------------

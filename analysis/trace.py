@@ -27,6 +27,7 @@ from .. import units
 from ..errors import ConfigError
 from . import blame as _blame
 from . import fairness as _fairness
+from . import paths as _paths
 from . import replay as _replay
 from . import select as _select
 from . import stats as _stats
@@ -449,6 +450,14 @@ class Trace:
         :func:`fairness.convoys`."""
         return _fairness.convoys(self, lock, min_handoffs)
 
+    # -- request paths (see kvmscope.analysis.paths) -------------------------
+
+    def request_paths(self, kind="block"):
+        """Every block request (or timer tick) followed across threads, stage
+        by stage, with whom its waits were behind; see
+        :func:`paths.request_paths`."""
+        return _paths.request_paths(self, kind)
+
     # -- layouts and SQL (see kvmscope.analysis.convert, .sql) --------------
 
     def to_parquet(self, out, compression="default"):
@@ -528,6 +537,12 @@ class Trace:
         """Timer lateness; see :func:`plot.plot_timer_lateness`."""
         from . import plot
         return plot.plot_timer_lateness(self, *args, **kwargs)
+
+    def plot_request_paths(self, *args, **kwargs):
+        """Request paths stage by stage, the slowest as stacked bars; see
+        :func:`plot.plot_request_paths`."""
+        from . import plot
+        return plot.plot_request_paths(self, *args, **kwargs)
 
 
 def _edge_rows(thread, start, end, lo, hi):

@@ -36,7 +36,7 @@ REPORT_SECTIONS = ("caused", "exits", "addrs", "locks", "callsites", "blockers",
 DIFF_METRICS = ("hold", "wait")
 DIFF_STATS = ("p50", "p90", "p99", "mean", "total")
 DIFF_FORMATS = ("text", "markdown", "html", "json")
-PLOT_KINDS = ("timeline", "wait", "hold", "contention", "exits", "aio", "bh", "timers")
+PLOT_KINDS = ("timeline", "wait", "hold", "contention", "exits", "aio", "bh", "timers", "path")
 EXPORT_MAX_EVENTS = 2_000_000
 ROW_LIMIT = 2 ** 31 - 1
 
@@ -541,7 +541,8 @@ def add_analysis_commands(sub, funcs=None):
     p.add_argument("--kind", choices=PLOT_KINDS, default="timeline",
                    help="timeline: thread states, lock owner, hand-offs; wait/hold: lock time "
                         "distributions; contention: heatmap of waits over time; exits: exit "
-                        "rate; aio/bh/timers: latency distributions")
+                        "rate; aio/bh/timers: latency distributions; path: request paths, "
+                        "stage by stage (kvmscope path)")
     p.add_argument("--window", type=_type(_window, "window"), metavar="START:END",
                    help="time window: absolute ns (1845840947555:1845841947555) or relative to "
                         "the trace start with a unit (10ms:12ms); either side may be empty "
@@ -549,7 +550,8 @@ def add_analysis_commands(sub, funcs=None):
     p.add_argument("--lock", metavar="NAME", help="only this lock (timeline default: bql)")
     p.add_argument("--by", metavar="GROUP",
                    help="grouping: wait/hold: callsite (default), lock, thread; contention: "
-                        "thread (default), lock, callsite; exits: reason (default), device, thread")
+                        "thread (default), lock, callsite; exits: reason (default), device, thread; "
+                        "path: block (default when there are AIO requests) or timer")
     p.add_argument("--threads", metavar="NAMES",
                    help="timeline rows, comma-separated (default: every thread with records)")
     p.add_argument("--bins", type=count("--bins", 1, 100_000), default=200, metavar="N",
@@ -572,6 +574,7 @@ def add_analysis_commands(sub, funcs=None):
                                      f"loadable; 0: no limit; 0 .. {ROW_LIMIT}")
     _format_option(p, what="what to print: text (one line) or json (path, events, window, cut)")
     add_runs_commands(sub, funcs)        # convert, store, sql, history
+    add_path_commands(sub, funcs)        # path
 
 
 # --------------------------------------------------------------------------
@@ -824,6 +827,44 @@ def add_qemu_commands(sub):
     p.add_argument("-q", "--quiet", action="store_true", help="no summary")
     p.add_argument("qemu_command", nargs=argparse.REMAINDER, metavar="-- QEMU ARGS",
                    help="the QEMU command line, binary first")
+
+
+# --------------------------------------------------------------------------
+# ---- request paths: path (run by kvmscope.analysis.paths_cli)
+
+#: ``path --kind`` and ``--sort`` (kvmscope.analysis.paths.KINDS and SORT_KEYS).
+PATH_KINDS = ("block", "timer", "all")
+PATH_SORT_KEYS = ("total", "start", "late", "decode", "vcpu_bql_wait", "dispatch", "queue", "io",
+                  "wakeup", "loop_bql_wait", "pending", "callback", "delivery")
+
+
+def _paths_command(name):
+    """A command function of kvmscope.analysis.paths_cli, imported when it runs."""
+    def run(args):
+        from .analysis import paths_cli
+        return getattr(paths_cli, name)(args)
+    run.__name__ = name
+    return run
+
+
+def add_path_commands(sub, funcs=None):
+    """Add ``path`` (docs/paths.md) to *sub*."""
+    func = (funcs or {}).get("cmd_path") or _paths_command("cmd_path")
+    p = _command(sub, "path", "follow each block request and timer tick across threads",
+                 "Follow every block request (guest OUT exit -> BQL -> AIO queue -> I/O -> "
+                 "main-loop wake-up -> completion bottom half -> interrupt -> back in the guest) "
+                 "and timer tick (deadline -> main loop -> interrupt -> guest) stage by stage: "
+                 "a summary per stage with percentiles and whom the waits were behind, then "
+                 "the slowest requests in full. --threads keeps the requests that went "
+                 "through those threads (vCPU, AIO worker, main loop), --callsite those that "
+                 "waited behind those call sites. See docs/paths.md.\n"
+                 "Exit status 0, or 2 with one line on stderr.", func)
+    p.add_argument("trace", metavar="TRACE", help="trace directory")
+    p.add_argument("--kind", choices=PATH_KINDS, default="all",
+                   help="block requests, timer ticks, or all the trace has")
+    _format_option(p, what="text, or json (raw ns values)")
+    _limit_option(p, "requests shown in full, slowest first (default: 10)", None)
+    add_selection_options(p, sort_keys=PATH_SORT_KEYS, what="requests shown in full")
 
 
 # --------------------------------------------------------------------------

@@ -26,11 +26,13 @@ LAYERS = {
     "reexec_model": 3, "reexec_engine": 3,   # re-execution: the model, the engine
     "structdiff": 3,                     # what runs do: call sites, BHs, timers, exits, ports
     "fairness": 3,                       # hand-offs, starvation, ping-pong, convoys
+    "paths": 3,                          # request paths across threads
     "convert": 1,                        # Parquet / Arrow IPC file layouts
     "sql": 3,                            # DuckDB views over a trace or a store
     "trace": 4,                          # the Trace facade
     "store": 5, "history": 5,            # many runs: the run store, history and change points
     "runs_cli": 6,                       # many runs: command bodies
+    "paths_cli": 6,                      # request paths: the path command
     "plot": 5, "perfetto": 5, "report": 5, "regress": 5, "regress_render": 5,
     "cli": 6, "__main__": 6, "__init__": 6,
 }
@@ -40,7 +42,7 @@ LAYERS = {
 UPWARD_LAZY = {("trace", "plot")}
 
 #: The command layer itself, which may import the command-line parser.
-COMMAND = {"cli", "__main__", "runs_cli"}
+COMMAND = {"cli", "__main__", "runs_cli", "paths_cli"}
 
 
 def _resolve(module, node):

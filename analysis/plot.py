@@ -21,6 +21,7 @@ Examples
 import os
 
 import numpy as np
+import pandas as pd
 import pyarrow.compute as pc
 
 from .. import units
@@ -905,63 +906,79 @@ def plot_request_paths(trace, kind=None, window=None, top=20, figsize=None):
     what = "block requests" if kind == "block" else "timer ticks"
     title = f"Request paths ({what}): {_trace_label(trace)}"
     missing = _paths.missing_tables(trace, kind)
-    p = _paths.request_paths(trace, kind) if not missing else None
+    p = _paths.request_paths(trace, kind) if not missing[:1] or \
+        missing[0] != _paths.NEEDS[kind][0] else None
     if p is not None and window is not None:
         p = _paths.filter_paths(p, _window(trace, window))
-    if p is None or not p["matched"].any():
+    known = {s: ~p[f"{s}_ns"].isna().to_numpy() for s in stages} if p is not None else {}
+    if p is None or not len(p) or not any(k.any() for k in known.values()):
         fig, ax = _figure(None, figsize or (11, 4))
-        if missing:
+        if p is None:
             why = f"no {what} in this trace (the {missing[0]} table is empty)"
-        elif p is not None and len(p):
-            why = f"no {what} with every stage matched {_where(trace, window)}"
+        elif len(p):
+            why = f"no stage of any of the {what} matched {_where(trace, window)}"
         else:
             why = f"no {what} {_where(trace, window)}"
         return _no_data(ax, why, title)
-    done = p[p["matched"].to_numpy()]
-    slow = done.sort_values("total_ns", ascending=False, kind="stable").head(top)
+    matched = p["matched"].to_numpy()
+    if matched.any():
+        pool = p[matched]
+        rank = pool["total_ns"].to_numpy(dtype=np.float64)
+        note = f"the {{n}} slowest of {len(p):,} ({int(matched.sum()):,} with every stage matched)"
+    else:
+        # No request has every stage: draw what was matched, and say so.
+        pool = p
+        rank = sum(np.where(known[s], p[f"{s}_ns"].to_numpy(dtype=np.float64, na_value=0), 0)
+                   for s in stages)
+        note = (f"no request of {len(p):,} had every stage matched: bars show the "
+                "matched stages only")
+    slow = pool.iloc[np.argsort(-rank, kind="stable")[:top]]
     n = len(slow)
     fig = Figure(figsize=figsize or (11, 3.2 + 0.28 * n + 0.32 * len(stages)),
                  layout="constrained")
     ax, bx = fig.subplots(2, 1, height_ratios=[max(n, 3), len(stages) + 1])
 
     # Stacked bars, slowest on top.
-    total = slow["total_ns"].to_numpy(dtype=np.float64)
-    unit, scale = _time_unit(float(total.max()) if n else 1.0)
+    durs = {s: slow[f"{s}_ns"].to_numpy(dtype=np.float64, na_value=0) for s in stages}
+    span = float(sum(durs.values()).max()) if n else 1.0
+    unit, scale = _time_unit(max(span, 1.0))
     left = np.zeros(n)
     rows = np.arange(n)
     for stage in stages:                            # a loop over stages
-        d = slow[f"{stage}_ns"].to_numpy(dtype=np.float64) / scale
+        d = durs[stage] / scale
         ax.barh(rows, d, left=left, color=STAGE_COLORS[stage], height=0.75,
                 edgecolor="none", label=stage)
         left += d
     labels = []
     for _, r in slow.iterrows():                    # at most `top` rows
-        who = (f"req {r['req']} {r['thread_name']} {r['op']}" if kind == "block"
-               else f"{r['name']} @{(int(r['start_ns']) - trace.start_ns) / 1e6:.1f} ms")
-        labels.append(who)
+        start = r["start_ns"]
+        at = "" if pd.isna(start) else f" @{(int(start) - trace.start_ns) / 1e6:.1f} ms"
+        labels.append(f"req {r['req']} {r['thread_name']} {r['op']}" if kind == "block"
+                      else f"{r['name']}{at}")
     ax.set_yticks(rows, labels, fontsize=8)
     ax.set_ylim(n - 0.5, -0.5)
     # What each bar's longest wait was behind, after the bar.
     waits = _paths.WAITS[kind]
     for i, (_, r) in enumerate(slow.iterrows()):
-        d = {w: r[f"{w}_ns"] for w in waits}
+        d = {w: (0 if pd.isna(r[f"{w}_ns"]) else r[f"{w}_ns"]) for w in waits}
         w = max(d, key=d.get)
         holder = r[f"{w}_holder"]
-        if d[w] > 0 and holder != _paths.NONE:
+        if d[w] > 0 and not pd.isna(holder) and holder != _paths.NONE:
             ax.text(left[i], i, f"  {w.replace('_', ' ')} behind {holder} "
                     f"{r[f'{w}_holder_site']}", va="center", fontsize=7, color="#333333")
-    ax.set_xlim(0, float(left.max()) * 1.35 if n else 1)
+    ax.set_xlim(0, float(left.max()) * 1.45 if n and left.max() > 0 else 1)
     ax.set_xlabel(f"time from the {'OUT exit' if kind == 'block' else 'deadline'} ({unit})")
     ax.grid(axis="x", color="#dddddd", lw=0.5)
     ax.set_axisbelow(True)
     ax.legend(handles=[Patch(color=STAGE_COLORS[s], label=s) for s in stages],
               loc="upper left", bbox_to_anchor=(1.005, 1), fontsize=8, frameon=False,
               borderaxespad=0)
-    ax.set_title(f"{title}\nthe {n} slowest of {len(p):,} ({len(done):,} with every "
-                 "stage matched)", fontsize=10)
+    ax.set_title(f"{title}\n{note.format(n=n)}", fontsize=10)
 
-    # One box per stage: p1-p99 whiskers, median, quartiles; log scale.
-    data = [np.maximum(done[f"{s}_ns"].to_numpy(dtype=np.float64), 1.0) for s in stages]
+    # One box per stage, over the requests in which it matched: p1-p99
+    # whiskers, median, quartiles; log scale.
+    data = [np.maximum(p[f"{s}_ns"].to_numpy(dtype=np.float64, na_value=0)[known[s]], 1.0)
+            if known[s].any() else np.array([np.nan]) for s in stages]
     # matplotlib 3.10 named it orientation; vert=False before that.
     import inspect
     horizontal = ({"orientation": "horizontal"} if "orientation" in
@@ -970,12 +987,14 @@ def plot_request_paths(trace, kind=None, window=None, top=20, figsize=None):
                      widths=0.6, medianprops={"color": "black"}, **horizontal)
     for patch, stage in zip(box["boxes"], stages):
         patch.set_facecolor(STAGE_COLORS[stage])
-    bx.set_yticks(np.arange(1, len(stages) + 1), list(stages), fontsize=8)
+    bx.set_yticks(np.arange(1, len(stages) + 1),
+                  [s if known[s].any() else f"{s} (not matched)" for s in stages], fontsize=8)
     bx.set_ylim(len(stages) + 0.5, 0.5)
-    allv = np.concatenate(data)
+    allv = np.concatenate([d for d in data if not np.isnan(d).all()])
     _duration_axis(bx, float(allv.min()), float(allv.max()))
-    floored = any((done[f"{s}_ns"].to_numpy(dtype=np.float64) < 1).any() for s in stages)
-    bx.set_xlabel("stage duration, all requests with every stage matched (log scale; "
+    floored = any((p[f"{s}_ns"].to_numpy(dtype=np.float64, na_value=1)[known[s]] < 1).any()
+                  for s in stages)
+    bx.set_xlabel("stage duration, over the requests in which it matched (log scale; "
                   "box: quartiles, whiskers: 1st and 99th percentiles"
                   + ("; 0 drawn at 1 ns" if floored else "") + ")", fontsize=8)
     bx.grid(axis="x", which="major", color="#dddddd", lw=0.5)

@@ -396,7 +396,14 @@ class Engine:
 
     def _wake(self, rel):
         """The owner's release at *rel* wakes a waiter: the first one
-        asleep (fifo: the first one), once per release."""
+        asleep (fifo: the first one), once per release.  Under barging, a
+        waiter that asked shortly before the release was not asleep yet
+        and tries again at once."""
+        if self.barging:
+            for w in self.waiters:
+                if not w[10] and rel - w[1] <= rm.QUEUE_NS:
+                    w[10] = True
+                    self.push(max(rel, w[1]) + self._handoff_latency(w, rel), E_GRANT, id(w), w)
         if self.wake_row == self.owner_row:
             return
         if self.barging and self.word != 2:

@@ -44,6 +44,11 @@ FX_SUBMIT, FX_ARM_REL, FX_ARM_GRID, FX_DEL, FX_RAISE, FX_BH, FX_IRQROW = range(7
 #: Measured on the shipped traces (docs/whatif.md, "the lock").
 SLEEP_THRESHOLD_NS = 300
 
+#: A waiter that asked less than this before the release had not yet queued
+#: in the kernel: it retries at once instead of waiting to be woken (the
+#: release wakes the first queued sleeper instead).
+QUEUE_NS = 100
+
 #: A worker writes the AIO eventfd this long after its I/O returned (it
 #: first puts the request on the done list): bounded to 0.8 .. 1.3 us by
 #: the polls and eventfd reads of traces/mixed-2vcpu that did and did not
@@ -759,7 +764,10 @@ def _vcpu_stream(trace, th, name, ex, sel, cls, lrows, lk_req, lk_acq, lk_rel, l
     specs = _exit_specs(sel, lrow, exit_ns, entry, last, reason, lk_req, lk_acq, lk_rel, lk_cs,
                         acqf, fx_by_lock, fx_exit, hlt_raise, rts, rvec, cum)
 
-    _timer_classes(specs, cls, ex["data"].to_numpy()[sel])
+    added = _timer_classes(specs, cls, ex["data"].to_numpy()[sel])
+    # when those arms happened in the recording: they notified the loop
+    st.extra_arms = [int(lk_acq[lrow[k]]) + off if lrow[k] >= 0 else int(exit_ns[k]) + off
+                     for k, off in added]
 
     # Program stream.
     p = prog_idx
@@ -822,6 +830,7 @@ def _timer_classes(S, cls, data):
     data arm it for data x the recorded ns per unit) or an arm on the period
     grid (a tick's acknowledgement), also where the recording has no firing
     to show it (the timer was deleted first)."""
+    added = []
     per_cls = {}
     for k, fx in enumerate(S.fx):
         for e in fx or ():
@@ -847,6 +856,9 @@ def _timer_classes(S, cls, data):
             else:
                 continue
             S.fx[k] = sorted((S.fx[k] or []) + [e])
+            if e[1] != FX_DEL:
+                added.append((k, e[0]))
+    return added
 
 
 def _exit_specs(sel, lrow, exit_ns, entry, last, reason, lk_req, lk_acq, lk_rel, lk_cs,
@@ -1007,6 +1019,9 @@ def _main_loop(trace, roles, lk, lk_cs, acqf, timers, bh, aio, cs_id, m):
         holder = _holder(lk, arm)
         by_other = (holder >= 0) & (lk["thread"].to_numpy()[np.maximum(holder, 0)] != th)
         notify.append(arm[by_other])
+    extra = [t for s_ in m.vcpus for t in getattr(s_, "extra_arms", [])]
+    if extra:
+        notify.append(np.asarray(extra, np.int64))
     notify_ev = np.sort(np.concatenate(notify)) if notify else np.zeros(0, np.int64)
     # The poll's deadline: the earliest timer armed when it began (the
     # recorded timeout was computed a little before poll_enter).

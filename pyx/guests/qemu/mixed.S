@@ -9,7 +9,7 @@
 # region of 2048 sectors from the start of each disk (1 MiB, zeroed before
 # the run): a write stamps every dword of a sector with pattern(sector,
 # version), a read checks it.  Exit status: sectors read back wrong plus
-# failed requests.
+# failed requests (all n when the vCPU's disk is missing).
         .include "qemu.inc"
 
         .set REGION, 2048                       # sectors per disk
@@ -218,7 +218,20 @@ main:
         mov %eax, L_X(%ebp)
         mov iterations, %eax
         mov %eax, L_LEFT(%ebp)
-        cmpl $0, L_IDX(%ebp)
+        mov L_PORT(%ebp), %edx                  # a disk answers with DRDY: else every
+        add $6, %edx                            # request fails (no interrupt would come)
+        mov $0xe0, %al
+        out %al, %dx
+        inc %edx
+        in %dx, %al
+        cmp $0xff, %al
+        je 1f
+        test $0x40, %al
+        jnz 3f
+1:      mov iterations, %eax
+        mov %eax, L_BAD(%ebp)
+        jmp .Lfinish
+3:      cmpl $0, L_IDX(%ebp)
         jne 2f
         mov $RTC_B, %al                         # vCPU 0: the RTC starts ticking
         out %al, $RTC_INDEX

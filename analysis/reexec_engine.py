@@ -728,7 +728,7 @@ class Engine:
     def _wake_latency(self, kind):
         ml = self.ml
         if kind == rm.WAKE_STOP:
-            return ml.stop_delay
+            return 0            # the runner's delay is in stop_t
         i = self.m_iter
         if i < len(ml.kind) and ml.kind[i] == kind:
             return ml.wake[i]
@@ -881,10 +881,11 @@ class Engine:
         self.push(end, E_MPOLL)
 
     def _stop(self, t):
-        """Every vCPU has ended at *t*: the runner stops the main loop."""
-        self.stop_t = t
+        """Every vCPU has ended at *t*: the runner stops the main loop (its
+        notification comes the recorded delay later)."""
+        self.stop_t = t + (self.ml.stop_delay if self.ml is not None else 0)
         if self.m_state == "poll":
-            self._wake_at(t, rm.WAKE_STOP)
+            self._wake_at(self.stop_t, rm.WAKE_STOP)
 
     # -- the run ---------------------------------------------------------------------------
 

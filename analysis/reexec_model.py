@@ -209,77 +209,69 @@ def _lock_order_info(lk):
 
 
 def _acq_fields(lk, rows, prel):
-    """Acquisition fields of lock rows: ``lat, d, cont, hold, tw``.
+    """Acquisition fields of lock rows (all rows of *lk*, in order): ``lat,
+    d, cont, hold, tw``.
 
-    A waiter (contended, asked while another acquisition held the lock) is
-    described against the release of that holder: ``d = request -
-    release`` (< 0) and ``lat = acquired - release``, so that a thread
+    An uncontended acquisition long after its request's timestamp lost its
+    CPU in between: it tries ``tw`` later (``tw`` = the wait beyond the
+    median uncontended one), and owns the lock from that try.  A waiter
+    (contended) is described against the release that let it go on: that of
+    the owner when it asked, or, queued behind an earlier waiter, that of
+    that waiter; if nobody owned the lock when it asked (its request's
+    timestamp came before the try of the thread that won), against the
+    winner's release, with its own try just after the winner's.  Then
+    ``d = try - release`` (< 0) and ``lat = acquired - release``; a thread
     barging in after that release, before the waiter ran, barges in the
-    re-execution too.  Otherwise against the previous acquisition's release
-    ``prel``: ``d = request - prel`` and ``lat = acquired - max(request,
+    re-execution too.  Otherwise, against the previous acquisition's
+    release ``prel``: ``d = try - prel``, ``lat = acquired - max(try,
     prel)``."""
     req = lk["request_ns"].to_numpy()[rows]
     acq = lk["acquired_ns"].to_numpy()[rows]
     rel = lk["released_ns"].to_numpy()[rows]
-    cont = lk["contended"].to_numpy()[rows]
+    cont = lk["contended"].to_numpy()[rows].astype(bool)
+    n = len(rows)
     p = prel[rows]
     has = p != _NULL
-    free = np.where(has, np.maximum(req, p), req)
-    d = np.where(has, req - p, _FAR)
-    lat = acq - free
-    # the holder when the waiter asked
-    all_acq = lk["acquired_ns"].to_numpy()
-    order = np.argsort(all_acq, kind="stable")
-    sa = all_acq[order]
-    sr = lk["released_ns"].to_numpy()[order]
-    i = np.searchsorted(sa, req, side="right") - 1
-    ok = cont & (i >= 0)
-    i = np.maximum(i, 0)
-    held = np.zeros(len(rows), bool)
-    if len(sa):
-        ok &= (sr[i] > req) & (order[i] != rows)
-        held = ok.copy()            # another acquisition held it at the request
-        r1 = sr[i]
-        # queued behind an earlier waiter: the release after that one's
-        # acquisition (its own) woke this one
-        c_idx = np.flatnonzero(cont)
-        c_idx = c_idx[np.argsort(req[c_idx], kind="stable")]
-        if len(c_idx) > 1:
-            w, pw = c_idx[1:], c_idx[:-1]
-            behind = (acq[pw] > req[w]) & (acq[pw] < acq[w])
-            r1[w[behind]] = rel[pw[behind]]
-            ok[w[behind]] = True
-        d = np.where(ok, req - r1, d)
-        lat = np.where(ok, acq - r1, lat)
-    # An uncontended acquisition long after its request: the thread lost
-    # its CPU between the request's timestamp and its try (others took and
-    # released the lock meanwhile).  It competes from the try, ``tw`` later.
     free_wait = (acq - req)[~cont]
     c0 = int(np.median(free_wait)) if len(free_wait) else 30
-    tw = np.where(~cont & (acq - req > c0), acq - req - c0, 0)
-    if tw.any():
-        req2 = req + tw
-        u = tw > 0
-        free2 = np.where(has, np.maximum(req2, p), req2)
-        d = np.where(u, np.where(has, req2 - p, _FAR), d)
-        lat = np.where(u, acq - free2, lat)
-    # A waiter whose request's timestamp came before that of the thread that
-    # got the lock first (their tries raced): it tried after that one.
-    if len(rows) > 1 and np.array_equal(rows, np.arange(len(rows))):
-        # the first acquisition after the request
-        nxt = np.searchsorted(sa, req, side="right")
-        prow = np.where(nxt < len(sa), order[np.minimum(nxt, len(sa) - 1)], -1)
-        w = np.flatnonzero(cont & (prow >= 0) & (prow != rows) & ~held)
-        if len(w):
-            pw = prow[w]
-            # when the re-execution decides that acquisition: its try, or
-            # the wake-up of a waiter
-            ptry = np.where(cont[pw], acq[pw], req[pw] + tw[pw])
-            race = ptry >= req[w]
-            w, pw, ptry = w[race], pw[race], ptry[race]
-            tw[w] = ptry + 1 - req[w]
-            d[w] = req[w] + tw[w] - rel[pw]
-            lat[w] = acq[w] - rel[pw]
+    tw = np.where(~cont & (acq - req > c0), acq - req - c0, 0).astype(np.int64)
+    dec = req + tw
+    d = np.where(has, dec - p, _FAR)
+    lat = acq - np.where(has, np.maximum(dec, p), dec)
+    if n < 2:
+        return lat, d, cont, rel - acq, tw
+    # owned from: an uncontended try, a waiter's acquisition
+    own = np.where(cont, acq, dec)
+    so = np.argsort(own, kind="stable")
+    s_own, s_rel = own[so], rel[so]
+    r1 = np.full(n, _NULL, np.int64)
+    w = np.flatnonzero(cont)
+    i = np.searchsorted(s_own, req[w], side="right") - 1
+    okw = i >= 0
+    i = np.maximum(i, 0)
+    held = okw & (s_rel[i] > req[w]) & (so[i] != w)
+    r1[w[held]] = s_rel[i[held]]
+    # queued behind an earlier waiter: that waiter's release woke this one
+    c_idx = w[np.argsort(req[w], kind="stable")]
+    if len(c_idx) > 1:
+        ww, pw = c_idx[1:], c_idx[:-1]
+        behind = (acq[pw] > req[ww]) & (acq[pw] < acq[ww])
+        r1[ww[behind]] = rel[pw[behind]]
+    # nobody owned it: a race with the first acquisition after the request
+    order = np.argsort(acq, kind="stable")
+    sa = acq[order]
+    free_at_req = w[~held]
+    nxt = np.searchsorted(sa, req[free_at_req], side="right")
+    okn = nxt < n
+    fr, pr = free_at_req[okn], order[nxt[okn]]
+    race = (pr != fr) & (own[pr] >= req[fr])
+    fr, pr = fr[race], pr[race]
+    tw[fr] = own[pr] + 1 - req[fr]
+    r1[fr] = rel[pr]
+    dec = req + tw
+    got = np.flatnonzero(r1 != _NULL)
+    d[got] = dec[got] - r1[got]
+    lat[got] = acq[got] - r1[got]
     return lat, d, cont, rel - acq, tw
 
 

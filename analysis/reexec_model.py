@@ -235,6 +235,8 @@ def _acq_fields(lk, rows, prel):
     free_wait = (acq - req)[~cont]
     c0 = int(np.median(free_wait)) if len(free_wait) else 30
     tw = np.where(~cont & (acq - req > c0), acq - req - c0, 0).astype(np.int64)
+    # a try that found the lock free came after the previous owner let go
+    tw = np.where(~cont & has & (req + tw < p), p - req, tw)
     dec = req + tw
     d = np.where(has, dec - p, _FAR)
     lat = acq - np.where(has, np.maximum(dec, p), dec)

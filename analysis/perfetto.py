@@ -7,7 +7,10 @@ bottom halves, timers, AIO system calls.  Waits for a lock and the waiting
 stages of AIO requests go to async tracks (``ph: "b"/"e"``), so they never
 break the nesting of slices on a thread track.  Flow arrows (``ph: "s"/"f"``)
 join each lock hand-off (the releasing owner's hold slice to the next
-owner's) and each AIO request (submitter -> worker -> main loop).  Interrupt
+owner's) and each AIO request (submitter -> worker -> main loop); each
+request path (:mod:`~kvmscope.analysis.paths`) is a chain of flow arrows
+with one id, from the guest's exit through every thread it crossed to the
+vCPU taking its interrupt.  Interrupt
 events are instants (``ph: "i"``).
 
 Events are built column-wise with numpy and pyarrow string kernels and
@@ -30,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ConfigError
+from . import paths as _paths
 from . import replay as _replay
 from .progress import Progress
 from .schema import SPANS
@@ -235,13 +239,68 @@ def _row_weights(trace):
     ho_rows = trace.handoffs()["row"].to_numpy()
     w = 1 + 2 * locks["contended"].to_numpy().astype(np.int64)
     w[ho_rows] += 2
-    per_row = {"exits": 1, "locks": w, "loop": 2, "bh": 1, "timers": 1,
-               "aio": 9, "irqs": 1}
+    # An AIO request or a timer firing also draws its request path's flow.
+    per_row = {"exits": 1, "locks": w, "loop": 2, "bh": 1, "timers": 1 + 4,
+               "aio": 9 + 6, "irqs": 1}
     for name, (a, _) in SPANS.items():
         ts = trace.arrow(name).column(a).to_numpy()
         starts.append(ts)
         weights.append(np.broadcast_to(per_row[name], len(ts)))
     return np.concatenate(starts), np.concatenate(weights)
+
+
+def _path_flows(trace, lo, hi):
+    """The request paths (:mod:`paths`) with every stage matched that lie in
+    ``[lo, hi)``, as flow arrows: per kind, ``(kind, n, hops)`` where each
+    hop is ``(path, src_thread, src_ts, dst_thread, dst_ts)`` (``path``: the
+    index of the path, 0 .. n-1, in the hop's rows).  Every timestamp lies
+    inside a slice of its thread.
+
+    A block request: its OUT exit -> the worker's I/O -> the completion
+    bottom half -> the vCPU's exit whose end let the interrupt in (when it
+    was handling one; in the guest, it took it at once).  A timer tick:
+    the main loop at the deadline -> the timer callback -> the vCPU's exit
+    likewise."""
+    out = []
+    for kind in _paths.KINDS:                   # a loop over kinds
+        if _paths.missing_tables(trace, kind):
+            continue
+        p = _paths.request_paths(trace, kind)
+        start = p["start_ns"].to_numpy(dtype=np.int64, na_value=-1)
+        end = p["end_ns"].to_numpy(dtype=np.int64, na_value=-1)
+        keep = p["matched"].to_numpy() & (start >= lo) & (end >= 0) & (end < hi)
+        if not keep.any():
+            continue
+        p, start, end = p[keep], start[keep], end[keep]
+        n = len(p)
+        idx = np.arange(n)
+        vcpu = p["thread"].to_numpy().astype(np.int64)
+        loop = p["loop_thread"].to_numpy().astype(np.int64)
+        raise_ts = trace.irqs["ts_ns"].to_numpy()[p["raise_row"].to_numpy()]
+        # The exit the vCPU was handling when the interrupt reached it: the
+        # one whose entry is the path's end (userspace irqchip: the last
+        # exit before the inject).
+        exit_row = _paths._index(trace).exits.last_at(vcpu, end)[0]
+        entry = trace.exits["entry_ns"].to_numpy(dtype=np.int64, na_value=-1)[
+            np.maximum(exit_row, 0)] if len(trace.exits) else np.full(n, -1)
+        handled = (exit_row >= 0) & (entry >= 0) & \
+            (p["delivery_ns"].to_numpy(dtype=np.int64, na_value=0) > 0)
+        last = (idx[handled], loop[handled], raise_ts[handled],
+                vcpu[handled], np.maximum(entry[handled] - 1, 0))
+        if kind == "block":
+            aio = trace.aio
+            rows = p["aio_row"].to_numpy()
+            a_start = aio["start_ns"].to_numpy()[rows]
+            a_done = aio["done_ns"].to_numpy()[rows]
+            worker = p["worker"].to_numpy().astype(np.int64)
+            run = trace.bh["run_ns"].to_numpy()[p["bh_row"].to_numpy()]
+            hops = [(idx, vcpu, start + 1, worker, np.minimum(a_start + 1, a_done)),
+                    (idx, worker, np.maximum(a_done - 1, a_start), loop, run + 1), last]
+        else:
+            fire = trace.timers["fire_ns"].to_numpy()[p["timer_row"].to_numpy()]
+            hops = [(idx, loop, start, loop, fire + 1), last]
+        out.append((kind, n, hops))
+    return out
 
 
 def _cut_for(trace, budget):
@@ -343,7 +402,7 @@ def export_perfetto(trace, path, window=None, max_events=None,
     if window is not None and not (len(window) == 2 and int(window[0]) < int(window[1])):
         raise ConfigError(f"window must be (start_ns, end_ns) with start < end, "
                           f"not {window!r}")
-    bar = Progress(10, "export", enabled=None if progress else False)
+    bar = Progress(11, "export", enabled=None if progress else False)
     lo, hi = (trace.start_ns, trace.end_ns) if window is None else window
     sub = trace if window is None else trace.window(lo, hi)
     lut, meta_lines = _thread_meta(trace)
@@ -585,6 +644,21 @@ def export_perfetto(trace, path, window=None, max_events=None,
                       inside_end(st, ends["aio"]),
                       np.full(len(aio), mains[0]),
                       aio["complete_ns"].to_numpy())
+
+        # Request paths: each one chain of flow arrows (one flow id per
+        # request) through the threads it crossed.
+        bar.update(1, "request paths")
+        for kind, n, hops in _path_flows(trace, lo, hi):   # a loop over kinds
+            name = "block request" if kind == "block" else "timer tick"
+            head = f',"cat":"path","name":"{name}","pid":{PID},"id":'
+            for path, s_th, s_ts, d_th, d_ts in hops:       # a loop over hops
+                ids = _int(flow_id + path)
+                for c in chunks(len(path)):
+                    w.array(_join(',\n{"ph":"s"', head, ids[c], ',"tid":', tid(s_th[c]),
+                                  ',"ts":', _us(rel(s_ts[c])), "}",
+                                  ',\n{"ph":"f","bp":"e"', head, ids[c], ',"tid":',
+                                  tid(d_th[c]), ',"ts":', _us(rel(d_ts[c])), "}"), 2)
+            flow_id += n
 
         info["events"] = w.count
         other = {"kvmscope_trace": os.fspath(trace.path or ""),

@@ -97,6 +97,9 @@ def extensions():
                      compiler_directives={"embedsignature": True})
 
 
+#: The ``runs`` extra: kvmscope sql, history, --scheduler (docs/runs.md).
+RUNS = ["duckdb>=1.1", "ruptures>=1.1.9", "dask[dataframe]>=2024.8", "distributed>=2024.8"]
+
 setup(
     name="kvmscope",
     version="0.1.0",
@@ -117,8 +120,11 @@ setup(
     extras_require={
         # nbclient + ipykernel execute the notebooks in the test suite
         # cython, setuptools and wheel: the sanitizer test builds a copy of the core offline
+        # many runs: SQL (DuckDB), change points (ruptures), Dask and its cluster
+        "runs": RUNS,
+        # polars: a test opens the Parquet layout with it
         "test": ["pytest>=7", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6",
-                 "cython>=3.0", "setuptools>=68", "wheel"],
+                 "cython>=3.0", "setuptools>=68", "wheel", "polars>=1.0"] + RUNS,
     },
     entry_points={"console_scripts": ["kvmscope = kvmscope.cli:main"]},
     zip_safe=False,

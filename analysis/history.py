@@ -84,8 +84,7 @@ def run_stats(run, path, metric="hold"):
     run : str
         Run id, copied into the ``run`` column.
     path : str
-        The run's ``locks.parquet`` (store layout: it has ``hold_ns`` and
-        ``wait_ns``).
+        The run's ``locks.parquet``.
     metric : {"hold", "wait"}
         ``hold_ns`` of every acquisition, or ``wait_ns`` of contended ones.
 
@@ -96,13 +95,14 @@ def run_stats(run, path, metric="hold"):
         nearest-rank percentiles, as ``kvmscope diff``).
     """
     import pyarrow.parquet as pq
-    t = pq.read_table(path, columns=["lock", "callsite", f"{metric}_ns", "contended"])
-    df = t.to_pandas()
+    start, end = ("request_ns", "acquired_ns") if metric == "wait" \
+        else ("acquired_ns", "released_ns")
+    df = pq.read_table(path, columns=["lock", "callsite", start, end, "contended"]).to_pandas()
     if metric == "wait":
         df = df[df["contended"].to_numpy()]
     if not len(df):
         return _empty_stats()
-    values = df[f"{metric}_ns"].to_numpy().astype(np.int64)
+    values = df[end].to_numpy().astype(np.int64) - df[start].to_numpy().astype(np.int64)
     lock = df["lock"].astype(str).to_numpy()
     site = df["callsite"].astype(str).to_numpy()
     frames = []

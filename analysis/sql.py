@@ -93,8 +93,10 @@ def store_connection(store):
         files = [p for _, p in store.table_files(name, ids)]
         if files:
             src = ", ".join(_quote(p) for p in files)
+            derived = "".join(f", {end} - {start} as {col}"
+                              for col, end, start in _convert.DERIVED.get(name, ()))
             con.execute(
-                f'create view "{name}" as select * from read_parquet([{src}], '
+                f'create view "{name}" as select *{derived} from read_parquet([{src}], '
                 "hive_partitioning = true, hive_types = {'run': VARCHAR}, "
                 "union_by_name = true)")
         else:

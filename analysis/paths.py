@@ -126,6 +126,10 @@ def _cols(trace, table, names):
     return out
 
 
+#: "No such thread": outside the int16 range of thread ids.
+_NO_THREAD = -(1 << 20)
+
+
 def _lut(keys, values, default=-1):
     """A 2**16 lookup table of int16 *keys* -> *values*."""
     lut = np.full(1 << 16, default, dtype=np.int64)
@@ -133,11 +137,11 @@ def _lut(keys, values, default=-1):
     return lut
 
 
-def _look(lut, keys):
-    """*lut* at int16 *keys*; -1 for keys outside the int16 range."""
+def _look(lut, keys, default=-1):
+    """*lut* at int16 *keys*; *default* for keys outside the int16 range."""
     keys = np.asarray(keys, dtype=np.int64)
     inside = (keys >= -_SHIFT) & (keys < _SHIFT)
-    return np.where(inside, lut[np.where(inside, keys, 0) + _SHIFT], -1)
+    return np.where(inside, lut[np.where(inside, keys, 0) + _SHIFT], default)
 
 
 class _Groups:
@@ -271,7 +275,7 @@ class _Exits:
             if ids else np.zeros(0, np.int64)
         v = self._cols["vcpu"][firsts]
         self.vcpu_of = _lut(ids, v)                 # thread -> vCPU index
-        self.thread_of = _lut(v, ids)               # vCPU index -> thread
+        self.thread_of = _lut(v, ids, _NO_THREAD)   # vCPU index -> thread
 
     def _at(self, name, rows, fill=0):
         """Column *name* at *rows*; *fill* for row -1 and for nulls."""
@@ -404,8 +408,8 @@ def _delivery(ix, vcpu, vector, ts, valid):
     (``row`` -1).  Userspace irqchip: the end is the vCPU's next ``inject``
     of that vector (``row``: that irqs row), just before its ``KVM_RUN``.
     Not ok where a record that would decide it may be missing."""
-    vthread = _look(ix.exits.thread_of, vcpu)
-    ok = valid & (vthread >= -_SHIFT)
+    vthread = _look(ix.exits.thread_of, vcpu, _NO_THREAD)
+    ok = valid & (vthread != _NO_THREAD)
     if ix.irqs.user:
         inj = ix.irqs.first_inject(vcpu, vector, ts)
         ok &= inj >= 0
@@ -624,7 +628,10 @@ def _block_chunk(ix, src, sl, out):
     rr = np.maximum(raise_row, 0)
     has_raise = (raise_row >= 0) & has_bh
     if len(irq.ts):
-        has_raise &= irq.vcpu[rr] == vcpu     # each vCPU has one request in flight
+        # Each vCPU has one request in flight: the raise is for this one's
+        # vCPU (unknown when none of that thread's exits is in the trace).
+        has_raise &= (irq.vcpu[rr] == vcpu) | (vcpu < 0)
+        vcpu = np.where(has_raise & (vcpu < 0), irq.vcpu[rr], vcpu)
     # The raise found is this request's, unless the loop's records are missing.
     has_raise = ix.touches(loop_th, run, complete, has_raise)
     raise_ts = irq.ts[rr] if len(irq.ts) else np.zeros(n, np.int64)
@@ -777,12 +784,12 @@ def _paths(trace, kind):
             "loop_thread": loop,
             "loop_thread_name": _labels(_thread_cat(trace, loop), np.where(loop >= 0, 1, -1))})
     else:
-        vthread = _look(ix.exits.thread_of, vcpu)
+        vthread = _look(ix.exits.thread_of, vcpu, _NO_THREAD)
         cols.update({
             "timer": src["timer"], "name": src["name"], "vcpu": vcpu,
-            "thread": vthread.astype(np.int16),
+            "thread": np.where(vthread != _NO_THREAD, vthread, -1).astype(np.int16),
             "thread_name": _labels(_thread_cat(trace, vthread),
-                                   np.where(vthread >= -_SHIFT, 1, -1)),
+                                   np.where(vthread != _NO_THREAD, 1, -1)),
             "loop_thread": src["thread"].astype(np.int16),
             "loop_thread_name": _thread_cat(trace, src["thread"])})
     for name in ("start_ns", "end_ns", "total_ns") + tuple(f"{s}_ns" for s in STAGES[kind]):

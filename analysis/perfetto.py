@@ -268,7 +268,7 @@ def _path_flows(trace, lo, hi):
         p = _paths.request_paths(trace, kind)
         start = p["start_ns"].to_numpy(dtype=np.int64, na_value=-1)
         end = p["end_ns"].to_numpy(dtype=np.int64, na_value=-1)
-        keep = p["matched"].to_numpy() & (start >= lo) & (end >= 0) & (end < hi)
+        keep = p["matched"].to_numpy() & (start >= lo) & (end >= 0) & (end <= hi)
         if not keep.any():
             continue
         p, start, end = p[keep], start[keep], end[keep]

@@ -5,7 +5,8 @@
 
 prints, per trace, the figures that say what the BQL costs each exit:
 acquisitions and hold time per exit, the hand-off rate, the contended
-share and the share of the vCPUs' time spent waiting for the BQL.
+share and the share of the vCPUs' time spent waiting for the BQL, over the
+guest's run (BQL acquisitions from the first vCPU exit to the last).
 """
 
 import argparse
@@ -52,7 +53,11 @@ def bql_figures(trace):
     from .analysis import Trace
     from .traceformat import clock_resolution_ns
     t = trace if isinstance(trace, Trace) else Trace.load(trace)
-    locks = t.locks[t.locks["lock"].astype(str) == "bql"]
+    # the guest's run: from the first exit to the last (not QEMU's machine
+    # set-up, during which its main thread holds the BQL for milliseconds)
+    lo, hi = (t.exits["exit_ns"].min(), t.exits["exit_ns"].max()) if len(t.exits) else (0, -1)
+    locks = t.locks[(t.locks["lock"].astype(str) == "bql") & (t.locks["acquired_ns"] >= lo)
+                    & (t.locks["acquired_ns"] <= hi)]
     exits = len(t.exits)
     vcpus = set(t.threads.loc[t.threads["role"].astype(str) == "vcpu", "thread"].tolist())
     vl = locks[locks["thread"].isin(vcpus)]

@@ -178,7 +178,7 @@ class LogData:
         self.aio = []
         self.pending_aio = {}
         self.cancelled = 0
-        self.pending = {}               # (tid, addr) -> (request, site, contended)
+        self.pending = {}               # (tid, addr) -> (request, site, held by another, seq)
         self.releases_on = False        # a qemu_mutex_unlock was seen (see _on_mutex)
         # request to acquisition of uncontended acquisitions: what writing the
         # `waiting on` line costs (the log backend's own cost per event)

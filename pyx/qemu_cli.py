@@ -85,6 +85,13 @@ def cmd_qemu(args):
         elif not command:
             raise ConfigError("no QEMU command: kvmscope qemu -o TRACE -- qemu-system-x86_64 ARGS... "
                               "(or --guest NAME)")
+        else:
+            given = [o for o, v, d in (("--vcpus", args.vcpus, 1), ("-n", args.iterations, None),
+                                       ("--seed", args.seed, 1), ("--port-burst", args.port_burst, 8),
+                                       ("--cpu", args.cpu, qemu_run.DEFAULT_CPU)) if v != d]
+            if given:
+                raise ConfigError(f"{given[0]} sets up a guest for QEMU: use it with --guest NAME "
+                                  "(with a QEMU command of your own, put it in that command)")
         result = qemu_run.run(command, args.output, events=events, force=args.force, log=args.log,
                               duration=args.duration / 1e9 if args.duration else None,
                               guest=args.guest,

@@ -270,7 +270,9 @@ def run(command, output, *, events=qemu.DEFAULT_EVENTS, force=False, log=None, d
     stopped = interrupted = False
     try:
         try:
-            proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            # stdin and stdout stay the terminal's (a guest console, -nographic);
+            # stderr is relayed, to recognise a failure
+            proc = subprocess.Popen(full, stderr=subprocess.PIPE)
         except OSError as e:
             raise ConfigError(f"{binary}: cannot run: {e.strerror}") from None
         relay = threading.Thread(target=_relay, args=(proc.stderr, stderr_lines), daemon=True)

@@ -397,6 +397,9 @@ def test_qemu_command_refuses_bad_input_before_running_qemu(tmp_path, capsys):
     one_error_line(status, err, "sets -D")
     status, _, err = run(capsys, "qemu", "-o", tmp_path / "t", "--", str(tmp_path / "no-qemu"))
     one_error_line(status, err, "no-qemu: not found")
+    status, _, err = run(capsys, "qemu", "-o", tmp_path / "t", "--vcpus", "2", "--",
+                         "qemu-system-x86_64")
+    one_error_line(status, err, "--vcpus sets up a guest for QEMU", "--guest NAME")
     assert not os.path.exists(tmp_path / "t")
 
 

@@ -48,12 +48,14 @@ def _per_lock(trace):
             yield order[s:e]
 
 
-def _window(trace, start_ns, end_ns):
-    """``"10.204ms:10.310ms"``: a ``--window`` (relative to the trace start,
-    in whole microseconds) that contains ``[start_ns, end_ns]``."""
-    lo = max(int(start_ns) - trace.start_ns, 0) // 1000
-    hi = -(-(int(end_ns) - trace.start_ns + 1) // 1000)
-    return f"{lo / 1000:.3f}ms:{hi / 1000:.3f}ms"
+def _windows(trace, start_ns, end_ns):
+    """``"10.204ms:10.310ms"`` per interval: a ``--window`` (relative to the
+    trace start, in whole microseconds) that contains ``[start_ns, end_ns]``."""
+    t0 = trace.start_ns
+    lo = np.maximum(np.asarray(start_ns, dtype=np.int64) - t0, 0) // 1000
+    hi = -(-(np.asarray(end_ns, dtype=np.int64) - t0 + 1) // 1000)
+    return np.asarray([f"{a / 1000:.3f}ms:{b / 1000:.3f}ms" for a, b in zip(lo.tolist(), hi.tolist())],
+                      dtype=object)
 
 
 def fairness(trace, lock=None):
@@ -85,55 +87,61 @@ def fairness(trace, lock=None):
     frames = []
     for pos in _per_lock(trace):
         req, acq, thr, cont = req_all[pos], acq_all[pos], thr_all[pos], cont_all[pos]
-        n = len(pos)
-        wait = np.where(cont, acq - req, 0)
+        # Work on the waiters (contended rows) where possible: on large
+        # traces they are few, and random-access searches over every row
+        # cost more in cache misses than the arithmetic.
+        ci = np.flatnonzero(cont)
+        wait_c = acq[ci] - req[ci]
         prev_thr = np.r_[-1, thr[:-1]]
         changed = (prev_thr != thr) & (prev_thr != -1)
         # Waiters at each acquisition instant (others only: its own request
-        # and acquisition cancel out).
-        wq = np.sort(req[cont])
-        wa = np.sort(acq[cont])
-        waiting = np.searchsorted(wq, acq, side="right") - np.searchsorted(wa, acq, side="right")
+        # and acquisition cancel out); acq is sorted, so the acquisitions of
+        # waiters so far are a running count.
+        waiting = np.searchsorted(np.sort(req[ci]), acq, side="right") - np.cumsum(cont)
         reacq = (prev_thr == thr) & (waiting > 0)
-        # Passed over: acquisitions (all in acq order) strictly inside the wait.
-        passed = np.where(cont, np.searchsorted(acq, acq, side="left")
-                          - np.searchsorted(acq, req, side="right"), 0)
-        # Barged: someone who requested earlier was still waiting when it got the lock.
-        # The earliest pending request at acq_i: the smallest request among
-        # waiters still waiting, found from the request-sorted waiters.
-        order_q = np.argsort(req[cont], kind="stable")
-        q_req = req[cont][order_q]
-        q_acq = acq[cont][order_q]
-        # A waiter j (request q_req[j] < req_i) still waiting at acq_i has
-        # q_acq[j] > acq_i: the largest q_acq among earlier requests tells.
-        k = np.searchsorted(q_req, req, side="left")
+        # Passed over: acquisitions strictly inside a wait (i is the number
+        # of acquisitions before acq_i).
+        passed_c = ci - np.searchsorted(acq, req[ci], side="right")
+        # Barged: a waiter j that asked earlier (req_j < req_i) was still
+        # waiting when i got the lock (acq_j > acq_i): the largest acq among
+        # the earlier requests tells.  Only where someone was waiting.
+        order_q = np.argsort(req[ci], kind="stable")
+        q_req, q_acq = req[ci][order_q], acq[ci][order_q]
         run_max = np.maximum.accumulate(q_acq) if len(q_acq) else q_acq
-        barged = np.zeros(n, dtype=bool)
-        has = k > 0
-        barged[has] = run_max[k[has] - 1] > acq[has]
+        cand = np.flatnonzero(waiting > 0)
+        k = np.searchsorted(q_req, req[cand], side="left")
+        barged = np.zeros(len(pos), dtype=bool)
+        barged[cand[k > 0]] = run_max[k[k > 0] - 1] > acq[cand[k > 0]]
         codes, uniq = pd.factorize(thr, sort=True)
         m = len(uniq)
 
-        def total(x):
-            return np.bincount(codes, weights=x, minlength=m)
+        def total(x, at=None):
+            return np.bincount(codes if at is None else codes[at], weights=x,
+                               minlength=m).astype(np.int64)
 
-        # Longest wait per thread and its position.
-        best = np.lexsort((-wait, codes))
-        first = best[np.r_[True, codes[best][1:] != codes[best][:-1]]]
+        per_thread = pd.DataFrame({"code": codes[ci], "wait": wait_c, "passed": passed_c,
+                                   "at": ci}).groupby("code")
+        longest = per_thread["wait"].idxmax()           # positions in the waiters
+        starved = np.zeros(m, dtype=np.int64)
+        starved[longest.index] = wait_c[longest.to_numpy()]
+        starved_at = np.full(m, "-", dtype=object)
+        j = longest.to_numpy()
+        starved_at[longest.index] = _windows(trace, req[ci[j]], acq[ci[j]])
+        passed_max = np.zeros(m, dtype=np.int64)
+        pm = per_thread["passed"].max()
+        passed_max[pm.index] = pm.to_numpy()
         frames.append(pd.DataFrame({
             "lock": str(df["lock"].iloc[pos[0]]),
             "thread": uniq,
             "acquisitions": np.bincount(codes, minlength=m),
-            "contended": total(cont).astype(np.int64),
-            "owner_changes": total(changed).astype(np.int64),
-            "reacquired_while_waited": total(reacq).astype(np.int64),
-            "barged": total(barged).astype(np.int64),
-            "passed_over_max": np.maximum.reduceat(passed[np.argsort(codes, kind="stable")],
-                                                   np.r_[0, np.cumsum(np.bincount(codes))[:-1]])
-            if n else np.zeros(0, np.int64),
-            "starved_max_ns": wait[first],
-            "starved_at": [(_window(trace, req[i], acq[i]) if wait[i] > 0 else "-") for i in first],
-            "wait_total_ns": total(wait).astype(np.int64),
+            "contended": total(None, ci) if len(ci) else np.zeros(m, np.int64),
+            "owner_changes": total(changed),
+            "reacquired_while_waited": total(reacq),
+            "barged": total(barged),
+            "passed_over_max": passed_max,
+            "starved_max_ns": starved,
+            "starved_at": starved_at,
+            "wait_total_ns": total(wait_c, ci),
         }))
     if not frames:
         return pd.DataFrame({c: [] for c in _FAIRNESS})
@@ -247,7 +255,7 @@ def convoys(trace, lock=None, min_handoffs=4):
         frames.append(pd.DataFrame({
             "lock": str(df["lock"].iloc[pos[0]]),
             "start_ns": s_ns[idx], "end_ns": e_ns[idx], "duration_ns": e_ns[idx] - s_ns[idx],
-            "window": [_window(trace, a, b) for a, b in zip(s_ns[idx], e_ns[idx])],
+            "window": _windows(trace, s_ns[idx], e_ns[idx]),
             "acquisitions": count[idx], "handoffs": handoffs[idx],
             "threads": members,
             "max_waiting": peak[idx], "wait_ns": waited[idx],
@@ -330,7 +338,7 @@ def pingpong(trace, lock=None, min_handoffs=16, max_gap_ns=20_000):
             "lock": str(df["lock"].iloc[pos[0]]),
             "threads": pair,
             "start_ns": start_ns, "end_ns": end_ns, "duration_ns": dur,
-            "window": [_window(trace, a, b) for a, b in zip(start_ns, end_ns)],
+            "window": _windows(trace, start_ns, end_ns),
             "handoffs": n,
             "handoffs_per_ms": n / np.maximum(dur, 1) * 1e6,
             "waited": (waited[last + 1] - waited[first]).astype(np.int64),

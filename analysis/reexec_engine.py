@@ -258,11 +258,13 @@ class Engine:
         self.ch = changes
         self.policy = policy
         self.barging = policy == "barging"
-        self.rng = random.Random(seed)
+        self.seed = int(seed)
+        self.rng = random.Random(self.seed)
         self.heap = []
         self.seq = 0
         # -- threads of the predicted run ----------------------------------
         n_src = len(model.vcpus)
+        self.n_src = n_src
         nv = int(changes.vcpus or n_src)
         self.nworkers = int(changes.aio_threads or model.aio_workers)
         stagger = self._stagger()
@@ -275,7 +277,6 @@ class Engine:
         self.main_th = nv
         self.aio_th = [nv + 1 + k for k in range(self.nworkers)]
         # -- timers: one per (vCPU, recorded timer its stream arms) ----------
-        # [name, vcpu, vector, recorded index, armed, expire, armed at, period]
         self.timers = []
         for v in self.vcpus:
             for slot in v.st.src.timers:
@@ -288,7 +289,10 @@ class Engine:
                 per = info.get("period")
                 if changes.timer_period_us:
                     per = int(changes.timer_period_us) * 1000
-                self.timers.append([name, v.i, info["vector"], slot, False, 0, 0, per])
+                # [name, vcpu, vector, recorded index, armed, expire, armed at,
+                #  period, arms, fires, recorded id (None: not the recorded vCPU)]
+                self.timers.append([name, v.i, info["vector"], slot, False, 0, 0, per, 0, 0,
+                                    info["id"] if v.i == src_v else None])
         self.timer_cb_i = {}
         # -- the BQL -------------------------------------------------------------
         self.busy_until = -INF      # release of the last acquisition (INF: not known yet)
@@ -305,6 +309,11 @@ class Engine:
         self.m_poll_enter = 0
         self.m_wake_t = INF
         self.m_trigger_t = INF
+        self.m_trigger_key = None
+        self.m_last_key = None
+        self.m_rec = None           # the recorded iteration this one is
+        self.m_used = set()
+        self.vbh_n = {}
         self.m_timeout = -1
         self.m_end = None
         self.efd = []               # eventfd writes not yet read
@@ -650,13 +659,17 @@ class Engine:
                     # fell behind by more than a period: skip ahead (timerdev)
                     expire += ((t - expire) // per + 1) * per
             tm[4], tm[5], tm[6] = True, expire, t
-            self._fd_event(False, t)
+            key = None if tm[10] is None else ("arm", tm[10], tm[8])
+            tm[8] += 1
+            self._fd_event(False, t, key)
         elif kind == rm.FX_RAISE:
             self._raise(vi, a, t, v.th)
         elif kind == rm.FX_BH:
             if a not in self.bh_pending:
                 self.bh_pending[a] = (t, v.th)
-            self._fd_event(False, t)
+            n = self.vbh_n.get(a, 0)
+            self.vbh_n[a] = n + 1
+            self._fd_event(False, t, ("vbh", a, n) if v.i < self.n_src else None)
         elif kind == rm.FX_IRQROW:
             r = self.m.irq_rows
             self.o_irqs.append((v.th, str(r["kind"].iat[a]), int(r["line"].iat[a]),
@@ -712,36 +725,44 @@ class Engine:
 
     # -- main loop ------------------------------------------------------------------------
 
-    def _fd_event(self, efd, t):
-        """The AIO eventfd (*efd*) or the loop's notifier was written at *t*."""
+    def _fd_event(self, efd, t, key=None):
+        """The AIO eventfd (*efd*) or the loop's notifier was written at *t*;
+        *key* says by what (see reexec_model._main_loop), None: something
+        the recording did not have."""
         if t <= (self.efd_upto if efd else self.notify_upto):
             return      # a dispatch that is reading this fd gets it too
-        (self.efd if efd else self.notify).append(t)
+        (self.efd if efd else self.notify).append((t, key))
         if self.m_state == "poll":
-            self._wake_at(t, rm.WAKE_FD)
+            self._wake_at(t, rm.WAKE_FD, key)
 
     def _iter_value(self, name):
-        vals = getattr(self.ml, name)
-        i = self.m_iter
-        return vals[i] if i < len(vals) else vals[i % len(vals)]
+        """A figure of the current iteration: the recorded iteration woken by
+        the same event, else a typical one."""
+        j = self.m_rec
+        return getattr(self.ml, name)[j] if j is not None else self.ml.typical[name]
 
-    def _wake_latency(self, kind):
+    def _rec_iter(self, key):
+        j = self.ml.key_iter.get(key) if key is not None else None
+        return None if j is None or j in self.m_used else j
+
+    def _wake_latency(self, kind, key):
         ml = self.ml
         if kind == rm.WAKE_STOP:
             return 0            # the runner's delay is in stop_t
-        i = self.m_iter
-        if i < len(ml.kind) and ml.kind[i] == kind:
-            return ml.wake[i]
+        j = self._rec_iter(key)
+        if j is not None and ml.kind[j] == kind:
+            return ml.wake[j]
         return self.draw(ml.wake_samples[kind])
 
-    def _wake_at(self, t, kind):
-        """Schedule the poll's return for an event at *t* of *kind*, unless
-        it returns earlier anyway."""
+    def _wake_at(self, t, kind, key=None):
+        """Schedule the poll's return for an event at *t* of *kind* (what
+        sent it: *key*), unless it returns earlier anyway."""
         t = max(t, self.m_poll_enter)
         if t >= self.m_trigger_t:
             return      # an earlier event already wakes the loop
-        w = t + self._wake_latency(kind)
+        w = t + self._wake_latency(kind, key)
         self.m_trigger_t = t
+        self.m_trigger_key = key
         self.m_wake_t = w
         self.m_ver += 1
         self.push(w, E_MWAKE, self.m_ver)
@@ -771,29 +792,52 @@ class Engine:
             deadline = max(deadline, t) if deadline < INF else INF
         self.m_timeout = -1 if deadline >= INF else deadline - t
         if self.stop_t is not None:
-            self._wake_at(max(self.stop_t, t), rm.WAKE_STOP)
-        if self.efd or self.notify or deadline <= t:
-            self._wake_at(t, rm.WAKE_IMMEDIATE)
+            self._wake_at(max(self.stop_t, t), rm.WAKE_STOP, ("stop",))
+        spont = ("none", self.m_last_key)
+        j = self._rec_iter(spont)
+        if j is not None:
+            # the recording's loop woke here for a reason it does not show
+            self._wake_at(t, rm.WAKE_FD, spont)
+        due = self._deadline_key(deadline)
+        if self.efd or self.notify:
+            first = min(self.efd + self.notify, key=lambda e: e[0])
+            self._wake_at(t, rm.WAKE_IMMEDIATE, first[1])
+        elif deadline <= t:
+            self._wake_at(t, rm.WAKE_IMMEDIATE, due)
         elif deadline < INF:
-            self._wake_at(deadline, rm.WAKE_TIMEOUT)
+            self._wake_at(deadline, rm.WAKE_TIMEOUT, due)
+
+    def _deadline_key(self, deadline):
+        for tm in self.timers:
+            if tm[4] and tm[5] == deadline:
+                return None if tm[10] is None else ("dl", tm[10], tm[8] - 1)
+        return None
 
     def _m_wake(self, ver, t):
         """Event: poll returns; the loop asks for the BQL."""
         if ver != self.m_ver or self.m_state != "poll":
             return
         self.m_state = "dispatch"
+        self.m_rec = self._rec_iter(self.m_trigger_key)
+        if self.m_rec is not None:
+            self.m_used.add(self.m_rec)
+        self.m_last_key = self.m_trigger_key
         efd, notify = bool(self.efd), bool(self.notify)
         stop = self.stop_t is not None and self.stop_t <= t
         nready = efd + notify + (stop and not notify)
         self.cur_main = [self.m_poll_enter, t, nready, efd, notify, stop, self.m_timeout, -1]
-        self.push(t + self._iter_value("pre") + self._iter_value("tw"), E_MREQ)
+        tw = self.ml.tw[self.m_rec] if self.m_rec is not None else 0
+        self.push(t + self._iter_value("pre") + tw, E_MREQ)
 
     def _m_req(self, t):
         ml = self.ml
-        i = min(self.m_iter, len(ml.lat) - 1)
-        d = ml.d[i] if self.m_iter < len(ml.d) else _FAR + 1
-        self.request(self.main_th, t, ml.lat[i], d, ml.cont[i], None, self._m_acquired, None,
-                     self._iter_value("tw"))
+        j = self.m_rec
+        if j is not None:
+            self.request(self.main_th, t, ml.lat[j], ml.d[j], ml.cont[j], None,
+                         self._m_acquired, None, ml.tw[j])
+        else:
+            self.request(self.main_th, t, self.m.lock["free"].median, _FAR + 1, False, None,
+                         self._m_acquired, None, 0)
 
     def _m_acquired(self, arg, acq, rel, lrow):
         """The main loop has the BQL: fd handlers, then timers."""
@@ -806,14 +850,15 @@ class Engine:
             off = self._iter_value("sched")
             when = acq + (off if off >= 0 else 400)
             self.efd_upto = when
-            self.efd = [e for e in self.efd if e > when]
+            self.efd = [e for e in self.efd if e[0] > when]
             aio_bh = self.m.bh["aio"]
             if aio_bh >= 0 and aio_bh not in self.bh_pending:
                 self.bh_pending[aio_bh] = (when, self.main_th)
-            self.notify.append(when)    # bh_schedule writes the notifier
+            # bh_schedule writes the notifier: the next iteration's
+            self.notify.append((when, ("after", self.m_trigger_key)))
         if cur[4]:
             self.notify_upto = acq
-            self.notify = [e for e in self.notify if e > acq]
+            self.notify = [e for e in self.notify if e[0] > acq]
         t = acq + self.m_add + int(self._iter_value("base_pre") * self.m_scale)
         fired = 0
         while True:                     # expired timers, earliest deadline first
@@ -825,6 +870,7 @@ class Engine:
                 break
             tm = self.timers[due]
             tm[4] = False
+            tm[9] += 1
             info = self.m.timers[tm[3]]
             k = self.timer_cb_i.get(due, 0)
             self.timer_cb_i[due] = k + 1
@@ -885,7 +931,7 @@ class Engine:
         notification comes the recorded delay later)."""
         self.stop_t = t + (self.ml.stop_delay if self.ml is not None else 0)
         if self.m_state == "poll":
-            self._wake_at(self.stop_t, rm.WAKE_STOP)
+            self._wake_at(self.stop_t, rm.WAKE_STOP, ("stop",))
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -934,7 +980,8 @@ class Engine:
                 self._aio_done(a, b, t)
             elif kind == E_EFD:
                 self.aio_done.append(a)
-                self._fd_event(True, t)
+                r = self.aio_reqs[a]
+                self._fd_event(True, t, ("efd", r[0]) if r[1] < self.n_src else None)
             elif kind == E_MFIRST:
                 self._m_first(t)
         return self
@@ -1078,3 +1125,80 @@ def tables(eng):
         _col(pa, ir, 5, np.int64)], schema=SCHEMAS["irqs"])
     out["losses"] = SCHEMAS["losses"].empty_table()
     return out
+
+
+# --------------------------------------------------------------------------
+# from a trace to the predicted trace
+
+def model_of(trace):
+    """The re-execution model of *trace* (built once, kept with the trace)."""
+    model = trace._cache.get("reexec_model")
+    if model is None:
+        model = rm.build(trace)
+        trace._cache["reexec_model"] = model
+    return model
+
+
+def predicted_meta(eng, trace, tables):
+    """``meta.json`` of a predicted trace: the recording's, with what the
+    re-execution changed, ``state`` complete and a ``replay`` object saying
+    of what trace, with which changes, engine, policy and seed."""
+    from .. import __version__
+    rec = trace.meta
+    meta = {k: v for k, v in rec.items() if k not in ("stats", "failure", "messages")}
+    meta["kvmscope_version"] = __version__
+    meta["state"] = "complete"
+    meta["stop_reason"] = "replay"
+    ch = eng.ch
+    config = dict(rec.get("config") or {})
+    config["vcpus"] = len(eng.vcpus)
+    config["aio_threads"] = eng.nworkers
+    if ch.timer_period_us:
+        config["timer_period_us"] = int(ch.timer_period_us)
+    if ch.add_hold:
+        hold = dict(config.get("inject_hold") or {})
+        for k, v in ch.add_hold.items():
+            hold[k] = float(hold.get(k, 0)) + float(v)
+        config["inject_hold"] = hold
+    if ch.lockless:
+        config["lockless"] = sorted(set(config.get("lockless") or []) | set(ch.lockless))
+    config["trace"] = True
+    meta["config"] = config
+    meta["timers"] = [t[0] for t in eng.timers]
+    end = eng.m_end if eng.m_end is not None else max(
+        [r[3] for r in eng.o_exits if r[3] is not None] + [r[2] for r in eng.o_exits])
+    tail = eng.ml.end_tail if eng.ml is not None else 0
+    meta["start_ns"] = int(trace.start_ns)
+    meta["end_ns"] = int(end + tail)
+    names = tables["threads"].column("name").to_pylist()
+    ids = tables["threads"].column("thread").to_pylist()
+    written = {n: 0 for n in names}
+    by_id = dict(zip(ids, names))
+    for name, t in tables.items():
+        if name in ("threads", "losses") or not t.num_rows:
+            continue
+        # the main loop writes the AIO rows, as a recording does
+        col = (np.full(t.num_rows, eng.main_th) if name == "aio"
+               else t.column("thread").to_numpy())
+        u, c = np.unique(col, return_counts=True)
+        for i, k in zip(u.tolist(), c.tolist()):       # per thread
+            written[by_id.get(i, f"thread {i}")] = written.get(by_id.get(i), 0) + k
+    meta["records"] = {n: {"written": int(w), "lost": 0, "stalls": 0} for n, w in written.items()}
+    meta["tables"] = {n: t.num_rows for n, t in tables.items() if n != "threads"}
+    meta["replay"] = {
+        "of": trace.path, "engine": "model", "policy": eng.policy, "seed": eng.seed,
+        "changes": ch.as_dict(), "describe": ch.describe() or ["no change"],
+        "recorded": {"start_ns": int(trace.start_ns), "end_ns": int(trace.end_ns),
+                     "guest": (rec.get("config") or {}).get("guest"),
+                     "kvmscope_version": rec.get("kvmscope_version")},
+    }
+    return meta
+
+
+def reexecute_tables(trace, policy="barging", seed=0, **changes):
+    """Re-execute *trace* under *changes*; returns ``(tables, meta)`` of the
+    predicted trace (see :func:`kvmscope.analysis.whatif.reexecute`)."""
+    ch = changes.pop("changes", None) or Changes.from_kwargs(**changes)
+    eng = Engine(model_of(trace), ch, policy, seed).run()
+    tabs = tables(eng)
+    return tabs, predicted_meta(eng, trace, tabs)

@@ -760,8 +760,8 @@ def _vcpu_stream(trace, th, name, ex, sel, cls, lrows, lk_req, lk_acq, lk_rel, l
 
     added = _timer_classes(specs, cls, ex["data"].to_numpy()[sel])
     # when those arms happened in the recording: they notified the loop
-    st.extra_arms = [int(lk_acq[lrow[k]]) + off if lrow[k] >= 0 else int(exit_ns[k]) + off
-                     for k, off in added]
+    st.extra_arms = [(slot, int(lk_acq[lrow[k]]) + off if lrow[k] >= 0 else int(exit_ns[k]) + off)
+                     for k, off, slot in added]
 
     # Program stream.
     p = prog_idx
@@ -851,7 +851,7 @@ def _timer_classes(S, cls, data):
                 continue
             S.fx[k] = sorted((S.fx[k] or []) + [e])
             if e[1] != FX_DEL:
-                added.append((k, e[0]))
+                added.append((k, e[0], e[2]))
     return added
 
 
@@ -1004,29 +1004,49 @@ def _main_loop(trace, roles, lk, lk_cs, acqf, timers, bh, aio, cs_id, m):
 
     # Wake-up kind and latency of each iteration: the earliest fd event
     # not consumed by an earlier iteration, or the poll's deadline.
-    notify = []
+    # Notifications of the loop, each with a key saying what sent it (so
+    # that a re-execution finds the iteration it woke, even where the
+    # iterations are not the recorded ones): a bottom half scheduled by the
+    # loop itself (the iteration after the one that did), a timer armed by
+    # a vCPU (the timer and which arming), a bottom half a vCPU scheduled.
+    notify = []             # (time, key)
+    sched_iter = {}
     if len(bh):
         nb = bh[~bh["idle"].to_numpy()]
-        notify.append(nb["scheduled_ns"].to_numpy())
-    if len(timers):
-        arm = timers["armed_ns"].to_numpy()
-        holder = _holder(lk, arm)
-        by_other = (holder >= 0) & (lk["thread"].to_numpy()[np.maximum(holder, 0)] != th)
-        notify.append(arm[by_other])
-    extra = [t for s_ in m.vcpus for t in getattr(s_, "extra_arms", [])]
-    if extra:
-        notify.append(np.asarray(extra, np.int64))
-    notify_ev = np.sort(np.concatenate(notify)) if notify else np.zeros(0, np.int64)
+        for t_, who, b in zip(nb["scheduled_ns"].tolist(), nb["sched_thread"].tolist(),
+                              nb["bh"].tolist()):
+            if who == th:
+                sched_iter[t_] = None       # keyed by its iteration, below
+                notify.append((t_, ("self", t_)))
+            else:
+                notify.append((t_, ("vbh", int(b), len([x for x in notify if x[1][0] == "vbh"
+                                                        and x[1][1] == b]))))
+    arms = _arm_times(trace, lk, timers, th, m)
+    for tid, lst in arms.items():
+        for k, (t_, _, _) in enumerate(lst):
+            notify.append((t_, ("arm", tid, k)))
+    notify.sort(key=lambda x: x[0])
+    notify_ev = np.asarray([x[0] for x in notify], np.int64)
+    notify_key = [x[1] for x in notify]
+    # a deadline is that of a timer's latest arming
+    dl_key = {}
+    for tid, lst in arms.items():
+        for k, (_, e, _) in enumerate(lst):
+            dl_key.setdefault(int(e), ("dl", tid, k))
     # The poll's deadline: the earliest timer armed when it began (the
     # recorded timeout was computed a little before poll_enter).
     deadline = np.where(tmo >= 0, pe + tmo, INF_NS)
-    if len(timers):
+    if arms:
         exact = np.full(n, INF_NS, np.int64)
-        lo = np.searchsorted(pe, timers["armed_ns"].to_numpy(), side="left")
-        hi = np.searchsorted(pe, timers["fire_ns"].to_numpy(), side="right")
-        for a, b, e in zip(lo.tolist(), hi.tolist(), timers["expire_ns"].tolist()):
-            if b > a:                               # per timer firing
-                np.minimum(exact[a:b], e, out=exact[a:b])
+        for tid, lst in arms.items():           # per timer arming: armed until the next
+            for k, (t_, e, f) in enumerate(lst):
+                end = lst[k + 1][0] if k + 1 < len(lst) else INF_NS
+                if f is not None:
+                    end = min(end, f)
+                a = np.searchsorted(pe, t_, side="left")
+                b = np.searchsorted(pe, min(end, e + 10_000_000), side="right")
+                if b > a:
+                    np.minimum(exact[a:b], e, out=exact[a:b])
         close = (tmo >= 0) & (np.abs(exact - deadline) < 20_000)
         deadline = np.where(close, np.maximum(exact, pe), deadline)
     # Per iteration: the earliest fd event not read by an earlier dispatch
@@ -1044,6 +1064,7 @@ def _main_loop(trace, roles, lk, lk_cs, acqf, timers, bh, aio, cs_id, m):
     delay = delay[dorder].tolist()
     used = [False] * len(D)
     ce = cn = 0
+    keys = []
     N = notify_ev.tolist()
     acq_it = acq[1:]
     prev_read = None
@@ -1072,14 +1093,32 @@ def _main_loop(trace, roles, lk, lk_cs, acqf, timers, bh, aio, cs_id, m):
         first = min(fe, fn)
         dl = int(deadline[i])
         trig = min(first, dl)
+        unknown = False
         if trig <= p_in:
             kind[i] = WAKE_IMMEDIATE
         elif trig > p_out:
             kind[i] = WAKE_FD           # nothing known woke it
             trig = p_out
+            unknown = True
         else:
             kind[i] = WAKE_TIMEOUT if dl <= first else WAKE_FD
         wake[i] = p_out - max(p_in, trig)
+        if unknown:
+            # nothing the trace shows woke it: re-executed as a wake-up
+            # after the same poll time, following the same iteration
+            key = ("none", keys[-1] if keys else None)
+            wake[i] = p_out - p_in
+        elif dl <= first:
+            key = dl_key.get(dl, ("deadline", i))
+        elif fe <= fn:
+            jj = min((j for j in range(ce, min(len(D), hi + 8)) if not used[j]),
+                     key=lambda j: D[j] + delay[j])
+            key = ("efd", int(dorder[jj]))
+        else:
+            key = notify_key[cn]
+            if key[0] == "self":
+                key = ("after", keys[-1] if keys else None)
+        keys.append(key)
         if ready:
             for j in range(ce, bisect.bisect_right(D, read, ce)):
                 if D[j] + delay[j] <= read:
@@ -1108,11 +1147,53 @@ def _main_loop(trace, roles, lk, lk_cs, acqf, timers, bh, aio, cs_id, m):
         vend = max(last_rel + [vend])
         ml.stop_delay = max(0, int(px[-1]) - max(vend, int(pe[-1])))
         wake[-1] = 0
+    if n:
+        keys[-1] = ("stop",)
     ml.kind = kind.tolist()
     ml.wake = wake.tolist()
+    ml.keys = keys
+    ml.key_iter = {}
+    for i, k in enumerate(keys):
+        ml.key_iter.setdefault(k, i)
+    # for an iteration the recording did not have
+    ml.typical = {name: int(np.median(np.asarray(getattr(ml, name), np.int64))) if n else 0
+                  for name in ("pre", "post", "base_pre", "base_mid", "base", "sched")}
+    ml.typical["sched"] = int(np.median(sched[sched >= 0])) if (sched >= 0).any() else 400
     ml.wake_samples = {k: Samples(wake[kind == k], (1000, 30000, 20000, 100000)[k])
                        for k in range(4)}
     return ml
+
+
+def _arm_times(trace, lk, timers, main_th, m):
+    """Per recorded timer id: ``[(armed, deadline)]`` of each time a vCPU
+    armed it (each notified the loop): the recorded firings' arms and the
+    arms of :func:`_timer_classes` (a deadline on the period grid after the
+    timer's previous one, for an arm whose timer was deleted first)."""
+    out = {}
+    if len(timers):
+        arm = timers["armed_ns"].to_numpy()
+        holder = _holder(lk, arm)
+        by_other = (holder >= 0) & (lk["thread"].to_numpy()[np.maximum(holder, 0)] != main_th)
+        for tid, t_, e, f in zip(timers["timer"].to_numpy()[by_other].tolist(),
+                                 arm[by_other].tolist(),
+                                 timers["expire_ns"].to_numpy()[by_other].tolist(),
+                                 timers["fire_ns"].to_numpy()[by_other].tolist()):
+            out.setdefault(int(tid), []).append((int(t_), int(e), int(f)))
+    for s_ in m.vcpus:
+        for slot, t_ in getattr(s_, "extra_arms", []):
+            out.setdefault(int(m.timers[slot]["id"]), []).append((int(t_), None, None))
+    for tid, arms in out.items():               # per timer
+        arms.sort(key=lambda a: a[0])
+        per = next((t["period"] for t in m.timers if t["id"] == tid), None) or 1
+        prev = None
+        for k, (t_, e, f) in enumerate(arms):
+            if e is None:
+                e = (prev or t_) + per
+                if e < t_:
+                    e += ((t_ - e) // per + 1) * per
+                arms[k] = (t_, e, None)
+            prev = arms[k][1]
+    return out
 
 
 def _done_list_order(aio, bh, aio_bh, delay):

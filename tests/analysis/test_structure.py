@@ -24,6 +24,7 @@ LAYERS = {
     "replay": 2,
     "stats": 3, "blame": 3,              # statistics; wait anatomy
     "reexec_model": 3, "reexec_engine": 3,   # re-execution: the model, the engine
+    "whatif": 5,                         # re-execution as predicted traces, compare, rank
     "structdiff": 3,                     # what runs do: call sites, BHs, timers, exits, ports
     "fairness": 3,                       # hand-offs, starvation, ping-pong, convoys
     "paths": 3,                          # request paths across threads

@@ -760,8 +760,10 @@ def _vcpu_stream(trace, th, name, ex, sel, cls, lrows, lk_req, lk_acq, lk_rel, l
 
     added = _timer_classes(specs, cls, ex["data"].to_numpy()[sel])
     # when those arms happened in the recording: they notified the loop
-    st.extra_arms = [(slot, int(lk_acq[lrow[k]]) + off if lrow[k] >= 0 else int(exit_ns[k]) + off)
-                     for k, off, slot in added]
+    when = [(slot, int(lk_acq[lrow[k]]) + off if lrow[k] >= 0 else int(exit_ns[k]) + off, dele)
+            for k, off, slot, dele in added]
+    st.extra_arms = [(slot, t_) for slot, t_, dele in when if not dele]
+    st.extra_dels = [(slot, t_) for slot, t_, dele in when if dele]
 
     # Program stream.
     p = prog_idx
@@ -804,6 +806,8 @@ def _vcpu_stream(trace, th, name, ex, sel, cls, lrows, lk_req, lk_acq, lk_rel, l
     P.gate, P.gap, P.gvec, P.gcnt = gate.tolist(), gap.tolist(), gvec.tolist(), gcnt.tolist()
     P.start = int(exit_ns[p[0]]) if len(p) else int(exit_ns[0])
     st.prog = P
+    # when the vCPU's thread was done: its last exit's release (or exit)
+    st.end_ns = int(lk_rel[lrow[-1]]) if lrow[-1] >= 0 else int(exit_ns[-1])
     for vec in isr_vecs:
         rows = np.flatnonzero(isr_of == vec)
         S = ExitSpecs(len(rows))
@@ -850,8 +854,7 @@ def _timer_classes(S, cls, data):
             else:
                 continue
             S.fx[k] = sorted((S.fx[k] or []) + [e])
-            if e[1] != FX_DEL:
-                added.append((k, e[0], e[2]))
+            added.append((k, e[0], e[2], e[1] == FX_DEL))
     return added
 
 
@@ -1134,18 +1137,8 @@ def _main_loop(trace, roles, lk, lk_cs, acqf, timers, bh, aio, cs_id, m):
     m.aio["efd_delay"] = efd_delay.tolist()
     if n:
         kind[-1] = WAKE_STOP
-        done = [int(s.prog.row[-1]) for s in m.vcpus if len(s.prog.row)]
-        ex = trace.exits
-        vend = max(int(ex["exit_ns"].to_numpy()[r]) for r in done) if done else int(pe[-1])
-        # the vCPU's last handling ends at its last release
-        last_rel = []
-        for s in m.vcpus:
-            if len(s.prog.row) and s.prog.cs[-1] >= 0:
-                r = int(s.prog.row[-1])
-                last_rel.append(int(ex["exit_ns"].to_numpy()[r]) + s.prog.pre[-1] + s.prog.lat[-1]
-                                + s.prog.hold[-1])
-        vend = max(last_rel + [vend])
-        ml.stop_delay = max(0, int(px[-1]) - max(vend, int(pe[-1])))
+        vend = max(s_.end_ns for s_ in m.vcpus)
+        ml.stop_delay = max(0, int(px[-1]) - vend)
         wake[-1] = 0
     if n:
         keys[-1] = ("stop",)
@@ -1182,6 +1175,9 @@ def _arm_times(trace, lk, timers, main_th, m):
     for s_ in m.vcpus:
         for slot, t_ in getattr(s_, "extra_arms", []):
             out.setdefault(int(m.timers[slot]["id"]), []).append((int(t_), None, None))
+        # a deletion ends the arm before it (as its firing would)
+        for slot, t_ in getattr(s_, "extra_dels", []):
+            out.setdefault(int(m.timers[slot]["id"]), []).append((int(t_), "del", None))
     for tid, arms in out.items():               # per timer
         arms.sort(key=lambda a: a[0])
         per = next((t["period"] for t in m.timers if t["id"] == tid), None) or 1
@@ -1192,7 +1188,16 @@ def _arm_times(trace, lk, timers, main_th, m):
                 if e < t_:
                     e += ((t_ - e) // per + 1) * per
                 arms[k] = (t_, e, None)
-            prev = arms[k][1]
+            if e != "del":
+                prev = arms[k][1]
+        # ends: the firing, the next arming, or a deletion
+        ended = []
+        for k, (t_, e, f) in enumerate(arms):
+            if e == "del":
+                continue
+            nxt = next((a[0] for a in arms[k + 1:]), None)
+            ended.append((t_, e, f if f is not None else (nxt if nxt is not None else None)))
+        out[tid] = ended
     return out
 
 

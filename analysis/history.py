@@ -103,22 +103,27 @@ def run_stats(run, path, metric="hold"):
     if not len(df):
         return _empty_stats()
     values = df[end].to_numpy().astype(np.int64) - df[start].to_numpy().astype(np.int64)
-    lock = df["lock"].astype(str).to_numpy()
-    site = df["callsite"].astype(str).to_numpy()
+    # Dictionary codes, not strings: no Python object per record.
+    lock, site = df["lock"].astype("category"), df["callsite"].astype("category")
+    lcode = lock.cat.codes.to_numpy().astype(np.int64)
+    scode = site.cat.codes.to_numpy().astype(np.int64)
+    locks, sites = [str(x) for x in lock.cat.categories], [str(x) for x in site.cat.categories]
     frames = []
-    for keys in ((lock, site), (lock, None)):
-        if keys[1] is None:
-            codes, uniq = pd.factorize(lock, sort=True)
-            names = [(u, ALL_CALLSITES) for u in uniq]
+    for per_site in (True, False):
+        if per_site:
+            codes, ngroups = lcode * len(sites) + scode, len(locks) * len(sites)
+            names = [(lk, st) for lk in locks for st in sites]
         else:
-            pair = pd.MultiIndex.from_arrays([lock, site])
-            codes, uniq = pd.factorize(pair, sort=True)
-            names = list(uniq)
-        g = _grouped(codes.astype(np.int64), values, len(names))
-        frames.append(pd.DataFrame({"run": run, "lock": [n[0] for n in names],
-                                    "callsite": [n[1] for n in names], **g}))
+            codes, ngroups = lcode, len(locks)
+            names = [(lk, ALL_CALLSITES) for lk in locks]
+        g = pd.DataFrame(_grouped(codes, values, ngroups))
+        g.insert(0, "callsite", [n[1] for n in names])
+        g.insert(0, "lock", [n[0] for n in names])
+        frames.append(g[g["count"] > 0])
     out = pd.concat(frames, ignore_index=True)
+    out.insert(0, "run", run)
     out["count"] = out["count"].astype(np.int64)
+    out = out.sort_values(["lock", "callsite"], kind="stable").reset_index(drop=True)
     return out[_STAT_COLUMNS]
 
 
@@ -499,6 +504,46 @@ def _judge(base_logs, new_log, new_runs, threshold, min_delta_ns, alpha, sd=None
         status = "improved"
     out.update(status=status, low=low, high=high)
     return out
+
+
+def store_interval(base_stats, new_stats, sd_log, runs, alpha=0.05):
+    """Interval of the relative change of a statistic between two groups of
+    runs (one run each, or more), with the run-to-run variation taken from
+    a store instead of from the groups themselves.
+
+    On the log scale: ``d = mean(log new) - mean(log base)``, the interval
+    ``d +- t * sd_log * sqrt(1/k_base + 1/k_new)`` with ``t`` Student's
+    ``1 - alpha/2`` quantile at ``runs - 1`` degrees of freedom (the store's
+    runs estimated ``sd_log``).  For several rows, pass ``alpha / m``
+    (Bonferroni): :func:`judge_pair` does.
+
+    Parameters
+    ----------
+    base_stats, new_stats : sequence of float
+        The statistic of each run of a side (ns).
+    sd_log : float
+        Standard deviation of the log statistic between runs (see
+        :func:`variation`).
+    runs : int
+        Runs of the store it was estimated from (at least 2).
+
+    Returns
+    -------
+    (float, float)
+        Lower and upper bound of ``new / base - 1``.
+
+    Examples
+    --------
+    >>> lo, hi = store_interval([1000], [1500], sd_log=0.05, runs=10)
+    >>> round(lo, 2), round(hi, 2)
+    (0.28, 0.76)
+    """
+    b = np.log(np.maximum(np.asarray(base_stats, np.float64), 1))
+    n = np.log(np.maximum(np.asarray(new_stats, np.float64), 1))
+    d = float(n.mean() - b.mean())
+    se = max(float(sd_log), SIGMA_FLOOR) * math.sqrt(1 / len(b) + 1 / len(n))
+    t = _t(alpha, int(runs) - 1)
+    return math.expm1(d - t * se), math.expm1(d + t * se)
 
 
 def variation(store, config, metric="hold", stat="p50", scheduler=None, min_count=30):

@@ -250,7 +250,7 @@ class _Vcpu:
 class Engine:
     """One re-execution of a model; :func:`run` is the entry point."""
 
-    def __init__(self, model, changes, policy="barging", seed=0):
+    def __init__(self, model, changes, policy="barging", seed=None):
         if policy not in POLICIES:
             raise ConfigError(f"unknown lock policy {policy!r}; use one of {', '.join(POLICIES)}")
         changes.check(model)
@@ -258,8 +258,10 @@ class Engine:
         self.ch = changes
         self.policy = policy
         self.barging = policy == "barging"
-        self.seed = int(seed)
-        self.rng = random.Random(self.seed)
+        # seed None: a situation the recording did not have gets the
+        # median of the recorded ones; a seed: a draw among them
+        self.seed = None if seed is None else int(seed)
+        self.rng = random.Random(self.seed) if seed is not None else None
         self.heap = []
         self.seq = 0
         # -- threads of the predicted run ----------------------------------
@@ -358,7 +360,7 @@ class Engine:
         heapq.heappush(self.heap, (t, self.seq, kind, a, b))
 
     def draw(self, samples):
-        return samples.draw(self.rng)
+        return samples.median if self.rng is None else samples.draw(self.rng)
 
     # -- the BQL ----------------------------------------------------------------------
     # glibc's default mutex: a free lock goes to whoever tries first (a
@@ -987,7 +989,7 @@ class Engine:
         return self
 
 
-def run(model, changes=None, policy="barging", seed=0):
+def run(model, changes=None, policy="barging", seed=None):
     """Re-execute *model* under *changes*.
 
     Parameters
@@ -996,9 +998,10 @@ def run(model, changes=None, policy="barging", seed=0):
     changes : Changes, optional
     policy : {"barging", "fifo"}
         How the BQL picks its next owner.
-    seed : int
-        Seed of the draws from recorded distributions (situations the
-        recording did not have).
+    seed : int, optional
+        A situation the recording did not have (a newly contended
+        acquisition, a wake-up of another kind) takes the median of the
+        recorded ones of that kind; with a seed, a draw among them.
 
     Returns
     -------
@@ -1195,7 +1198,7 @@ def predicted_meta(eng, trace, tables):
     return meta
 
 
-def reexecute_tables(trace, policy="barging", seed=0, **changes):
+def reexecute_tables(trace, policy="barging", seed=None, **changes):
     """Re-execute *trace* under *changes*; returns ``(tables, meta)`` of the
     predicted trace (see :func:`kvmscope.analysis.whatif.reexecute`)."""
     ch = changes.pop("changes", None) or Changes.from_kwargs(**changes)

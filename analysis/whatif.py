@@ -44,7 +44,7 @@ def _trace(trace):
     return trace if isinstance(trace, Trace) else Trace.load(trace)
 
 
-def reexecute(trace, policy="barging", seed=0, **changes):
+def reexecute(trace, policy="barging", seed=None, **changes):
     """Re-execute a recorded trace under changed conditions.
 
     Parameters
@@ -54,9 +54,12 @@ def reexecute(trace, policy="barging", seed=0, **changes):
     policy : {"barging", "fifo"}
         How the BQL picks its next owner (``barging``: glibc's mutex, which
         the recordings match).
-    seed : int
-        Seed of the draws for situations the recording did not have; same
-        trace, changes and seed give the same prediction.
+    seed : int, optional
+        A situation the recording did not have (a newly contended
+        acquisition, a main-loop wake-up of another kind...) takes the
+        median of the recorded ones of its kind; with a seed, a draw among
+        them instead (for the spread of a prediction).  Same trace, changes
+        and seed: the same prediction.
     **changes
         ``scale_hold={"pio:blk": 0.5}``, ``add_hold={"pio:debugport":
         2000}`` (ns), ``lockless=["debugport"]``, ``vcpus=4``,
@@ -215,7 +218,7 @@ def compare(recorded, predicted):
     return runs, sites.reset_index()
 
 
-def rank(trace, factor=0.5, policy="barging", seed=0, lockless=True, progress=None):
+def rank(trace, factor=0.5, policy="barging", seed=None, lockless=True, progress=None):
     """What should we optimise: per call site, what halving its critical
     section (or scaling it by *factor*), and dispatching its device without
     the BQL, would buy.

@@ -319,7 +319,7 @@ def caused(trace, lock=None, threads=None):
     # Each (lock, holder call site) is one bin; the hand-off rows are bins nc.
     key = lcode[ph] * (nc + 1) + ccode[ph]
     nbins = nl * (nc + 1)
-    caused = np.bincount(key, weights=ov, minlength=nbins)
+    caused = np.bincount(key, weights=ov, minlength=nbins).astype(np.float64)
     barged = np.bincount(key, weights=np.where(req[ph] > req[pw], ov, 0), minlength=nbins)
     pairs = np.sort(pw * nbins + key)       # a sort: cheaper than a hash unique here
     pairs = pairs[np.r_[True, pairs[1:] != pairs[:-1]]] if len(pairs) else pairs

@@ -76,25 +76,18 @@ class DiffError(KvmscopeError, ValueError):
 # options
 
 def parse_threshold(text):
-    """Parse a threshold: ``"10%"``, ``"10"`` (percent) or a float fraction.
+    """Parse a threshold: ``"10%"``, ``"10"`` (percent) or a float fraction
+    (:func:`kvmscope.units.parse_percent`).
 
     Examples
     --------
     >>> parse_threshold("10%"), parse_threshold("2.5"), parse_threshold(0.1)
     (0.1, 0.025, 0.1)
     """
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        value = float(text)
-    else:
-        s = str(text).strip()
-        try:
-            value = float(s[:-1] if s.endswith("%") else s) / 100
-        except ValueError:
-            raise DiffError(f"bad threshold {text!r}: use a percentage such "
-                            "as 10%") from None
-    if not math.isfinite(value) or value < 0:
-        raise DiffError(f"bad threshold {text!r}: must be a percentage >= 0")
-    return value
+    try:
+        return units.parse_percent(text, "threshold")
+    except ConfigError as e:
+        raise DiffError(str(e)) from None
 
 
 def parse_ns(text):

@@ -124,13 +124,7 @@ def _inject_hold(text):
 
 
 def _percent(text):
-    try:
-        value = float(text.strip()[:-1] if text.strip().endswith("%") else text)
-    except ValueError:
-        raise ConfigError(f"bad threshold {text!r} for --threshold: use a percentage such as 10%") from None
-    if not 0 <= value <= 10000:
-        raise ConfigError(f"--threshold {text} out of range: use 0% .. 10000%")
-    return value / 100
+    return units.parse_percent(text, "--threshold")
 
 
 def _alpha(text):

@@ -175,6 +175,31 @@ def format_size(n):
     return str(n)
 
 
+def parse_percent(text, name="threshold", high=10000):
+    """Parse a percentage into a fraction: ``"10%"`` or ``"10"`` (percent),
+    or a number that already is a fraction (an int or float, from Python).
+
+    Raises ConfigError (one line naming *name*) for malformed text, a
+    negative value, or one above *high* percent.
+
+    Examples
+    --------
+    >>> parse_percent("10%"), parse_percent("2.5"), parse_percent(0.1)
+    (0.1, 0.025, 0.1)
+    """
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text) * 100
+    else:
+        t = str(text).strip()
+        try:
+            value = float(t[:-1] if t.endswith("%") else t)
+        except ValueError:
+            raise ConfigError(f"bad {name} {text!r}: use a percentage such as 10%") from None
+    if not math.isfinite(value) or not 0 <= value <= high:
+        raise ConfigError(f"{name} {text} out of range: use 0% .. {high:g}%")
+    return value / 100
+
+
 def parse_rate(text, name=None):
     """A rate per second: ``"200"``, ``"10k"``, ``"1.5M/s"`` (decimal prefixes).
 

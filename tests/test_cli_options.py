@@ -105,7 +105,7 @@ BAD = [
     (["plot", "t", "-o", "x.png", "--window", "-1ms:"], "bad window bound '-1ms'"),
     (["export", "t", "--perfetto", "x.json", "--max-events", "-1"], "--max-events -1 out of range"),
     (["export", "t", "--perfetto", "x.json", "--window", "x"], "bad window 'x'"),
-    (["diff", "a", "b", "--threshold", "ten"], "bad threshold 'ten'"),
+    (["diff", "a", "b", "--threshold", "ten"], "bad --threshold 'ten'"),
     (["diff", "a", "b", "--threshold", "-5%"], "--threshold -5% out of range"),
     (["diff", "a", "b", "--threshold", "nan"], "--threshold nan out of range"),
     (["diff", "a", "b", "--alpha", "0"], "--alpha 0 out of range"),

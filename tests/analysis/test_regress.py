@@ -311,7 +311,7 @@ def test_cli_exit_1_names_the_call_site(capsys, runs_dir):
 
 @pytest.mark.parametrize("argv, message", [
     (["{b}/r0", "/nonexistent/trace"], "trace directory not found"),
-    (["{b}/r0", "{b}/r1", "--threshold", "ten"], "bad threshold"),
+    (["{b}/r0", "{b}/r1", "--threshold", "ten"], "bad --threshold"),
     (["{b}/r0", "{b}/r1", "--callsite", "pio:zz"], "unknown call site"),
     (["{b}/r0", "{b}/r1", "--lock", "nope"], "unknown lock"),
     (["{b}/r0", "{b}/r1", "--min-delta", "fast"], "bad duration"),

@@ -303,6 +303,10 @@ COMMANDS.update({"cmd_convert": _runs_cli.cmd_convert, "cmd_store_add": _runs_cl
 from . import paths_cli as _paths_cli  # noqa: E402  (the command body)
 COMMANDS["cmd_path"] = _paths_cli.cmd_path
 
+# ---- what if: replay, whatif
+from . import whatif_cli as _whatif_cli  # noqa: E402  (the command bodies)
+COMMANDS.update({"cmd_replay": _whatif_cli.cmd_replay, "cmd_whatif": _whatif_cli.cmd_whatif})
+
 
 def register(subparsers):
     """Add the analysis commands to another CLI's subcommands.

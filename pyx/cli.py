@@ -569,6 +569,7 @@ def add_analysis_commands(sub, funcs=None):
     _format_option(p, what="what to print: text (one line) or json (path, events, window, cut)")
     add_runs_commands(sub, funcs)        # convert, store, sql, history
     add_path_commands(sub, funcs)        # path
+    add_whatif_commands(sub, funcs)      # replay, whatif
 
 
 # --------------------------------------------------------------------------
@@ -859,6 +860,115 @@ def add_path_commands(sub, funcs=None):
     _format_option(p, what="text, or json (raw ns values)")
     _limit_option(p, "requests shown in full, slowest first (default: 10)", None)
     add_selection_options(p, sort_keys=PATH_SORT_KEYS, what="requests shown in full")
+
+
+# --------------------------------------------------------------------------
+# ---- what if: replay, whatif (run by kvmscope.analysis.whatif_cli)
+
+#: ``replay --policy`` (kvmscope.analysis.reexec_engine.POLICIES).
+WHATIF_POLICIES = ("barging", "fifo")
+WHATIF_FORMATS = ("text", "markdown", "json")
+
+
+def _whatif_command(name):
+    """A command function of kvmscope.analysis.whatif_cli, imported when it runs."""
+    def run(args):
+        from .analysis import whatif_cli
+        return getattr(whatif_cli, name)(args)
+    run.__name__ = name
+    return run
+
+
+def _callsite_value(option, parse, example):
+    def convert(text):
+        name, sep, value = text.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ConfigError(f"{option} {text!r}: use CALLSITE=VALUE, e.g. {example}")
+        return name.strip(), parse(value.strip(), text)
+    return _type(convert, "CALLSITE=VALUE")
+
+
+def _factor(value, text):
+    try:
+        f = float(value)
+    except ValueError:
+        raise ConfigError(f"--scale-hold {text!r}: the factor is not a number") from None
+    if not 0 <= f <= 1000:
+        raise ConfigError(f"--scale-hold {text} out of range: use a factor 0 .. 1000")
+    return f
+
+
+def _hold_ns(value, text):
+    ns = units.parse_duration(value, "ns", "--add-hold")
+    if not 0 <= ns <= units.NS_PER["s"]:
+        raise ConfigError(f"--add-hold {text} out of range: use 0 .. 1s")
+    return int(ns)
+
+
+def _add_whatif_options(p):
+    g = p.add_argument_group("what if")
+    g.add_argument("--scale-hold", action="append", metavar="CALLSITE=F",
+                   type=_callsite_value("--scale-hold", _factor, "pio:blk=0.5"),
+                   help="multiply the call site's hold times by F, 0 .. 1000 (main:dispatch: the "
+                        "whole dispatch); repeat for several")
+    g.add_argument("--add-hold", action="append", metavar="CALLSITE=TIME",
+                   type=_callsite_value("--add-hold", _hold_ns, "pio:debugport=2us"),
+                   help="hold the BQL TIME longer at the call site, 0 .. 1s, as run "
+                        "--inject-hold does; a bare number is ns; repeat for several")
+    g.add_argument("--lockless", action="append", metavar="DEVICE",
+                   help="dispatch the device without the BQL, as run --lockless; repeat")
+    g.add_argument("--vcpus", type=setting("vcpus"), metavar="N",
+                   help=f"vCPUs; extra ones run the recorded vCPUs' streams again, "
+                        f"{SETTINGS['vcpus'].describe()}")
+    g.add_argument("--aio-threads", type=setting("aio_threads"), metavar="N",
+                   help=f"AIO worker threads, {SETTINGS['aio_threads'].describe()}")
+    g.add_argument("--timer-period-us", type=count("--timer-period-us", 50, 60_000_000),
+                   metavar="N", help="period the guests program into the timer device, us, "
+                                     "50 .. 60000000")
+    p.add_argument("--policy", choices=WHATIF_POLICIES, default="barging",
+                   help="how the BQL picks its next owner: barging (glibc's mutex, as "
+                        "recorded) or fifo (a ticket lock)")
+    p.add_argument("--seed", type=count("--seed", 0, 2 ** 32 - 1), metavar="N",
+                   help="situations the recording did not have get the median of the "
+                        "recorded ones; with a seed, a draw among them (0 .. 2^32-1)")
+
+
+def add_whatif_commands(sub, funcs=None):
+    """Add ``replay`` and ``whatif`` (docs/whatif.md) to *sub*."""
+    funcs = funcs or {}
+    p = _command(sub, "replay", "re-execute a trace, changed or not, into a predicted trace",
+                 "Re-execute a recorded trace in a deterministic model of its threads (vCPU "
+                 "exits, BQL, main loop, timers, bottom halves, AIO) and write the predicted "
+                 "run as a trace: every command reads it. Without a change it reproduces the "
+                 "recording; with changes (what if) it predicts the run they would give. "
+                 "See docs/whatif.md.\nExit status 0, or 2 with one line on stderr.",
+                 funcs.get("cmd_replay") or _whatif_command("cmd_replay"))
+    p.add_argument("trace", metavar="TRACE", help="recorded trace directory")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="predicted trace directory: missing, empty, or holding a trace to "
+                        "replace with --force")
+    p.add_argument("--force", action="store_true", help="replace the trace already in OUT")
+    p.add_argument("--compression", choices=("none", "lz4", "zstd"), default="none",
+                   help="compress the predicted trace's Arrow buffers")
+    _add_whatif_options(p)
+    _format_option(p, what="summary: text (two lines) or json")
+
+    p = _command(sub, "whatif", "predict what a change buys: a table against the recording",
+                 "Re-execute a recorded trace with the given changes and print the predicted "
+                 "figures (exits/s, BQL wait, contended share, request latency...) beside the "
+                 "recorded ones, run-wide and per call site. --rank instead tries, for each "
+                 "call site, its critical section shorter (--factor) and its device without "
+                 "the BQL, and ranks the fixes by the guest progress they buy. See "
+                 "docs/whatif.md.\nExit status 0, or 2 with one line on stderr.",
+                 funcs.get("cmd_whatif") or _whatif_command("cmd_whatif"))
+    p.add_argument("trace", metavar="TRACE", help="recorded trace directory")
+    _add_whatif_options(p)
+    p.add_argument("--rank", action="store_true",
+                   help="what should we optimise: rank every call site's fixes")
+    p.add_argument("--factor", type=_type(lambda t: _factor(t, t), "factor"), default=0.5,
+                   metavar="F", help="--rank: the hold time factor tried, 0 .. 1000")
+    _limit_option(p, "--rank: fixes shown (default: all)", 0)
+    _format_option(p, WHATIF_FORMATS, what="output format (json carries raw values)")
 
 
 # --------------------------------------------------------------------------

@@ -25,6 +25,7 @@ LAYERS = {
     "stats": 3, "blame": 3,              # statistics; wait anatomy
     "reexec_model": 3, "reexec_engine": 3,   # re-execution: the model, the engine
     "whatif": 5,                         # re-execution as predicted traces, compare, rank
+    "whatif_cli": 6,                     # replay, whatif commands
     "structdiff": 3,                     # what runs do: call sites, BHs, timers, exits, ports
     "fairness": 3,                       # hand-offs, starvation, ping-pong, convoys
     "paths": 3,                          # request paths across threads
@@ -43,7 +44,7 @@ LAYERS = {
 UPWARD_LAZY = {("trace", "plot")}
 
 #: The command layer itself, which may import the command-line parser.
-COMMAND = {"cli", "__main__", "runs_cli", "paths_cli"}
+COMMAND = {"cli", "__main__", "runs_cli", "paths_cli", "whatif_cli"}
 
 
 def _resolve(module, node):

@@ -1,0 +1,223 @@
+"""``kvmscope replay`` and ``kvmscope whatif``: re-execute a recorded trace
+under changed conditions.  Options are defined in :mod:`kvmscope.cli`; the
+work is done by :mod:`~kvmscope.analysis.whatif`; this module lays the
+results out as text, Markdown or JSON (docs/whatif.md).
+"""
+
+import json
+import math
+import sys
+
+from .. import cli as _cli
+from .. import units
+from ..errors import KvmscopeError
+from . import render
+from . import whatif as _whatif
+from .load import TraceError
+from .trace import Trace
+
+EXIT_OK, EXIT_USAGE = 0, 2
+
+
+def _fail(command, e):
+    print(f"kvmscope {command}: error: {_cli.error_line(e)}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def changes_of(args):
+    """The what-if changes of parsed *args* as keyword arguments."""
+    ch = {}
+    if getattr(args, "scale_hold", None):
+        ch["scale_hold"] = dict(args.scale_hold)
+    if getattr(args, "add_hold", None):
+        ch["add_hold"] = dict(args.add_hold)
+    if getattr(args, "lockless", None):
+        ch["lockless"] = list(args.lockless)
+    for k in ("vcpus", "aio_threads", "timer_period_us"):
+        if getattr(args, k, None) is not None:
+            ch[k] = getattr(args, k)
+    return ch
+
+
+def _fmt(metric, v):
+    """A figure as text (durations with units, rates, shares)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if metric.endswith("_ns"):
+        return units.format_duration(v, sep="")
+    if metric.endswith("_per_s"):
+        return units.format_rate(v) + "/s"
+    if metric.endswith("_pct"):
+        return f"{v:.2f}%"
+    return f"{v:,.0f}"
+
+
+def _change(metric, d, pct):
+    if d is None or (isinstance(d, float) and math.isnan(d)):
+        return "-"
+    if metric.endswith("_pct"):
+        return f"{d:+.2f} pt"
+    sign = "+" if d > 0 else ("-" if d < 0 else "")
+    mag = _fmt(metric, abs(d))
+    share = "" if pct is None or math.isnan(pct) else f" ({pct:+.1f}%)"
+    return f"{sign}{mag}{share}"
+
+
+def _json_value(v):
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if hasattr(v, "item"):
+        v = v.item()
+    return v
+
+
+def _table(args, heads, rows, right, style):
+    if args.format == "markdown":
+        return render.markdown_table(heads, rows, right)
+    return render.text_table(heads, rows, right, **style)
+
+
+def _style(args):
+    if args.format != "text":
+        return {"width": None, "color": False}
+    return render.terminal_style(sys.stdout)
+
+
+def _runs_rows(runs):
+    return [[_whatif.LABELS[r.metric], _fmt(r.metric, r.recorded), _fmt(r.metric, r.predicted),
+             _change(r.metric, r.change, r.change_pct)] for r in runs.itertuples()]
+
+
+def _sites_rows(sites):
+    rows = []
+    for r in sites.itertuples():
+        rows.append([r.callsite, f"{r.acquisitions_recorded:,.0f}",
+                     f"{r.acquisitions_predicted:,.0f}",
+                     units.format_duration(r.wait_ns_recorded, sep=""),
+                     units.format_duration(r.wait_ns_predicted, sep=""),
+                     _change("wait_ns", r.wait_change_ns, None),
+                     units.format_duration(r.hold_mean_ns_recorded, sep=""),
+                     units.format_duration(r.hold_mean_ns_predicted, sep="")])
+    return rows
+
+
+_SITE_HEADS = ["callsite", "acquired", "predicted", "wait", "predicted", "change",
+               "hold mean", "predicted"]
+
+
+def _what(pred):
+    rp = pred.meta.get("replay") or {}
+    return ", ".join(rp.get("describe") or ["no change"])
+
+
+def cmd_replay(args):
+    """Run ``kvmscope replay``: write the predicted trace; 0, or 2 with one
+    line on stderr."""
+    try:
+        trace = Trace.load(args.trace)
+        pred = _whatif.reexecute(trace, policy=args.policy, seed=args.seed, **changes_of(args))
+        _whatif.write(pred, args.output, force=args.force,
+                      compression=None if args.compression == "none" else args.compression)
+    except (TraceError, KvmscopeError, OSError, ValueError) as e:
+        return _fail("replay", e)
+    runs, _ = _whatif.compare(trace, pred)
+    records = pred.num_records
+    if args.format == "json":
+        out = {"path": args.output, "of": args.trace, "changes": pred.meta["replay"]["changes"],
+               "policy": args.policy, "seed": args.seed, "records": records,
+               "figures": {r.metric: {"recorded": _json_value(r.recorded),
+                                      "predicted": _json_value(r.predicted)}
+                           for r in runs.itertuples()}}
+        render.emit(json.dumps(out, indent=1) + "\n", pager=False)
+        return EXIT_OK
+    fig = {r.metric: r for r in runs.itertuples()}
+
+    def show(m):
+        r = fig[m]
+        return f"{_fmt(m, r.predicted)} (recorded {_fmt(m, r.recorded)})"
+    line = (f"{args.output}: predicted run of {args.trace} ({_what(pred)}), {records:,} records\n"
+            f"  exits/s {show('exits_per_s')}, BQL wait {show('bql_wait_ns')}, "
+            f"contended {show('contended_pct')}")
+    if fig["requests"].recorded or fig["requests"].predicted:
+        line += (f", request latency p50 {show('request_p50_ns')}, "
+                 f"p99 {show('request_p99_ns')}")
+    render.emit(line + "\n", pager=False)
+    return EXIT_OK
+
+
+def cmd_whatif(args):
+    """Run ``kvmscope whatif``: the predicted change as a table against the
+    recording, or (``--rank``) what each call site's fix would buy."""
+    try:
+        trace = Trace.load(args.trace)
+        if args.rank:
+            if changes_of(args):
+                raise KvmscopeError("--rank tries its own changes: give no other what-if option")
+            return _rank(args, trace)
+        ch = changes_of(args)
+        if not ch:
+            raise KvmscopeError("nothing to change: give --scale-hold, --add-hold, --lockless, "
+                                "--vcpus, --aio-threads or --timer-period-us, or --rank")
+        pred = _whatif.reexecute(trace, policy=args.policy, seed=args.seed, **ch)
+    except (TraceError, KvmscopeError, OSError, ValueError) as e:
+        return _fail("whatif", e)
+    runs, sites = _whatif.compare(trace, pred)
+    if args.format == "json":
+        out = {"trace": args.trace, "changes": pred.meta["replay"]["changes"],
+               "policy": args.policy, "seed": args.seed,
+               "figures": [{k: _json_value(v) for k, v in r.items()}
+                           for r in runs.to_dict("records")],
+               "callsites": [{k: _json_value(v) for k, v in r.items()}
+                             for r in sites.to_dict("records")]}
+        render.emit(json.dumps(out, indent=1) + "\n", pager=False)
+        return EXIT_OK
+    style = _style(args)
+    title = f"What if {_what(pred)}: {args.trace} re-executed ({args.policy} lock)"
+    head = f"## {title}\n\n" if args.format == "markdown" else title + "\n"
+    text = head + _table(args, ["figure", "recorded", "predicted", "change"], _runs_rows(runs),
+                         {1, 2, 3}, style)
+    text += ("\n### Per call site\n\n" if args.format == "markdown" else "\nPer call site\n")
+    text += _table(args, _SITE_HEADS, _sites_rows(sites), set(range(1, 8)), style)
+    render.emit(text, pager=not getattr(args, "no_pager", False))
+    return EXIT_OK
+
+
+def _rank(args, trace):
+    done = []
+
+    def progress(k, n):
+        done.append(k)
+    table = _whatif.rank(trace, factor=args.factor, policy=args.policy, seed=args.seed,
+                         progress=progress)
+    limit = args.limit if args.limit else len(table)
+    table = table.head(limit) if limit else table
+    if args.format == "json":
+        out = {"trace": args.trace, "factor": args.factor, "policy": args.policy,
+               "seed": args.seed,
+               "baseline": {k: _json_value(v) for k, v in _whatif.metrics(trace).items()},
+               "fixes": [{k: _json_value(v) for k, v in r.items()}
+                         for r in table.to_dict("records")]}
+        render.emit(json.dumps(out, indent=1) + "\n", pager=False)
+        return EXIT_OK
+    style = _style(args)
+    rows = []
+    for i, r in enumerate(table.itertuples(), 1):
+        rows.append([str(i), r.callsite, r.fix, _pct_text(r.exits_per_s_gain_pct),
+                     _pct_text(r.requests_per_s_gain_pct),
+                     units.format_duration(r.wait_removed_ns, sep=""),
+                     _pct_text(r.wait_removed_pct, sign=False),
+                     f"{r.contended_pct:.2f}%", f"{r.acquisitions:,}"])
+    title = (f"What to fix first in {args.trace}: each call site's critical section x"
+             f"{args.factor:g}, or its device without the BQL, re-executed")
+    head = f"## {title}\n\n" if args.format == "markdown" else title + "\n"
+    text = head + _table(args, ["#", "callsite", "fix", "exits/s", "requests/s", "wait removed",
+                                "of all wait", "contended", "acquired"],
+                         rows, {0, 3, 4, 5, 6, 7, 8}, style)
+    render.emit(text, pager=not getattr(args, "no_pager", False))
+    return EXIT_OK
+
+
+def _pct_text(v, sign=True):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:+.2f}%" if sign else f"{v:.1f}%"

@@ -40,6 +40,35 @@ t = Trace.load(os.environ.get("KVMSCOPE_TRACE", os.path.join(TRACES, "mixed-2vcp
 pd.set_option("display.width", 200)
 t
 """,
+    """md:## Whose critical sections made the others wait
+
+The wait anatomy turned around: for each call site that held the BQL, how long
+other threads waited while it did (`caused_ns`), as a share of all the
+contended wait; then the hand-off latency, when the lock was free but the
+next owner not yet running.""",
+    """
+caused = t.caused()
+assert caused.iloc[0].holder_callsite != "(hand-off)" and caused.iloc[0].caused_ns > 0
+caused[["holder_callsite", "caused_ns", "caused_pct", "waits", "acquisitions", "hold_mean_ns",
+        "hold_p99_ns"]]
+""",
+    """md:## One request's path
+
+What a wait for the BQL means for a guest: the block request whose completion
+waited longest for the BQL in the main loop, followed stage by stage from the
+guest's OUT exit to the vCPU taking its interrupt (`Trace.request_paths`,
+docs/paths.md), with whom each wait was behind.""",
+    """
+p = t.request_paths("block")
+r = p.loc[p["loop_bql_wait_ns"].idxmax()]
+stages = ["decode", "vcpu_bql_wait", "dispatch", "queue", "io", "wakeup", "loop_bql_wait",
+          "pending", "callback", "delivery"]
+assert sum(r[f"{s}_ns"] for s in stages) == r["total_ns"]
+print(f"req {r.req} ({r.thread_name} {r.op}): {r.total_ns / 1e3:.1f} us end to end; the main loop "
+      f"waited {r.loop_bql_wait_ns / 1e3:.1f} us for the BQL behind "
+      f"{r.loop_bql_wait_holder} at {r.loop_bql_wait_holder_site}")
+pd.DataFrame({"ns": [r[f"{s}_ns"] for s in stages]}, index=stages).T
+""",
     """md:## Who holds it, who waits
 
 Per call site, in `lock_stat` terms. `main:dispatch` is the main loop running its
@@ -98,6 +127,125 @@ show(t.plot_distributions(metric="wait", by="callsite"))
 """,
     """
 show(t.plot_contention(by="thread", value="wait"))
+""",
+]
+
+SLOW = [
+    """md:# Why was this request slow?
+
+A block request of the `mixed` guest goes from the vCPU that writes the
+command register, through an AIO worker, to the main loop that completes it,
+and back to the vCPU with an interrupt. This notebook follows every request
+across those threads (`Trace.request_paths`, docs/paths.md), picks the
+slowest, finds the stage that made it slow, and asks what that stage was
+waiting for; then does the same for the latest timer tick.
+
+The trace ships in `traces/mixed-2vcpu` (recorded with
+`kvmscope run mixed --vcpus 2 -n 400`); set `KVMSCOPE_TRACE` to look at another.""",
+    """
+import io
+import os
+import numpy as np
+import pandas as pd
+from IPython.display import Image, display
+from kvmscope.analysis import Trace, paths
+
+
+def show(fig):
+    # kvmscope draws without pyplot: show its figures as PNG
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    display(Image(buf.getvalue()))
+
+TRACES = os.environ.get("KVMSCOPE_TRACES", os.path.join("..", "traces"))
+t = Trace.load(os.environ.get("KVMSCOPE_TRACE", os.path.join(TRACES, "mixed-2vcpu")))
+pd.set_option("display.width", 200)
+t
+""",
+    """md:## Every request, stage by stage
+
+One row per block request, a column per stage. The stages run from one
+recorded timestamp to the next, so they add up to the request's end-to-end
+time; the waiting stages also name whom the request waited behind.""",
+    """
+p = t.request_paths("block")
+STAGES = list(paths.STAGES["block"])
+assert p["matched"].all(), "every stage of every request is in this trace"
+assert (sum(p[f"{s}_ns"] for s in STAGES) == p["total_ns"]).all()
+summary = paths.summary(p)
+summary[["stage", "what", "mean_ns", "p50_ns", "p99_ns", "max_ns", "share_pct", "behind"]]
+""",
+    """md:## The slowest request
+
+An fsync's time is the disk's; among reads and writes, the slowest. Each of its
+stages against the same stage's median over all requests: the stage far above
+its median is what made this request slow.""",
+    """
+rw = p[p["op"].astype(str) != "fsync"]
+r = rw.loc[rw["total_ns"].idxmax()]
+typical = {s: max(float(p[f"{s}_ns"].median()), 1.0) for s in STAGES}
+stage_table = pd.DataFrame({
+    "ns": [int(r[f"{s}_ns"]) for s in STAGES],
+    "median_ns": [typical[s] for s in STAGES],
+    "x_median": [r[f"{s}_ns"] / typical[s] for s in STAGES]}, index=STAGES)
+culprit = (stage_table["ns"] - stage_table["median_ns"]).idxmax()
+print(f"req {r.req} ({r.thread_name} {r.op} {r.length} B): {r.total_ns / 1e3:.1f} us end to end, "
+      f"{r.total_ns / p['total_ns'].median():.0f} x the median request; "
+      f"{culprit}: {r[culprit + '_ns'] / 1e3:.1f} us ({paths.stage_text('block', culprit)})")
+stage_table
+""",
+    """md:## What that stage was waiting for
+
+Who held things up: a waiting stage names its holder (the BQL owner, or the
+AIO request that kept a worker busy). And what the thread the request was
+waiting on did meanwhile: its states (`Trace.thread_states`) over the stage's
+interval. A main loop asleep in `poll` after the I/O was done was not running
+although its eventfd had been written: the host did not schedule it.""",
+    """
+starts = r["start_ns"] + np.cumsum([0] + [int(r[f"{s}_ns"]) for s in STAGES[:-1]])
+lo = int(starts[STAGES.index(culprit)])
+hi = lo + int(r[f"{culprit}_ns"])
+if culprit in paths.WAITS["block"]:
+    print(f"{culprit} waited behind {r[culprit + '_holder']} {r[culprit + '_holder_site']}")
+thread = {"queue": r.worker_name, "io": r.worker_name}.get(
+    culprit, r.thread_name if culprit in ("decode", "vcpu_bql_wait", "dispatch", "delivery")
+    else r.loop_thread_name)
+st = t.window(lo, hi, neighbours=True).thread_states([thread])
+st = st.assign(start_ns=st["start_ns"].clip(lower=lo), end_ns=st["end_ns"].clip(upper=hi))
+st = st[st["end_ns"] > st["start_ns"]]
+spent = (st["end_ns"] - st["start_ns"]).groupby(st["state"], observed=True).sum()
+assert spent.sum() <= hi - lo
+print(f"{thread} during {culprit} ({(hi - lo) / 1e3:.1f} us):")
+(spent / 1e3).round(1).rename("us").sort_values(ascending=False)
+""",
+    """
+# The request's span on the timeline of the threads it crossed
+span = (int(r["start_ns"]) - 20_000, int(r["end_ns"]) + 20_000)
+show(t.plot_timeline(window=span, threads=[r.thread_name, r.worker_name, r.loop_thread_name]))
+""",
+    """md:## All requests
+
+The slowest twenty as stacked bars (the waiting stages in reds), and each
+stage's distribution over every request.""",
+    """
+show(t.plot_request_paths("block"))
+""",
+    """md:## Timer ticks: why late?
+
+A tick is late (`late_ns = fire - deadline`) by the main loop's wake-up, its
+wait for the BQL and the callbacks that ran first; then its interrupt must
+reach the guest.""",
+    """
+ticks = t.request_paths("timer")
+LATE = ["wakeup", "loop_bql_wait", "pending"]
+assert (sum(ticks[f"{s}_ns"] for s in LATE) == ticks["late_ns"]).all()
+worst = ticks.loc[ticks["late_ns"].idxmax()]
+parts = {s: int(worst[f"{s}_ns"]) for s in LATE}
+print(f"the latest tick ({worst['name']}) was {worst.late_ns / 1e3:.1f} us late: "
+      + ", ".join(f"{s} {v / 1e3:.1f} us" for s, v in parts.items())
+      + ("" if worst.loop_bql_wait_holder == paths.NONE else
+         f"; its BQL wait was behind {worst.loop_bql_wait_holder} {worst.loop_bql_wait_holder_site}"))
+paths.summary(ticks)[["stage", "mean_ns", "p50_ns", "p99_ns", "max_ns", "share_pct", "behind"]]
 """,
 ]
 
@@ -169,3 +317,4 @@ same.table[["lock", "callsite", "status"]]
 if __name__ == "__main__":
     notebook(BQL, "where-does-the-bql-go.ipynb")
     notebook(REGRESS, "did-this-change-regress.ipynb")
+    notebook(SLOW, "why-was-this-request-slow.ipynb")

@@ -334,8 +334,11 @@ class Engine:
         self.aio_done = []          # done, not yet completed by the bottom half
         self.aio_reqs = []          # [spec, vcpu, submit, start, done, complete, worker]
         # -- output -------------------------------------------------------------------
-        self.o_exits = []           # (recorded row, vcpu, exit, entry or None)
-        self.o_locks = []           # [thread, callsite, request, acquired, released, prev, cont]
+        # exits: recorded row, vcpu, exit, entry (-1: never re-entered)
+        self.ex_row, self.ex_vc, self.ex_x, self.ex_e = [], [], [], []
+        # lock records (callsite and release filled in when known)
+        self.lk_th, self.lk_cs, self.lk_req, self.lk_acq = [], [], [], []
+        self.lk_rel, self.lk_prev, self.lk_cont = [], [], []
         self.o_loop = []
         self.o_timers = []
         self.o_bh = []
@@ -452,8 +455,14 @@ class Engine:
         self.last_owner = th
         rel = None if hold is None else acq + hold
         self.busy_until = INF if rel is None else rel
-        self.o_locks.append([th, -1, r, acq, rel, prev, contended])
-        self.owner_row = len(self.o_locks) - 1
+        self.lk_th.append(th)
+        self.lk_cs.append(-1)
+        self.lk_req.append(r)
+        self.lk_acq.append(acq)
+        self.lk_rel.append(rel)
+        self.lk_prev.append(prev)
+        self.lk_cont.append(contended)
+        self.owner_row = len(self.lk_th) - 1
         cb(arg, acq, rel, self.owner_row)
         if rel is not None and self.waiters:
             self._wake(rel)
@@ -461,7 +470,7 @@ class Engine:
     def release_at(self, row, rel):
         """The owner of lock record *row* (taken without a known hold)
         releases it at *rel*."""
-        self.o_locks[row][4] = rel
+        self.lk_rel[row] = rel
         self.busy_until = rel
         if self.waiters:
             self._wake(rel)
@@ -550,7 +559,7 @@ class Engine:
 
     def _v_acquired(self, arg, acq, rel, lrow):
         v, S, k, x, cs = arg
-        self.o_locks[lrow][1] = cs
+        self.lk_cs[lrow] = cs
         self._fx(v, S, k, acq)
         self._exited(v, S, k, x, rel + S.post[k])
 
@@ -563,7 +572,10 @@ class Engine:
     def _exited(self, v, S, k, x, e):
         """Exit *k* of *S* is handled: the vCPU re-enters at *e*."""
         last = S.last[k]
-        self.o_exits.append((S.row[k], v.i, x, None if last else e))
+        self.ex_row.append(S.row[k])
+        self.ex_vc.append(v.i)
+        self.ex_x.append(x)
+        self.ex_e.append(-1 if last else e)
         if last:
             v.mode = M_DONE
             v.done_t = e
@@ -776,7 +788,7 @@ class Engine:
         hold = int(f["hold"] * self.m_scale) + self.m_add
 
         def acquired(arg, acq, rel, lrow):
-            self.o_locks[lrow][1] = self.ml.cs
+            self.lk_cs[lrow] = self.ml.cs
             self.push(rel + f["post"], E_MPOLL)
         self.request(self.main_th, t + f["tw"], f["lat"], f["d"], f["cont"], hold, acquired, None,
                      f["tw"])
@@ -843,7 +855,7 @@ class Engine:
 
     def _m_acquired(self, arg, acq, rel, lrow):
         """The main loop has the BQL: fd handlers, then timers."""
-        self.o_locks[lrow][1] = self.ml.cs
+        self.lk_cs[lrow] = self.ml.cs
         cur = self.cur_main
         cur[7] = lrow
         if cur[3]:
@@ -1052,11 +1064,10 @@ def tables(eng):
         pa.array(names, pa.string()), pa.array(roles, pa.string())], schema=SCHEMAS["threads"])
 
     # exits: the recorded rows' static columns with the predicted times
-    ex = eng.o_exits
-    rows = np.array([e[0] for e in ex], dtype=np.int64)
-    vc = np.array([e[1] for e in ex], dtype=np.int64)
-    xt = np.array([e[2] for e in ex], dtype=np.int64)
-    en = np.array([-1 if e[3] is None else e[3] for e in ex], dtype=np.int64)
+    rows = np.asarray(eng.ex_row, dtype=np.int64)
+    vc = np.asarray(eng.ex_vc, dtype=np.int64)
+    xt = np.asarray(eng.ex_x, dtype=np.int64)
+    en = np.asarray(eng.ex_e, dtype=np.int64)
     order = np.argsort(xt, kind="stable")
     rows, vc, xt, en = rows[order], vc[order], xt[order], en[order]
     base = m.arrow_exits.take(pa.array(rows, pa.int64()))
@@ -1073,18 +1084,19 @@ def tables(eng):
     out["exits"] = pa.Table.from_arrays([cols[f.name] for f in SCHEMAS["exits"]],
                                         schema=SCHEMAS["exits"])
 
-    lk = eng.o_locks
-    if any(r[4] is None for r in lk):
+    if None in eng.lk_rel:
         raise RuntimeError("re-execution ended with the BQL held")
-    arr = np.array([r[:6] for r in lk], dtype=np.int64).reshape(-1, 6)
-    cont = np.array([bool(r[6]) for r in lk], dtype=bool)
-    order = np.argsort(arr[:, 4], kind="stable")
-    arr, cont = arr[order], cont[order]
+    rel = np.asarray(eng.lk_rel, dtype=np.int64)
+    order = np.argsort(rel, kind="stable")
+
+    def lcol(values, dtype):
+        return np.asarray(values, dtype=dtype)[order]
     out["locks"] = pa.Table.from_arrays([
-        pa.array(arr[:, 0].astype(np.int16)), _dict_array(pa, np.zeros(len(arr)), ["bql"]),
-        _dict_array(pa, arr[:, 1], m.callsites), pa.array(arr[:, 2]), pa.array(arr[:, 3]),
-        pa.array(arr[:, 4]), pa.array(arr[:, 5].astype(np.int16)), pa.array(cont)],
-        schema=SCHEMAS["locks"])
+        pa.array(lcol(eng.lk_th, np.int16)), _dict_array(pa, np.zeros(len(rel)), ["bql"]),
+        _dict_array(pa, lcol(eng.lk_cs, np.int64), m.callsites),
+        pa.array(lcol(eng.lk_req, np.int64)), pa.array(lcol(eng.lk_acq, np.int64)),
+        pa.array(rel[order]), pa.array(lcol(eng.lk_prev, np.int16)),
+        pa.array(lcol(eng.lk_cont, bool))], schema=SCHEMAS["locks"])
 
     main = eng.main_th
     bh = sorted(eng.o_bh, key=lambda r: r[4])
@@ -1168,8 +1180,7 @@ def predicted_meta(eng, trace, tables):
     config["trace"] = True
     meta["config"] = config
     meta["timers"] = [t[0] for t in eng.timers]
-    end = eng.m_end if eng.m_end is not None else max(
-        [r[3] for r in eng.o_exits if r[3] is not None] + [r[2] for r in eng.o_exits])
+    end = eng.m_end if eng.m_end is not None else max(max(eng.ex_e), max(eng.ex_x))
     tail = eng.ml.end_tail if eng.ml is not None else 0
     meta["start_ns"] = int(trace.start_ns)
     meta["end_ns"] = int(end + tail)

@@ -354,9 +354,10 @@ def build(trace):
     if not len(ex):
         raise ConfigError("the trace has no vCPU exits: nothing to re-execute")
     lk = trace.locks
-    if len(lk) and set(lk["lock"].cat.categories) - {"bql"}:
+    other = sorted(set(lk["lock"].unique().astype(str)) - {"bql"}) if len(lk) else []
+    if other:
         raise ConfigError("re-execution models the BQL only; this trace has other locks: "
-                          + ", ".join(sorted(set(lk["lock"].astype(str)) - {"bql"})))
+                          + ", ".join(other[:3]) + (" ..." if len(other) > 3 else ""))
     m = Model()
     m.meta = trace.meta
     m.path = trace.path
@@ -767,10 +768,7 @@ def _vcpu_stream(trace, th, name, ex, sel, cls, lrows, lk_req, lk_acq, lk_rel, l
 
     # Program stream.
     p = prog_idx
-    P = ExitSpecs(len(p))
-    for f in ExitSpecs.FIELDS:
-        vals = getattr(specs, f)
-        setattr(P, f, [vals[i] for i in p.tolist()])
+    P = _subset(specs, p)
     gate = np.full(len(p), GATE_COMPUTE, np.int64)
     gap = np.zeros(len(p), np.int64)
     gvec = np.full(len(p), -1, np.int64)
@@ -810,10 +808,7 @@ def _vcpu_stream(trace, th, name, ex, sel, cls, lrows, lk_req, lk_acq, lk_rel, l
     st.end_ns = int(lk_rel[lrow[-1]]) if lrow[-1] >= 0 else int(exit_ns[-1])
     for vec in isr_vecs:
         rows = np.flatnonzero(isr_of == vec)
-        S = ExitSpecs(len(rows))
-        for f in ExitSpecs.FIELDS:
-            vals = getattr(specs, f)
-            setattr(S, f, [vals[i] for i in rows.tolist()])
+        S = _subset(specs, rows)
         S.react = np.maximum(react_isr[rows], 0).tolist()
         S.defer = defer_j[rows].tolist()
         st.isr[int(vec)] = S
@@ -860,40 +855,50 @@ def _timer_classes(S, cls, data):
 
 def _exit_specs(sel, lrow, exit_ns, entry, last, reason, lk_req, lk_acq, lk_rel, lk_cs,
                 acqf, fx_by_lock, fx_exit, hlt_raise, rts, rvec, cum):
-    """ExitSpecs of every exit of one vCPU, in order."""
+    """ExitSpecs of every exit of one vCPU, in order (numeric fields as
+    numpy arrays until :func:`_subset`)."""
     lat, d, cont, hold, tw = acqf
     n = len(sel)
-    S = ExitSpecs(n)
+    S = ExitSpecs(0)
     has = lrow >= 0
     lr = np.where(has, lrow, 0)
-    pre = np.where(has, lk_req[lr] - exit_ns, 0)
-    post = np.where(has & ~last, entry - lk_rel[lr], 0)
-    S.row = sel.tolist()
-    S.cs = np.where(has, lk_cs[lr] if len(lk_cs) else -1, -1).tolist()
-    S.pre = pre.tolist()
-    S.lat = np.where(has, lat[lr] if len(lat) else 0, 0).tolist()
-    S.d = np.where(has, d[lr] if len(d) else 0, 0).tolist()
-    S.cont = np.where(has, cont[lr] if len(cont) else False, False).tolist()
-    S.hold = np.where(has, hold[lr] if len(hold) else 0, 0).tolist()
-    S.tw = np.where(has, tw[lr] if len(tw) else 0, 0).tolist()
-    S.post = np.maximum(post, 0).tolist()
-    S.dur = np.where(~has, entry - exit_ns, 0).tolist()
-    S.last = last.tolist()
-    S.wvec = [-1] * n
-    S.wcnt = [0] * n
-    S.wpre = [0] * n
-    S.wake = [0] * n
+    nl = len(lk_cs)
+
+    def col(values, default):
+        return np.where(has, values[lr], default) if nl else np.full(n, default)
+    S.row = sel.astype(np.int64)
+    S.cs = col(lk_cs, -1)
+    S.pre = np.where(has, lk_req[lr] - exit_ns, 0) if nl else np.zeros(n, np.int64)
+    S.lat = col(lat, 0)
+    S.d = col(d, 0)
+    S.cont = col(cont, False)
+    S.hold = col(hold, 0)
+    S.tw = col(tw, 0)
+    post = np.where(has & ~last, entry - lk_rel[lr], 0) if nl else np.zeros(n, np.int64)
+    S.post = np.maximum(post, 0)
+    S.dur = np.where(~has, entry - exit_ns, 0)
+    S.last = last.copy()
+    S.wvec = np.full(n, -1, np.int64)
+    S.wcnt = np.zeros(n, np.int64)
+    S.wpre = np.zeros(n, np.int64)
+    S.wake = np.zeros(n, np.int64)
     for k in np.flatnonzero(hlt_raise >= 0).tolist():     # per halt that waited
         i = int(hlt_raise[k])
         S.wvec[k] = int(rvec[i])
         S.wcnt[k] = int(cum[i])
-        S.wpre[k] = 0
         S.wake[k] = int(entry[k] - max(exit_ns[k], rts[i]))
     S.fx = [None] * n
-    for k in np.flatnonzero(has).tolist():                  # exits that started something
-        f = fx_by_lock.get(int(lrow[k]))
-        if f:
-            S.fx[k] = sorted(f)
+    if fx_by_lock and has.any():
+        inv = {int(r): k for k, r in zip(np.flatnonzero(has).tolist(), lrow[has].tolist())} \
+            if len(fx_by_lock) > has.sum() // 8 else None
+        for r, f in fx_by_lock.items():                   # lock rows that started something
+            if inv is not None:
+                k = inv.get(r)
+            else:
+                hit = np.flatnonzero(lrow == r)
+                k = int(hit[0]) if len(hit) else None
+            if k is not None:
+                S.fx[k] = sorted(f)
     if fx_exit:
         ts = np.array([f[0] for f in fx_exit], dtype=np.int64)
         kk = np.searchsorted(exit_ns, ts, side="right") - 1
@@ -905,6 +910,19 @@ def _exit_specs(sel, lrow, exit_ns, entry, last, reason, lk_req, lk_acq, lk_rel,
                 off -= int(lk_acq[lrow[k]] - exit_ns[k])   # stored from the acquisition
             S.fx[k] = sorted((S.fx[k] or []) + [(off,) + tuple(f[1:])])
     return S
+
+
+def _subset(S, idx):
+    """ExitSpecs of the exits *idx* of *S*, fields as Python lists (the
+    engine indexes them one by one)."""
+    out = ExitSpecs(0)
+    for f in ExitSpecs.FIELDS:
+        vals = getattr(S, f)
+        if isinstance(vals, np.ndarray):
+            setattr(out, f, vals[idx].tolist())
+        else:
+            setattr(out, f, [vals[i] for i in idx.tolist()])
+    return out
 
 
 def _main_loop(trace, roles, lk, lk_cs, acqf, timers, bh, aio, cs_id, m):

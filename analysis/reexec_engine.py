@@ -528,16 +528,64 @@ class Engine:
 
     def _prog(self, v, ver, t):
         """Event: program exit v.j happened at v.sched; *t* is its lock
-        request, or the exit itself when it takes no lock."""
+        request, or the exit itself when it takes no lock.
+
+        The common case (the BQL free, the handler starting nothing, the
+        guest going on computing) is written out here: this is the hot loop
+        of a re-execution."""
         if ver != v.ver:
             return
         j = v.j
         x = v.sched
         v.mode = M_USER
         v.until = INF
-        v.j = j + 1
+        v.j = j1 = j + 1
         self._setup_gate(v)
-        self._handle(v, v.st.prog, j, x, t)
+        P = v.st.prog
+        cs = P.cs[j]
+        busy = self.busy_until
+        if (cs < 0 or t < busy or (self.waiters and not self.barging) or P.fx[j] is not None
+                or P.last[j] or v.pending or v.waiting):
+            self._handle(v, P, j, x, t)
+            return
+        d, cont = P.d[j], P.cont[j]
+        dd = t - busy if busy > -INF else _FAR
+        if dd == d:
+            L, c = P.lat[j], cont
+        elif not cont:
+            L, c = P.lat[j], False
+        else:
+            L, c = self.draw(self.m.lock["free"]), False
+        self.word = 1
+        acq = t + L
+        rel = acq + P.hold[j]
+        self.lk_th.append(v.th)
+        self.lk_cs.append(cs)
+        self.lk_req.append(t - P.tw[j])
+        self.lk_acq.append(acq)
+        self.lk_rel.append(rel)
+        self.lk_prev.append(self.last_owner)
+        self.lk_cont.append(c)
+        self.owner_row = len(self.lk_th) - 1
+        self.last_owner = v.th
+        self.busy_until = rel
+        if self.waiters:
+            self._wake(rel)
+        e = rel + P.post[j]
+        self.ex_row.append(P.row[j])
+        self.ex_vc.append(v.i)
+        self.ex_x.append(x)
+        self.ex_e.append(e)
+        # re-enter the guest and go on to the next program exit
+        v.mode = M_GUEST
+        v.until = e
+        v.ver += 1
+        v.since = e
+        v.sched = nxt = e + v.left
+        if j1 < len(P.row):
+            self.seq += 1
+            heapq.heappush(self.heap, (nxt + (P.pre[j1] + P.tw[j1] if P.cs[j1] >= 0 else 0),
+                                       self.seq, E_PROG, v.i, v.ver))
 
     def _handle(self, v, S, k, x, t):
         """Handle exit *k* of specs *S*: exit at *x*, lock request at *t*."""

@@ -354,7 +354,8 @@ def build(trace):
     if not len(ex):
         raise ConfigError("the trace has no vCPU exits: nothing to re-execute")
     lk = trace.locks
-    other = sorted(set(lk["lock"].unique().astype(str)) - {"bql"}) if len(lk) else []
+    other = sorted({str(c) for c in lk["lock"].cat.categories[np.unique(
+        lk["lock"].cat.codes.to_numpy())]} - {"bql"}) if len(lk) else []
     if other:
         raise ConfigError("re-execution models the BQL only; this trace has other locks: "
                           + ", ".join(other[:3]) + (" ..." if len(other) > 3 else ""))
@@ -657,7 +658,9 @@ def _vcpu_stream(trace, th, name, ex, sel, cls, lrows, lk_req, lk_acq, lk_rel, l
     last = entry_m.isna().to_numpy()
     entry = entry_m.to_numpy(dtype=np.int64, na_value=0)
     entry = np.where(last, exit_ns, entry)
-    reason = ex["reason"].astype(str).to_numpy()[sel]
+    cats = list(ex["reason"].cat.categories)
+    codes = ex["reason"].cat.codes.to_numpy()[sel]
+    reason = np.where(codes == (cats.index("hlt") if "hlt" in cats else -2), "hlt", "")
     n = len(sel)
     vcpu = int(ex["vcpu"].to_numpy()[sel[0]])
     st = VcpuStream(name, vcpu, th)

@@ -259,7 +259,7 @@ def test_cli_text(capsys, trace):
     row = next(l for l in lines if l.strip().startswith("loop_bql_wait "))
     assert row.split()[-3:] == ["vcpu1", "pio:serial", "(100%)"]
     # The slowest request in full, each stage with its duration.
-    head = lines.index("Slowest 1 block requests (by total)")
+    head = lines.index("Slowest block request (by total)")
     # (at: from the trace start, its first record, the loop's poll at 100)
     assert lines[head + 1].strip() == "req 0 (vcpu0 read 1024 B, aio0) at 900ns: 4.00us end to end"
     assert lines[head + 2].split() == ["decode", "10ns"]
@@ -396,3 +396,17 @@ def test_shipped_traces_every_request_matched_and_adds_up():
             total = sum(p[f"{s}_ns"] for s in paths.STAGES[kind])
             assert (total == p["total_ns"]).all()
             assert (p[[f"{s}_ns" for s in paths.STAGES[kind]]] >= 0).all().all()
+            # A whole BQL wait (not one the request arrived in the middle
+            # of) is behind the holder the wait anatomy names.
+            a = t.wait_anatomy("bql").set_index("row")
+            waits = [("loop_bql_wait", "loop_lock_row", "wakeup")]
+            if kind == "block":
+                waits.append(("vcpu_bql_wait", "vcpu_lock_row", "decode"))
+            for stage, row, before in waits:
+                whole = p[(p[f"{stage}_ns"] > 0) & (p[f"{before}_ns"] > 0)
+                          & p[row].isin(a.index)]
+                got = a.loc[whole[row], ["holder_name", "holder_callsite"]]
+                assert (whole[f"{stage}_holder"].astype(str).to_numpy()
+                        == got["holder_name"].astype(str).to_numpy()).all()
+                assert (whole[f"{stage}_holder_site"].astype(str).to_numpy()
+                        == got["holder_callsite"].astype(str).to_numpy()).all()

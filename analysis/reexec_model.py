@@ -338,6 +338,11 @@ def build(trace):
         The trace cannot be re-executed: no vCPU exits, records lost, or
         its data ends early (a killed run).
     """
+    source = (trace.meta.get("config") or {}).get("source")
+    if source:
+        raise ConfigError(f"re-execution needs a kvmscope recording; this trace was imported "
+                          f"from a {source}, whose threads' events have no causal model "
+                          "(docs/whatif.md)")
     if not getattr(trace, "complete", True):
         raise ConfigError("re-execution needs a whole trace, not a window or selection of one")
     if len(trace.losses) or any((r or {}).get("lost") for r in

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from .. import units
-from .render import Document, markdown_table
+from .render import Document, duration_text, markdown_table
+from .schema import clock_resolution_ns
 
 FORMATS = ("text", "markdown", "html", "json")
 
@@ -48,10 +49,12 @@ def fmt_rel(v):
     return f"{pct:+.0f}%" if abs(pct) >= 100 else f"{pct:+.1f}%"
 
 
-def _ns(v, signed=False):
+def _ns(v, signed=False, res=1):
+    """A duration cell, with no more precision than the timestamps have
+    (*res*: ``clock.resolution_ns``)."""
     if _missing(v):
         return "-"
-    s = units.format_duration(abs(v) if signed else v, sep="")
+    s = duration_text(abs(v) if signed else v, res)
     return ("-" if v < 0 else "+") + s if signed else s
 
 
@@ -68,31 +71,31 @@ def _ci(row):
     return f"[{fmt_rel(row['ci_low'])}, {fmt_rel(row['ci_high'])}]"
 
 
-def _spread(row, side):
+def _spread(row, side, res=1):
     lo, hi = row[f"{side}_run_min_ns"], row[f"{side}_run_max_ns"]
     if _missing(lo):
         return "-"
-    return _ns(lo) if lo == hi else f"{_ns(lo)}..{_ns(hi)}"
+    return _ns(lo, res=res) if lo == hi else f"{_ns(lo, res=res)}..{_ns(hi, res=res)}"
 
 
 def _site(row):
     return "(all)" if row["level"] == "lock" else row["callsite"]
 
 
-def _summary_cells(df, stat):
+def _summary_cells(df, stat, res=1):
     """Header and cells of the summary table shared by text, Markdown and
     HTML."""
     heads = ["lock", "callsite", "status", "n base", "n new",
              f"{stat} base", f"{stat} new", "change", "CI", "p (Holm)",
              "Cliff d", "HL shift", "runs base", "runs new"]
     rows = [[r["lock"], _site(r), r["status"], str(r["base_count"]),
-             str(r["new_count"]), _ns(r["base_stat_ns"]),
-             _ns(r["new_stat_ns"]), fmt_rel(r["rel_change"]), _ci(r),
+             str(r["new_count"]), _ns(r["base_stat_ns"], res=res),
+             _ns(r["new_stat_ns"], res=res), fmt_rel(r["rel_change"]), _ci(r),
              _p(r["p_adj"]),
              "-" if _missing(r["cliffs_delta"])
              else f"{r['cliffs_delta']:+.2f}",
-             _ns(r["hl_shift_ns"], signed=True), _spread(r, "base"),
-             _spread(r, "new")]
+             _ns(r["hl_shift_ns"], signed=True, res=res), _spread(r, "base", res),
+             _spread(r, "new", res)]
             for r in df.to_dict("records")]
     return heads, rows
 
@@ -106,7 +109,7 @@ STATUS_STYLES = {"regressed": "bold red", "improved": "green",
                  "insufficient": "dim", "new": "dim", "gone": "dim"}
 
 
-def _detail_cells(df):
+def _detail_cells(df, res=1):
     heads = ["lock", "callsite", "side", "runs", "n", "p50", "p90", "p99",
              "max", "mean", "total/run"]
     rows = []
@@ -114,7 +117,7 @@ def _detail_cells(df):
         for side in ("base", "new"):
             rows.append([r["lock"], _site(r), side, str(r[f"{side}_runs"]),
                          str(r[f"{side}_count"])] +
-                        [_ns(r[f"{side}_{c}_ns"]) for c in
+                        [_ns(r[f"{side}_{c}_ns"], res=res) for c in
                          ("p50", "p90", "p99", "max", "mean", "total")])
     return heads, rows
 
@@ -207,7 +210,8 @@ def plot_row(result, lock, callsite):
                   + (", log)" if bx.get_yscale() == "log" else ")"))
     bx.grid(alpha=0.3, axis="y")
     fig.suptitle(f"{lock} {_site(row)}: {o['metric']} {o['stat']} "
-                 f"{_ns(row['base_stat_ns'])} -> {_ns(row['new_stat_ns'])} "
+                 f"{_ns(row['base_stat_ns'], res=result.resolution_ns)} -> "
+                 f"{_ns(row['new_stat_ns'], res=result.resolution_ns)} "
                  f"({fmt_rel(row['rel_change'])}, {row['status']})",
                  fontsize=10)
     fig.tight_layout()
@@ -271,6 +275,9 @@ class DiffResult:
         self.samples = samples
         self.notes = notes
         self.structure = structure if structure is not None else pd.DataFrame()
+        #: The coarsest timestamp step of the runs compared (1 ns for a
+        #: recording, 1 us for an imported QEMU log): cells show no finer digits.
+        self.resolution_ns = max([clock_resolution_ns(t.meta) for t in list(base) + list(new)] or [1])
         self.caused = caused if caused is not None else pd.DataFrame()
 
     # -- structure and waiting caused (informational: no effect on the verdict)
@@ -308,8 +315,9 @@ class DiffResult:
         c = self.caused
         heads = ["lock", "critical section", "status", "base caused", "new caused",
                  "base share", "new share", "shift"]
-        rows = [[r["lock"], r["holder_callsite"], r["status"], _ns(r["base_caused_ns"]),
-                 _ns(r["new_caused_ns"]), f"{r['base_pct']:.1f}%", f"{r['new_pct']:.1f}%",
+        res = self.resolution_ns
+        rows = [[r["lock"], r["holder_callsite"], r["status"], _ns(r["base_caused_ns"], res=res),
+                 _ns(r["new_caused_ns"], res=res), f"{r['base_pct']:.1f}%", f"{r['new_pct']:.1f}%",
                  f"{r['shift_pct']:+.1f} pts"] for r in c.to_dict("records")] if len(c) else []
         return heads, rows
 
@@ -369,8 +377,9 @@ class DiffResult:
         reg = reg.iloc[np.argsort((reg["level"] == "lock").to_numpy(),
                                   kind="stable")]
         if len(reg):
+            res = self.resolution_ns
             items = [f"{r['lock']} {_site(r)} {o['metric']} {o['stat']} "
-                     f"{_ns(r['base_stat_ns'])} -> {_ns(r['new_stat_ns'])} "
+                     f"{_ns(r['base_stat_ns'], res=res)} -> {_ns(r['new_stat_ns'], res=res)} "
                      f"({fmt_rel(r['rel_change'])})"
                      for r in reg.to_dict("records")]
             return "REGRESSION: " + "; ".join(items)
@@ -413,7 +422,7 @@ class DiffResult:
         >>> print(result.to_text())                         # doctest: +SKIP
         """
         o = self.options
-        heads, rows = _summary_cells(self.table, o["stat"])
+        heads, rows = _summary_cells(self.table, o["stat"], self.resolution_ns)
         heads[8] = f"{1 - o['alpha']:.0%} CI"
         doc = Document()
         doc.line(f"kvmscope diff: {o['metric']} time, {o['stat']}, per lock "
@@ -457,7 +466,7 @@ class DiffResult:
         >>> print(result.to_markdown())                     # doctest: +SKIP
         """
         o = self.options
-        heads, rows = _summary_cells(self.table, o["stat"])
+        heads, rows = _summary_cells(self.table, o["stat"], self.resolution_ns)
         heads[8] = f"{1 - o['alpha']:.0%} CI"
         verdict = self.verdict()
         mark = "**REGRESSION**" if self.regressed else "**No regression**"
@@ -466,7 +475,7 @@ class DiffResult:
                f"{self._sides()}.  ", f"Rule: {self._rule()}.", ""]
         out.append(markdown_table(heads, rows, _RIGHT) if rows
                    else "_no lock records_\n")
-        dh, dr = _detail_cells(self.table)
+        dh, dr = _detail_cells(self.table, self.resolution_ns)
         if dr:
             out += ["<details><summary>Distributions per side</summary>", "",
                     markdown_table(dh, dr, set(range(3, 11))), "</details>",
@@ -530,9 +539,9 @@ class DiffResult:
         ...     f.write(result.to_html())
         """
         o = self.options
-        heads, rows = _summary_cells(self.table, o["stat"])
+        heads, rows = _summary_cells(self.table, o["stat"], self.resolution_ns)
         heads[8] = f"{1 - o['alpha']:.0%} CI"
-        dh, dr = _detail_cells(self.table)
+        dh, dr = _detail_cells(self.table, self.resolution_ns)
         e = html.escape
         body = [f"<h1>kvmscope diff: {e(o['metric'])} time "
                 f"{e(o['stat'])}</h1>",

@@ -80,9 +80,24 @@ def python_examples(page):
 
 
 def _needs_kvm(command):
+    return _runs(command, KVM_COMMANDS)
+
+
+def _runs(command, names):
     words = command.split()
-    return any(words[i] == "kvmscope" and i + 1 < len(words) and words[i + 1] in KVM_COMMANDS
+    return any(words[i] == "kvmscope" and i + 1 < len(words) and words[i + 1] in names
                for i in range(len(words)))
+
+
+_QEMU = []
+
+
+def _qemu_usable():
+    """(usable, reason) of QEMU for `kvmscope qemu` examples, probed once."""
+    if not _QEMU:
+        from kvmscope.qemu_run import probe
+        _QEMU.append(probe())
+    return _QEMU[0]
 
 
 def _case_ids():
@@ -100,6 +115,9 @@ def test_documented_commands_run_as_shown(page, tmp_path):
     for command, expect_error in examples(page):
         if _needs_kvm(command) and not KVM_USABLE:
             skipped += 1
+            continue
+        if _runs(command, ("qemu",)) and not _qemu_usable()[0]:
+            skipped += 1                    # QEMU missing or unusable here: the qemu marker's reason
             continue
         proc = subprocess.run(["bash", "-c", command], cwd=work, env=env, capture_output=True,
                               text=True, timeout=300)

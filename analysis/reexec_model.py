@@ -253,6 +253,8 @@ def _acq_fields(lk, rows, prel):
     i = np.maximum(i, 0)
     held = okw & (s_rel[i] > req[w]) & (so[i] != w)
     r1[w[held]] = s_rel[i[held]]
+    # a tie with the holder's try: the waiter tried just after it
+    tw[w[held]] = np.maximum(tw[w[held]], s_own[i[held]] + 1 - req[w[held]])
     # queued behind an earlier waiter: that waiter's release woke this one
     c_idx = w[np.argsort(req[w], kind="stable")]
     if len(c_idx) > 1:

@@ -7,6 +7,7 @@ machine per vCPU, the main loop, the AIO pool, the timers and the BQL.  Same
 model, same changes, same seed: the same trace, to the nanosecond.
 """
 
+import bisect
 import heapq
 import random
 import re
@@ -477,8 +478,9 @@ class Engine:
 
     # -- vCPUs ------------------------------------------------------------------------
 
-    def _setup_gate(self, v):
-        """Program exit v.j is next: what the guest does before it."""
+    def _setup_gate(self, v, x=None):
+        """Program exit v.j is next (the previous one happened at *x*): what
+        the guest does before it."""
         j = v.j
         st = v.st
         if j >= len(st.prog.row):
@@ -488,7 +490,9 @@ class Engine:
         v.left = st.gap[j]
         v.waiting = st.gate[j] == rm.GATE_WAIT
         if v.waiting:
-            v.wvec, v.wcnt = st.gvec[j], st.gcnt[j]
+            v.wvec = vec = st.gvec[j]
+            times = v.rtimes.get(vec, ())
+            v.wcnt = (bisect.bisect_right(times, x) if x is not None else len(times)) + st.gcnt[j]
 
     def _enter(self, v, e):
         """vCPU *v* re-enters the guest at *e* (possibly later than now:
@@ -540,7 +544,7 @@ class Engine:
         v.mode = M_USER
         v.until = INF
         v.j = j1 = j + 1
-        self._setup_gate(v)
+        self._setup_gate(v, x)
         P = v.st.prog
         cs = P.cs[j]
         busy = self.busy_until
@@ -596,9 +600,10 @@ class Engine:
             return
         self._fx(v, S, k, x)
         if S.wvec[k] >= 0:
-            vec, n = S.wvec[k], S.wcnt[k]
+            vec = S.wvec[k]
+            n = bisect.bisect_right(v.rtimes.get(vec, ()), x) + S.wcnt[k]
             if v.cnt.get(vec, 0) < n:
-                v.hlt = (S, k, x)
+                v.hlt = (S, k, x, n)
                 return
             e = max(x + S.wpre[k], v.rtimes[vec][n - 1]) + S.wake[k]
         else:
@@ -661,8 +666,8 @@ class Engine:
         if self.m.irqchip_user and in_guest and not v.in_isr and v.hlt is None:
             self.o_irqs.append((raiser, "kick", -1, vec, vi, t))
         if v.hlt is not None:
-            S, k, x = v.hlt
-            if S.wvec[k] == vec and v.cnt[vec] >= S.wcnt[k]:
+            S, k, x, n = v.hlt
+            if S.wvec[k] == vec and v.cnt[vec] >= n:
                 v.hlt = None
                 self._exited(v, S, k, x, max(x + S.wpre[k], t) + S.wake[k])
             return

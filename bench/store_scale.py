@@ -90,6 +90,65 @@ def measure(out, path):
                       "checksum": float(st[["p50", "p99", "total"]].to_numpy().sum())}))
 
 
+def sizes(paths):
+    """Bytes per record of stream traces: their streams rewritten batch for
+    batch uncompressed, with lz4 and with zstd, and the Parquet layout."""
+    import tempfile
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+    from kvmscope.analysis import Trace
+    from kvmscope.analysis.schema import TABLES
+    print(f"{'trace':<28} {'records':>9} {'none':>6} {'lz4':>6} {'zstd':>6} {'parquet':>8}  bytes/record")
+    for path in paths:
+        t = Trace.load(path)
+        n = t.num_records
+        row = []
+        for comp in (None, "lz4", "zstd"):
+            size = 0
+            for name in TABLES:
+                f = os.path.join(path, name + ".arrows")
+                if not os.path.exists(f):
+                    continue
+                with pa.memory_map(f) as src:
+                    r = ipc.open_stream(src)
+                    sink = pa.BufferOutputStream()
+                    w = ipc.new_stream(sink, r.schema,
+                                       options=ipc.IpcWriteOptions(compression=comp))
+                    for b in r:
+                        w.write_batch(b)
+                    w.close()
+                    size += len(sink.getvalue())
+            row.append(size / n)
+        d = os.path.join(tempfile.mkdtemp(), "p")
+        t.to_parquet(d)
+        pq = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d) if f.endswith(".parquet"))
+        print(f"{path:<28} {n:>9,} {row[0]:>6.1f} {row[1]:>6.1f} {row[2]:>6.1f} {pq / n:>8.1f}")
+
+
+def exits_by_compression(repeat, iterations, vcpus):
+    """PIO exits/s of pio-storm recorded with each stream compression,
+    interleaved, medians; and the stream bytes per record while it ran."""
+    import statistics
+    import tempfile
+    from kvmscope.runner import RunConfig, record
+    rates = {c: [] for c in ("none", "lz4", "zstd")}
+    for _ in range(repeat):
+        for comp in rates:
+            d = os.path.join(tempfile.mkdtemp(), "t")
+            r = record(RunConfig("pio-storm", vcpus=vcpus, iterations=iterations, output=d,
+                                 console=False, compression=None if comp == "none" else comp))
+            assert r.ok and r.lost == 0, (r.stop_reason, r.lost)
+            per = [v["exits"] / (v["run_ns"] / 1e9) for v in r.stats["vcpus"]]
+            rates[comp].append(sum(per))
+            shutil.rmtree(os.path.dirname(d))
+    base = statistics.median(rates["none"])
+    print(f"pio-storm --vcpus {vcpus} -n {iterations}, {repeat} interleaved runs, medians:")
+    for comp, v in rates.items():
+        m = statistics.median(v)
+        print(f"  --compression {comp:<5} {m:>10,.0f} exits/s  ({m / base:.3f} of none; "
+              f"range {min(v):,.0f} .. {max(v):,.0f})")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=100)
@@ -97,7 +156,20 @@ def main():
     p.add_argument("--out", default="/tmp/kvmscope-store-scale")
     p.add_argument("--paths", default="pandas,threads,processes,cluster")
     p.add_argument("--measure", help=argparse.SUPPRESS)
+    p.add_argument("--sizes", nargs="+", metavar="TRACE",
+                   help="only print the bytes per record of these stream traces")
+    p.add_argument("--exits", action="store_true",
+                   help="only measure exits/s recorded with each stream compression (KVM)")
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--iterations", type=int, default=200_000)
+    p.add_argument("--vcpus", type=int, default=1)
     a = p.parse_args()
+    if a.exits:
+        exits_by_compression(a.repeat, a.iterations, a.vcpus)
+        return
+    if a.sizes:
+        sizes(a.sizes)
+        return
     if a.measure:
         measure(a.out, a.measure)
         return

@@ -373,8 +373,9 @@ def _add_run_options(p, demo=False):
                    action=_Deprecated, use="--timer-period", unit="us", help=argparse.SUPPRESS)
     p.add_argument("--port-burst", type=setting("port_burst"), default=8, metavar="N",
                    help=f"mixed: port writes after each block request, {s['port_burst'].describe()}")
-    p.add_argument("--compression", choices=["none", "lz4", "zstd"], default="none",
-                   help="compress the trace's Arrow buffers (smaller files to ship)")
+    p.add_argument("--compression", choices=["none", "lz4", "zstd"], default="zstd",
+                   help="compress the Arrow streams while recording (the finished trace is "
+                        "Parquet, zstd, either way)")
     _format_option(p, what="summary format: text, or json (one object; the guest console is "
                             "then not echoed, it is in the trace's console.log)")
     p.add_argument("--quiet-console", action="store_true", help="do not echo the guest console")

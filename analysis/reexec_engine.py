@@ -500,7 +500,7 @@ class Engine:
         v.mode = M_GUEST
         v.until = e
         v.ver += 1
-        if v.pending:
+        if v.pending and not self._deferred(v, v.pending[0]):
             self._isr_at(v, v.pending.pop(0), e)
             return
         v.since = e
@@ -673,9 +673,7 @@ class Engine:
             return
         S = v.st.isr.get(vec)
         if S is not None:
-            k = v.icur.get(vec, 0) % len(S.row)
-            deferred = S.defer[k] >= 0 and S.defer[k] == v.j
-            if in_guest and not v.in_isr and t < v.sched and not deferred:
+            if in_guest and not v.in_isr and t < v.sched and not self._deferred(v, vec):
                 if not v.waiting:
                     v.left = max(0, v.left - (t - v.since))
                 self._isr_at(v, vec, t)
@@ -692,6 +690,14 @@ class Engine:
                 self._sched_prog(v, t + v.left)
             elif v.mode == M_GUEST and t < v.until:
                 self._reenter_later(v)
+
+    def _deferred(self, v, vec):
+        """Whether the next interrupt service exit of *vec* waits for the
+        coming program exit, as in the recording (its vCPU thread had lost
+        its CPU: the guest took the interrupt only after that exit)."""
+        S = v.st.isr[vec]
+        k = v.icur.get(vec, 0)
+        return k < len(S.row) and S.defer[k] == v.j
 
     def _reenter_later(self, v):
         v.ver += 1

@@ -253,21 +253,13 @@ def _acq_fields(lk, rows, prel):
     own = np.where(cont, acq, dec)
     so = np.argsort(own, kind="stable")
     s_own, s_rel = own[so], rel[so]
-    r1 = np.full(n, _NULL, np.int64)
     w = np.flatnonzero(cont)
     i = np.searchsorted(s_own, req[w], side="right") - 1
     okw = i >= 0
     i = np.maximum(i, 0)
     held = okw & (s_rel[i] > req[w]) & (so[i] != w)
-    r1[w[held]] = s_rel[i[held]]
     # a tie with the holder's try: the waiter tried just after it
     tw[w[held]] = np.maximum(tw[w[held]], s_own[i[held]] + 1 - req[w[held]])
-    # queued behind an earlier waiter: that waiter's release woke this one
-    c_idx = w[np.argsort(req[w], kind="stable")]
-    if len(c_idx) > 1:
-        ww, pw = c_idx[1:], c_idx[:-1]
-        behind = (acq[pw] > req[ww]) & (acq[pw] < acq[ww])
-        r1[ww[behind]] = rel[pw[behind]]
     # nobody owned it: a race with the first acquisition after the request
     order = np.argsort(acq, kind="stable")
     sa = acq[order]
@@ -278,12 +270,58 @@ def _acq_fields(lk, rows, prel):
     race = (pr != fr) & (own[pr] >= req[fr])
     fr, pr = fr[race], pr[race]
     tw[fr] = own[pr] + 1 - req[fr]
-    r1[fr] = rel[pr]
     dec = req + tw
-    got = np.flatnonzero(r1 != _NULL)
+    # which release woke each waiter, by the rules the engine applies
+    r1 = _first_wakes(dec, own, rel, cont)
+    got = np.flatnonzero(cont & (r1 != _NULL))
     d[got] = dec[got] - r1[got]
     lat[got] = acq[got] - r1[got]
     return lat, d, cont, rel - acq, tw
+
+
+def _first_wakes(dec, own, rel, cont):
+    """Per waiter (``cont``), the release that first woke it, as glibc's
+    mutex does it and the engine models it: a waiter that tries while the
+    lock is owned goes to sleep (queued in order) and sets the lock word to
+    2, unless the owner lets go within QUEUE_NS (it then retries at that
+    release); a waiter that gets the lock sets it to 2, a try that finds it
+    free to 1; a release that finds 2 wakes the first sleeper.  _NULL where
+    no release did (the recording and the rules disagree)."""
+    n = len(dec)
+    out = np.full(n, _NULL, np.int64)
+    w = np.flatnonzero(cont)
+    if not len(w):
+        return out
+    # events: 0 release, 1 ownership, 2 a waiter's try; ties in that order
+    times = np.concatenate([rel, own, dec[w]])
+    kinds = np.concatenate([np.zeros(n, np.int64), np.ones(n, np.int64),
+                            np.full(len(w), 2, np.int64)])
+    who = np.concatenate([np.arange(n), np.arange(n), w])
+    order = np.lexsort((kinds, times))
+    sleeping = []
+    word = 0
+    owner = -1
+    released = True
+    for t, k, a in zip(times[order].tolist(), kinds[order].tolist(), who[order].tolist()):
+        if k == 0:                              # a release
+            if a != owner:
+                continue
+            released = True
+            if word == 2 and sleeping:
+                out[sleeping.pop(0)] = t
+            word = 0
+        elif k == 1:                            # an owner takes it
+            if a in sleeping:
+                sleeping.remove(a)
+            owner, released = a, False
+            word = 2 if cont[a] else 1
+        else:                                   # a waiter tries
+            if not released and rel[owner] - t <= QUEUE_NS:
+                out[a] = rel[owner]             # not yet asleep: retries then
+            else:
+                sleeping.append(a)
+            word = 2
+    return out
 
 
 def _holder(lk, ts):

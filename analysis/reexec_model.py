@@ -1190,8 +1190,10 @@ def _main_loop(trace, roles, lk, lk_cs, acqf, timers, bh, aio, cs_id, m):
     dorder = np.argsort(aio["done_ns"].to_numpy(), kind="stable") if len(aio) else \
         np.zeros(0, np.int64)
     D = aio["done_ns"].to_numpy()[dorder].tolist() if len(aio) else []
-    delay = _done_list_order(aio, bh, m.bh["aio"], np.full(len(aio), EFD_DELAY_NS, np.int64))
+    delay, floor = _done_list_order(aio, bh, m.bh["aio"],
+                                    np.full(len(aio), EFD_DELAY_NS, np.int64))
     delay = delay[dorder].tolist()
+    floor = floor[dorder].tolist()
     used = [False] * len(D)
     ce = cn = 0
     keys = []
@@ -1207,16 +1209,16 @@ def _main_loop(trace, roles, lk, lk_cs, acqf, timers, bh, aio, cs_id, m):
         hi = bisect.bisect_right(D, p_out, ce)
         vis = [j for j in range(ce, hi) if not used[j] and D[j] + delay[j] <= p_out]
         if ready and not vis:
-            pend = [j for j in range(ce, hi) if not used[j]]
+            pend = [j for j in range(ce, hi) if not used[j] and D[j] + floor[j] <= p_out]
             if pend:
-                delay[pend[0]] = max(0, p_out - D[pend[0]])
+                delay[pend[0]] = max(floor[pend[0]], p_out - D[pend[0]])
         elif not ready and vis:
             for j in vis:
-                if prev_read is not None and D[j] <= prev_read:
-                    delay[j] = prev_read - D[j]     # the previous read had it
+                if prev_read is not None and D[j] + floor[j] <= prev_read:
+                    delay[j] = max(floor[j], prev_read - D[j])  # the previous read had it
                     used[j] = True
                 else:
-                    delay[j] = p_out - D[j] + 1
+                    delay[j] = max(floor[j], p_out - D[j] + 1)
         fe = min((D[j] + delay[j] for j in range(ce, min(len(D), hi + 8)) if not used[j]),
                  default=INF_NS)
         fn = N[cn] if cn < len(N) else INF_NS
@@ -1332,9 +1334,11 @@ def _done_list_order(aio, bh, aio_bh, delay):
     """Eventfd delays adjusted so that the requests reach the done list
     (just before the write) in the order, and before the completion bottom
     half, that completed them: a worker can lose its CPU between its I/O
-    and that."""
+    and that.  Returns the delays and their floors (not on the list before
+    the previous bottom half took it)."""
+    floor = np.zeros(len(delay), np.int64)
     if aio_bh < 0:
-        return delay
+        return delay, floor
     runs = np.sort(bh[bh["bh"] == aio_bh]["run_ns"].to_numpy())
     done = aio["done_ns"].to_numpy()
     comp = aio["complete_ns"].to_numpy()
@@ -1344,11 +1348,12 @@ def _done_list_order(aio, bh, aio_bh, delay):
         b = np.searchsorted(runs, comp[r], side="right") - 1
         hi = int(runs[b]) - 1 if b >= 0 else int(comp[r])
         lo = int(runs[b - 1]) + 1 if b >= 1 else np.iinfo(np.int64).min
+        floor[r] = max(0, lo - int(done[r]))
         p = max(int(done[r] + out[r]), lo, prev + 1)
         p = max(min(p, hi), int(done[r]))
         out[r] = p - int(done[r])
         prev = p
-    return out
+    return out, floor
 
 
 def describe(model):

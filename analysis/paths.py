@@ -876,19 +876,21 @@ def request_paths(trace, kind="block"):
     Returns
     -------
     DataFrame
-        One row per request, by start time.  Block: ``req, op, length,
-        result, vcpu, thread, thread_name`` (the vCPU that issued it),
-        ``worker, worker_name, loop_thread, loop_thread_name``; timer:
+        One row per request, in the order they were queued (block) or
+        due (timer).  Block: ``req, op, length, result, vcpu, thread,
+        thread_name`` (the vCPU that issued it), ``worker, worker_name,
+        loop_thread, loop_thread_name, submit_ns``; timer:
         ``timer, name, vcpu, thread, thread_name`` (the vCPU it
         interrupts), ``loop_thread, loop_thread_name``.  Then
         ``start_ns, end_ns, total_ns``, ``<stage>_ns`` per stage (timers
         also ``late_ns``); per waiting stage (:data:`WAITS`)
         ``<stage>_holder`` and ``<stage>_holder_site``: the thread and
         call site it waited behind (a BQL wait: the owner that held the
-        BQL longest during it, :func:`blame.wait_anatomy`; the AIO queue:
-        the worker and request, ``aio read req 17``, that kept a worker
-        busy longest during it; ``(none)``: nobody, a wake-up latency),
-        plus ``queue_holder_req``; ``matched`` (every stage found); and
+        BQL longest during it, as :func:`blame.wait_anatomy` names it for
+        a whole wait; the AIO queue: the worker and the op, ``aio:write``,
+        of the request that kept a worker busy longest during it, whose id
+        is ``queue_holder_req``; ``(none)``: nobody, a wake-up latency, or
+        a stage of length 0); ``matched`` (every stage found); and
         the rows each stage was matched in (``exit_row``,
         ``vcpu_lock_row``, ``aio_row``, ``bh_row``, ``loop_lock_row``,
         ``raise_row``, ``delivery_row``; timers ``timer_row``...; -1:

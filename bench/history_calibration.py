@@ -111,7 +111,24 @@ def real(out, penalties):
                   f"pio:debugport change points at {found} (step at {nb})")
     r = h.history(s)
     print(f"  kvmscope history {store_path}: exit {r.exit_status}: {r.verdict()}")
+    gate(base, step)
     pairs(base, step)
+
+
+def gate(base, step):
+    """The CI gate as the injected runs arrive one by one after the baseline."""
+    import tempfile
+    s = Store(os.path.join(tempfile.mkdtemp(prefix="kvmscope-gate-"), "store"), create=True)
+    s.add(base)
+    quiet = h.history(s)
+    print(f"\ngate: {len(base)} baseline runs: exit {quiet.exit_status} "
+          f"({len(quiet.change_points)} change points)")
+    for k, run in enumerate(step, 1):
+        s.add(run)
+        r = h.history(s)
+        why = ("change point" if len(r.regressions) else "") + \
+            (" newest run" if len(r.newest_regressed) else "")
+        print(f"  +{k} run(s) with +2us at pio:debugport: exit {r.exit_status} ({why.strip() or '-'})")
 
 
 def pairs(base, step):

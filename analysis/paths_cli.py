@@ -21,6 +21,7 @@ EXIT_OK, EXIT_USAGE = 0, 2
 KIND_CHOICES = _paths.KINDS + ("all",)
 #: What each kind is called in the output.
 TITLE = {"block": "Block requests", "timer": "Timer ticks"}
+ONE = {"block": "block request", "timer": "timer tick"}
 #: Slowest paths shown in full by default.
 DEFAULT_LIMIT = 10
 
@@ -152,8 +153,10 @@ def render_text(trace, built, sort, style, selection_text=""):
         if len(slowest):
             doc.line()
             by = "time" if sort == "start" else sort
-            doc.line(f"{'First' if sort == 'start' else 'Slowest'} {len(slowest)} "
-                     f"{TITLE[kind].lower()} (by {by})", style="bold")
+            many = len(slowest) > 1
+            doc.line(f"{'First' if sort == 'start' else 'Slowest'} "
+                     + (f"{len(slowest)} {TITLE[kind].lower()}" if many else ONE[kind])
+                     + f" (by {by})", style="bold")
             lines = []
             for _, row in slowest.iterrows():      # the few rows shown in full
                 lines.extend(_path_block(trace, kind, row))

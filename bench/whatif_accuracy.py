@@ -1,0 +1,117 @@
+"""How well does re-execution predict reality?  For each experiment: record a
+baseline, predict the change from it (kvmscope.analysis.whatif), record the
+real run with the change, and compare total BQL wait, contended share and
+exits/s, predicted against measured.
+
+Experiments, on ``mixed`` and ``pio-storm`` (2 vCPUs): ``--inject-hold`` at
+call sites x sizes (predicted with ``add_hold``), ``--lockless`` for each
+device the guest uses, and the vCPU count 1 -> 2 (a 1-vCPU baseline).
+
+    python bench/whatif_accuracy.py [--guests mixed,pio-storm] [--sizes 1us,5us,20us]
+                                    [--repeat N] [--out DIR]
+
+Needs /dev/kvm; runs one recording at a time.  Prints one row per
+experiment and figure, then the median and largest absolute error.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+KVMSCOPE = os.path.join(os.path.dirname(sys.executable), "kvmscope")
+
+#: Per guest: iterations, call sites to lengthen, devices to take off the BQL.
+SETUPS = {
+    "mixed": {"n": 200, "sites": ["pio:debugport", "pio:blk", "main:dispatch"],
+              "devices": ["debugport", "blk", "timerdev"]},
+    "pio-storm": {"n": 20000, "sites": ["pio:debugport", "main:dispatch"],
+                  "devices": ["debugport"]},
+}
+FIGURES = ("bql_wait_ns", "contended_pct", "exits_per_s")
+
+
+def record(guest, n, out, vcpus=2, extra=()):
+    cmd = [KVMSCOPE, "run", guest, "--vcpus", str(vcpus), "-n", str(n), "--lossless", "-q",
+           "--quiet-console", "--force", "-o", out, *extra]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return out
+
+
+def ns(text):
+    from kvmscope import units
+    return int(units.parse_duration(text, "ns", "size"))
+
+
+def experiments(guest, sizes):
+    s = SETUPS[guest]
+    out = []
+    for site in s["sites"]:
+        for size in sizes:
+            out.append((f"hold {site} +{size}", 2, ["--inject-hold", f"{site}={size}"],
+                        {"add_hold": {site: ns(size)}}))
+    for dev in s["devices"]:
+        out.append((f"lockless {dev}", 2, ["--lockless", dev], {"lockless": [dev]}))
+    out.append(("vcpus 1 -> 2", 1, [], {"vcpus": 2}))
+    # the reference: the same configuration recorded twice, "predicted" by
+    # re-executing the first unchanged: the host's run-to-run variation
+    out.append(("same run again (noise)", 2, [], {}))
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--guests", default="mixed,pio-storm")
+    p.add_argument("--sizes", default="1us,5us,20us")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="baseline/real pairs per experiment (errors of the median figures)")
+    p.add_argument("--out", help="keep the recordings here")
+    p.add_argument("--json", help="write the rows as JSON to this file")
+    a = p.parse_args(argv)
+    from kvmscope.analysis import Trace, whatif
+    work = a.out or tempfile.mkdtemp(prefix="whatif-accuracy-")
+    rows = []
+    try:
+        for guest in a.guests.split(","):
+            n = SETUPS[guest]["n"]
+            for name, base_vcpus, run_opts, change in experiments(guest, a.sizes.split(",")):
+                pred, meas = {f: [] for f in FIGURES}, {f: [] for f in FIGURES}
+                for k in range(a.repeat):
+                    tag = f"{guest}-{name.replace(' ', '_').replace('>', '').replace(':', '')}-{k}"
+                    base = record(guest, n, os.path.join(work, tag + "-base"), base_vcpus)
+                    real = record(guest, n, os.path.join(work, tag + "-real"),
+                                  change.get("vcpus", base_vcpus), run_opts)
+                    mp = whatif.metrics(whatif.reexecute(Trace.load(base), **change))
+                    mm = whatif.metrics(Trace.load(real))
+                    for f in FIGURES:
+                        pred[f].append(mp[f])
+                        meas[f].append(mm[f])
+                for f in FIGURES:
+                    x, y = float(np.median(pred[f])), float(np.median(meas[f]))
+                    err = (x - y) / y if y else float("nan")
+                    rows.append({"guest": guest, "experiment": name, "figure": f,
+                                 "predicted": x, "measured": y, "error": err})
+                    print(f"{guest:10s} {name:32s} {f:14s} predicted {x:14.4g} measured {y:14.4g} "
+                          f"error {100 * err:+7.1f}%", flush=True)
+    finally:
+        if not a.out:
+            shutil.rmtree(work, ignore_errors=True)
+    errs = np.array([abs(r["error"]) for r in rows if r["error"] == r["error"]])
+    print(f"\n{len(rows)} figures: median |error| {100 * np.median(errs):.1f}%, "
+          f"largest {100 * errs.max():.1f}%")
+    for f in FIGURES:
+        e = np.array([abs(r["error"]) for r in rows if r["figure"] == f and r["error"] == r["error"]])
+        print(f"  {f:14s} median |error| {100 * np.median(e):.1f}%, largest {100 * e.max():.1f}%")
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

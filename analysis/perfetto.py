@@ -651,18 +651,32 @@ def export_perfetto(trace, path, window=None, max_events=None,
         for kind, n, hops in _path_flows(trace, lo, hi):   # a loop over kinds
             name = "block request" if kind == "block" else "timer tick"
             head = f',"cat":"path","name":"{name}","pid":{PID},"id":'
-            for path, s_th, s_ts, d_th, d_ts in hops:       # a loop over hops
-                ids = _int(flow_id + path)
-                for c in chunks(len(path)):
-                    w.array(_join(',\n{"ph":"s"', head, ids[c], ',"tid":', tid(s_th[c]),
-                                  ',"ts":', _us(rel(s_ts[c])), "}",
-                                  ',\n{"ph":"f","bp":"e"', head, ids[c], ',"tid":',
-                                  tid(d_th[c]), ',"ts":', _us(rel(d_ts[c])), "}"), 2)
+            # One flow per request: "s" at its first point, a "t" step at
+            # every point between, "f" at its last (paths differ in length).
+            points = [(path, th, ts) for path, s_th, s_ts, d_th, d_ts in hops
+                      for th, ts in ((s_th, s_ts), (d_th, d_ts))]
+            last = np.full(n, -1)
+            for j, (path, _, _) in enumerate(points):       # a loop over points
+                last[path] = j
+            for j, (path, th, ts) in enumerate(points):
+                for phase, sel in (("s", np.full(len(path), j == 0)),
+                                   ("t", (last[path] != j) & (j > 0)),
+                                   ("f", (last[path] == j) & (j > 0))):
+                    at = np.flatnonzero(sel)
+                    if not len(at):
+                        continue
+                    bind = ',"bp":"e"' if phase != "s" else ""
+                    for c in chunks(len(at)):
+                        k = at[c]
+                        w.array(_join(f',\n{{"ph":"{phase}"{bind}', head, _int(flow_id + path[k]),
+                                      ',"tid":', tid(th[k]), ',"ts":', _us(rel(ts[k])), "}"), 1)
             flow_id += n
 
         info["events"] = w.count
         other = {"kvmscope_trace": os.fspath(trace.path or ""),
-                 "clock": "CLOCK_MONOTONIC",
+                 # the trace's clock (CLOCK_REALTIME for an imported QEMU log)
+                 "clock": (trace.meta["clock"].get("name") or "CLOCK_MONOTONIC")
+                 if isinstance(trace.meta.get("clock"), dict) else "CLOCK_MONOTONIC",
                  **{k: v for k, v in info.items() if k != "path"}}
         f.write(f"\n],\n\"otherData\":{json.dumps(other)}}}\n".encode())
     bar.update(1, "done")

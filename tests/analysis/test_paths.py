@@ -355,7 +355,7 @@ def test_plot(trace, tmp_path, capsys):
     assert "no timer ticks in this trace (the timers table is empty)" in err
 
 
-def test_perfetto_draws_each_path_as_one_chain_of_flows(trace, tmp_path):
+def test_perfetto_draws_each_path_as_one_flow(trace, tmp_path):
     from kvmscope.analysis.perfetto import export_perfetto
     info = export_perfetto(trace, tmp_path / "p.json", progress=False)
     events = json.loads((tmp_path / "p.json").read_text())["traceEvents"]
@@ -375,10 +375,12 @@ def test_perfetto_draws_each_path_as_one_chain_of_flows(trace, tmp_path):
     # Times from the trace start, its first record (the loop's poll at 100).
     # A: exit (1000) -> aio0's I/O -> the bottom half -> vcpu0's exit ending
     # at 5000; B and the tick were delivered in the guest: no last hop.
-    assert chains == sorted([
-        [("s", "vcpu0", 901), ("f", "aio0", 1401), ("s", "aio0", 2399),
-         ("f", "main", 3301), ("s", "main", 3340), ("f", "vcpu0", 4899)],
-        [("s", "vcpu1", 781), ("f", "aio0", 901), ("s", "aio0", 1349),
+    # Each request is one flow: "s", a "t" step at each point between, "f".
+    chains = [sorted(c, key=lambda p: (p[2], "stf".index(p[0]))) for c in chains]
+    assert sorted(chains) == sorted([
+        [("s", "vcpu0", 901), ("t", "aio0", 1401), ("t", "aio0", 2399),
+         ("t", "main", 3301), ("t", "main", 3340), ("f", "vcpu0", 4899)],
+        [("s", "vcpu1", 781), ("t", "aio0", 901), ("t", "aio0", 1349),
          ("f", "main", 3301)],
         [("s", "main", 2895), ("f", "main", 3001)]])
     assert info["events"] == len(events)

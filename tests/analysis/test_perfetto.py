@@ -47,9 +47,12 @@ def check_format(events):
     slices = collections.defaultdict(list)
     async_open = collections.defaultdict(list)
     flows = collections.Counter()
+    # Flow events are matched by id, not file order: a step may precede its
+    # start in the file; it must still have one.
+    started = {(e["cat"], e["id"], e["name"]) for e in events if e["ph"] == "s"}
     for e in events:
         ph = e["ph"]
-        assert ph in "MXbeisf", ph                  # no B/E: X slices only
+        assert ph in "MXbeistf", ph                 # no B/E: X slices only
         if ph != "M" and e["tid"] != 0:
             assert e["tid"] in named, f"thread {e['tid']} has no name"
         if ph == "X":
@@ -62,10 +65,14 @@ def check_format(events):
             else:
                 assert async_open[key], f"'e' without 'b': {key}"
                 assert async_open[key].pop() <= e["ts"]
-        elif ph in "sf":
+        elif ph in "stf":
             key = (e["cat"], e["id"], e["name"])
-            flows[key] += 1 if ph == "s" else -1
-            if ph == "f":
+            if ph == "t":
+                # a step binds to an open flow (a request's path: s, t..., f)
+                assert key in started, f"'t' without 's': {key}"
+            else:
+                flows[key] += 1 if ph == "s" else -1
+            if ph in "tf":
                 assert e["bp"] == "e"
     assert not [k for k, v in async_open.items() if v], "unmatched 'b'"
     assert not [k for k, v in flows.items() if v], "flow start without end"

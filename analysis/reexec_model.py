@@ -446,8 +446,6 @@ def build(trace):
               "free": Samples(lat[~cont.astype(bool)], 40)}
 
     # Which lock row holds each event's timestamp (effects inside handlers).
-    holder = {}
-
     def held_by(ts):
         ts = np.asarray(ts, dtype=np.int64)
         return _holder(lk, ts) if len(lk) else np.full(len(ts), -1)

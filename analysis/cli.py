@@ -12,6 +12,7 @@ import os
 import sys
 
 from .. import cli as _cli
+from ..errors import KvmscopeError
 from . import render
 from .trace import Trace, TraceError
 
@@ -92,11 +93,14 @@ def cmd_validate(args):
         print(f"kvmscope {args.command}: error: {e}", file=sys.stderr)
         return EXIT_UNREADABLE
     shown = v if not args.limit else v.head(args.limit)
+    # rows are named in the file that holds them (streams, Parquet or Arrow file)
+    from .schema import LAYOUTS
+    suffix = LAYOUTS.get(trace.meta.get("layout") or "arrows", ".arrows")
     doc = render.Document()
     if len(shown):
         names = dict(zip(trace.threads["thread"], trace.threads["name"]))
         who = shown["thread"].map(names).fillna(shown["thread"].astype(str))
-        where = shown["table"] + ".arrows row " + shown["row"].astype(str)
+        where = shown["table"] + suffix + " row " + shown["row"].astype(str)
         lines = (where + " (" + who.astype(str) + " at "
                  + shown["ts_ns"].astype(str) + " ns): " + shown["kind"]
                  + ": " + shown["detail"])
@@ -123,7 +127,7 @@ def cmd_validate(args):
         first = v.groupby("kind", sort=False)[["table", "row"]].first()
         doc.line().line("Violations by kind", style="bold")
         doc.table(["kind", "violations", "first"],
-                  [[k, str(c), f"{first.at[k, 'table']}.arrows row "
+                  [[k, str(c), f"{first.at[k, 'table']}{suffix} row "
                     f"{first.at[k, 'row']}"] for k, c in kinds.items()],
                   right={1}, drop=(2,))
     detail = ", ".join(f"{c} {k}" for k, c in kinds.items())
@@ -201,7 +205,7 @@ def cmd_diff(args):
             threshold=args.threshold, min_delta_ns=args.min_delta,
             alpha=args.alpha, min_count=args.min_count, lock=args.lock,
             callsite=args.callsite, resamples=args.resamples,
-            blocks=args.blocks, seed=args.seed)
+            blocks=args.blocks, seed=args.seed, store=getattr(args, "store", None))
         fmt = _diff_format(args)
         if args.output and args.output != "-":
             _write_out(result.render(fmt), args.output)
@@ -209,7 +213,7 @@ def cmd_diff(args):
             _show(args, result.render(fmt, **(
                 render.terminal_style(sys.stdout) if fmt == "text"
                 else {})))
-    except (TraceError, DiffError, OSError) as e:
+    except (TraceError, DiffError, OSError, KvmscopeError) as e:
         return _fail("diff", e)
     if result.table.empty:
         print("kvmscope diff: warning: no lock records to compare",

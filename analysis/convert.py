@@ -13,16 +13,10 @@ import errno
 import json
 import os
 
-from .schema import META_FILE, TABLES
+from .schema import LAYOUTS, LOCK_FILE, META_FILE, TABLES, TMP_SUFFIX  # noqa: F401 (re-exported)
 
-#: meta.json ``layout`` -> file name suffix of a table.
-LAYOUTS = {"arrows": ".arrows", "parquet": ".parquet", "arrow": ".arrow"}
 #: Names the command line uses for the layouts it converts to.
 TARGETS = {"parquet": "parquet", "arrow-file": "arrow"}
-#: A recording holds a lock on this file while it runs; a killed run
-#: leaves it behind (see :func:`is_live`).
-LOCK_FILE = "recording.lock"
-TMP_SUFFIX = ".tmp"
 
 #: Derived durations ``(name, end column, start column)`` per table, as the
 #: analysis and the SQL views have them.  Layout files carry only

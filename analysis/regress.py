@@ -34,7 +34,7 @@ from scipy import stats
 
 from .. import units
 from ..errors import ConfigError, KvmscopeError
-from . import structdiff
+from . import history, structdiff
 from .trace import Trace
 
 METRICS = ("hold", "wait")
@@ -494,7 +494,7 @@ def _compare_row(key, base, new, o):
     row.update(ci_low=np.nan, ci_high=np.nan, delta_ci_low_ns=np.nan,
                delta_ci_high_ns=np.nan, boot_ci_low=np.nan,
                boot_ci_high=np.nan, run_ci_low=np.nan, run_ci_high=np.nan,
-               p_value=np.nan, cliffs_delta=np.nan, hl_shift_ns=np.nan)
+               p_value=np.nan, cliffs_delta=np.nan, hl_shift_ns=np.nan, store_runs=0)
     if not len(bv) or not len(nv):
         row["status"] = "new" if len(nv) else "gone"
         row["reason"] = ("only in the candidate" if len(nv)
@@ -529,10 +529,31 @@ def _compare_row(key, base, new, o):
         base_stat = row["base_stat_ns"]
         lo, hi = min(lo, rlo), max(hi, rhi)
         dlo, dhi = min(dlo, base_stat * rlo), max(dhi, base_stat * rhi)
+    # With a store, at least the interval its runs' variation gives.
+    var = o.get("store_variation", {}).get(key)
+    row["store_runs"] = var[1] if var else 0
+    if var:
+        slo, shi = history.store_interval(per_run["base"], per_run["new"], var[0], var[1],
+                                          var[2])
+        base_stat = row["base_stat_ns"]
+        lo, hi = min(lo, slo), max(hi, shi)
+        dlo, dhi = min(dlo, base_stat * slo), max(dhi, base_stat * shi)
     row.update(ci_low=lo, ci_high=hi, delta_ci_low_ns=dlo,
                delta_ci_high_ns=dhi)
     row["status"] = "pending"
     return row
+
+
+def _store_variation(store, base, o, rows):
+    """Per (lock, call site): ``(sd_log, runs, alpha)`` from the store's runs
+    of *base*'s configuration, for rows it has 3 or more runs of."""
+    from .store import Store
+    st = store if isinstance(store, Store) else Store(store)
+    var = history.variation(st, base.meta.get("config") or {}, o["metric"], o["stat"],
+                            min_count=o["min_count"])
+    alpha = o["alpha"] / max(rows, 1)               # Bonferroni over the rows
+    return {(r.lock, r.callsite): (float(r.sd_log), int(r.runs), alpha)
+            for r in var.itertuples() if r.runs >= 3 and np.isfinite(r.sd_log)}
 
 
 def _p_text(p):
@@ -584,12 +605,12 @@ _COLUMNS = [
     "base_p99_ns", "new_p99_ns", "base_max_ns", "new_max_ns",
     "base_mean_ns", "new_mean_ns", "base_total_ns", "new_total_ns",
     "base_run_min_ns", "base_run_max_ns", "new_run_min_ns",
-    "new_run_max_ns"]
+    "new_run_max_ns", "store_runs"]
 
 
 def _notes(base, new, o):
     notes = []
-    if len(base) == 1 or len(new) == 1:
+    if (len(base) == 1 or len(new) == 1) and not o.get("store_rows"):
         notes.append(
             "one run on a side: the variation between runs cannot be "
             "measured, so the interval covers only the variation within a "
@@ -626,7 +647,7 @@ def _notes(base, new, o):
 
 def compare(base, new, *, metric="hold", stat="p50", threshold=0.10,
             min_delta_ns=100, alpha=0.05, min_count=30, lock=None,
-            callsite=None, resamples=2000, blocks=10, seed=0):
+            callsite=None, resamples=2000, blocks=10, seed=0, store=None):
     """Compare lock hold (or wait) times of a baseline and a candidate.
 
     Parameters
@@ -653,6 +674,13 @@ def compare(base, new, *, metric="hold", stat="p50", threshold=0.10,
     resamples, blocks, seed : int
         Bootstrap replicates, time blocks per run, random seed (results are
         reproducible for a given seed).
+    store : str, os.PathLike or Store, optional
+        A run store holding earlier runs of the baseline's configuration:
+        where it has 3 or more for a row, that row's interval is widened to
+        cover the run-to-run variation they show
+        (:func:`history.store_interval`, Bonferroni over the rows), so that
+        single runs can be judged without false alarms.  A row it has too
+        few runs for keeps the plain interval.
 
     Returns
     -------
@@ -696,6 +724,8 @@ def compare(base, new, *, metric="hold", stat="p50", threshold=0.10,
                    if k[0] in want_locks
                    and (k[1] in want_sites or (k[1] == ALL_CALLSITES
                                                and callsite is None))})
+    o["store_variation"] = _store_variation(store, base_runs[0], o, len(keys)) \
+        if store is not None else {}
     empty = np.zeros(0, np.int64)
     rows, kept = [], {}
     for key in keys:                        # a loop over locks and call sites
@@ -718,9 +748,18 @@ def compare(base, new, *, metric="hold", stat="p50", threshold=0.10,
     for col in ("base_p50_ns", "new_p50_ns", "base_p90_ns", "new_p90_ns",
                 "base_p99_ns", "new_p99_ns", "base_max_ns", "new_max_ns"):
         table[col] = table[col].astype("Int64")
-    o.update(lock=lock, callsite=callsite)
+    o.update(lock=lock, callsite=callsite,
+             store=None if store is None else os.fspath(getattr(store, "path", store)))
+    o["store_rows"] = sum(1 for v in o.pop("store_variation").values() if v)
+    notes = _notes(base_runs, new_runs, o)
+    if store is not None:
+        notes.insert(0, f"run-to-run variation from the store {o['store']}: "
+                        f"{o['store_rows']} of {len(table)} rows had 3 or more runs of the "
+                        "baseline's configuration there, and their intervals cover it"
+                        if o["store_rows"] else
+                        f"the store {o['store']} holds fewer than 3 runs of the baseline's "
+                        "configuration for every row: nothing was widened")
     from .regress_render import DiffResult
-    return DiffResult(table, o, base_runs, new_runs, kept,
-                      _notes(base_runs, new_runs, o),
+    return DiffResult(table, o, base_runs, new_runs, kept, notes,
                       structure=structdiff.compare(base_runs, new_runs),
                       caused=structdiff.caused_shift(base_runs, new_runs))

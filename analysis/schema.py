@@ -6,7 +6,8 @@ first access, so importing this module imports neither pyarrow nor pandas.
 """
 from .. import traceformat as _format
 from ..traceformat import (ADDED_IN, AIO_OPS, EXIT_REASONS, FORMAT_NAME,  # noqa: F401
-                           FORMAT_VERSION, IRQ_KINDS, MAX_RESOLUTION_NS, META_FILE, RUN_STATES,
+                           FORMAT_VERSION, IRQ_KINDS, LAYOUTS, LOCK_FILE, MAX_RESOLUTION_NS,
+                           META_FILE, RUN_STATES, TMP_SUFFIX,
                            SPANS, SUPPORTED_VERSIONS, TABLES, clock_resolution_ns, describe,
                            empty_table, is_dict_string, table_file, type_matches)
 

@@ -28,6 +28,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # no pandas; tests/analysis/test_analysis_cli.py checks them against the
 # library modules (report, regress, plot, perfetto) that define them.
 REPORT_FORMATS = ("text", "markdown", "json", "csv")
+#: Arrow IPC buffer compressions a trace may be written with.
+COMPRESSIONS = ("none", "lz4", "zstd")
 #: ``report --sort`` keys (perf lock's names; kvmscope.analysis.select.SORT_KEYS maps them to columns).
 REPORT_SORT_KEYS = ("acquired", "contended", "avg_wait", "wait_total", "wait_max", "wait_min", "avg_hold",
                     "hold_total", "hold_max", "hold_min", "handoffs", "caused")
@@ -373,7 +375,7 @@ def _add_run_options(p, demo=False):
                    action=_Deprecated, use="--timer-period", unit="us", help=argparse.SUPPRESS)
     p.add_argument("--port-burst", type=setting("port_burst"), default=8, metavar="N",
                    help=f"mixed: port writes after each block request, {s['port_burst'].describe()}")
-    p.add_argument("--compression", choices=["none", "lz4", "zstd"], default="zstd",
+    p.add_argument("--compression", choices=COMPRESSIONS, default=RunConfig.compression or "none",
                    help="compress the Arrow streams while recording (the finished trace is "
                         "Parquet, zstd, either way)")
     _format_option(p, what="summary format: text, or json (one object; the guest console is "
@@ -527,6 +529,10 @@ def add_analysis_commands(sub, funcs=None):
                    help="time blocks per run for the bootstrap, 1 .. 10000")
     p.add_argument("--seed", type=count("--seed", 0, 2 ** 64 - 1), default=0, metavar="N",
                    help="bootstrap seed, 0 .. 2^64-1")
+    p.add_argument("--store", metavar="STORE",
+                   help="a run store with earlier runs of the baseline's configuration: rows it "
+                        "has 3 or more runs of are judged against their run-to-run variation "
+                        "(single runs without false alarms; needs kvmscope[runs])")
 
     p = _command(sub, "plot", "draw a trace (timeline, distributions, heatmaps...)",
                  "Draw one view of a trace into a PNG, SVG or PDF file (format from the "
@@ -756,7 +762,7 @@ def _address(text):
 def add_qemu_commands(sub):
     """Add ``import`` (``import qemu-log LOG -o TRACE``) and ``qemu`` (run QEMU
     traced, then import its log) to *sub*; docs/qemu.md."""
-    compressions = ("none", "lz4", "zstd")
+    compressions = COMPRESSIONS
     p = _command(sub, "import", "convert a QEMU trace log into a kvmscope trace",
                  "Convert the log of QEMU's log trace backend (run with -msg timestamp=on "
                  "-trace qemu_mutex_lock -trace qemu_mutex_locked -trace qemu_mutex_unlock "
@@ -949,7 +955,7 @@ def add_whatif_commands(sub, funcs=None):
                    help="predicted trace directory: missing, empty, or holding a trace to "
                         "replace with --force")
     p.add_argument("--force", action="store_true", help="replace the trace already in OUT")
-    p.add_argument("--compression", choices=("none", "lz4", "zstd"), default="none",
+    p.add_argument("--compression", choices=COMPRESSIONS, default="none",
                    help="compress the predicted trace's Arrow buffers")
     _add_whatif_options(p)
     _format_option(p, what="summary: text (two lines) or json")

@@ -148,7 +148,7 @@ class RunConfig:
     disk_size: int = 1 << 20        # bytes, when the image is created
     timer_period_us: int = None     # timer guests (default per guest)
     port_burst: int = 8             # mixed: port writes per block request
-    compression: str = None         # Arrow IPC buffer compression: None, "lz4" or "zstd"
+    compression: str = "zstd"       # the streams' Arrow IPC buffer compression: None, "lz4" or "zstd"
     force: bool = False             # replace the trace already in ``output``
 
     def validate(self):

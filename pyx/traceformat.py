@@ -113,9 +113,24 @@ def table_file(name):
     return name + ".arrows"
 
 
+#: meta.json ``layout`` -> file name suffix of a table: the crash-safe Arrow
+#: IPC streams a recording writes, and the layouts a finished trace is
+#: converted to (Parquet by default; Arrow IPC files on request).
+LAYOUTS = {"arrows": ".arrows", "parquet": ".parquet", "arrow": ".arrow"}
+#: A recording holds a lock on this file while it runs; a killed run leaves
+#: it behind.
+LOCK_FILE = "recording.lock"
+#: A layout file is written under its name plus this, then renamed.
+TMP_SUFFIX = ".tmp"
+
+
 def trace_files():
-    """Every file name a trace directory owns."""
-    return [table_file(t) for t in TABLES] + [META_FILE, CONSOLE_FILE]
+    """Every file name a trace directory owns: each table in every layout
+    (and their temporary names), ``meta.json``, the console log and the
+    recording's lock file."""
+    tables = [t + suffix + tmp for t in TABLES for suffix in LAYOUTS.values()
+              for tmp in ("", TMP_SUFFIX)]
+    return tables + [META_FILE, CONSOLE_FILE, LOCK_FILE]
 
 #: Per table, the (start, end) columns of the time span a row covers; used by
 #: ``Trace.window``.  A null end (a vCPU that never re-entered) is open-ended.

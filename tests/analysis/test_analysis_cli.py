@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import kvmscope
-from kvmscope.analysis import TABLES, cli
+from kvmscope.analysis import TABLES, Trace, cli
 from kvmscope.analysis.synth import make_trace, write_trace
 
 THREADS = pd.DataFrame({"thread": [1, 2], "tid": [101, 102],
@@ -230,6 +230,17 @@ def test_validate_counts_violations_by_kind_in_a_table(capsys, tmp_path):
     assert lines[head].split() == ["kind", "violations", "first"]
     assert lines[head + 2].split() == ["lock_overlap", "2", "locks.arrows", "row", "1"]
     assert lines[-1].endswith("2 violations in 4 records (2 lock_overlap)")
+
+
+def test_validate_names_rows_in_the_file_that_holds_them(capsys, tmp_path):
+    bad = pd.DataFrame({
+        "thread": [1, 2, 1, 2], "callsite": ["vcpu:io", "main:dispatch"] * 2,
+        "request_ns": [0, 50, 130, 150], "acquired_ns": [0, 90, 160, 170],
+        "released_ns": [100, 150, 2_000_000, 2_000_100]})          # 2 overlaps
+    Trace.load(write_trace(tmp_path / "s", threads=THREADS, locks=bad)).to_parquet(tmp_path / "p")
+    status, out, _ = run(capsys, "validate", tmp_path / "p")
+    assert status == 1
+    assert "locks.parquet row 1" in out and ".arrows" not in out
 
 
 def test_text_output_to_a_pipe_is_plain_and_complete(capsys, gen):

@@ -5,6 +5,8 @@ known shift, between-run variation), filters, exit statuses and formats."""
 import itertools
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -396,3 +398,54 @@ def test_api_result_and_notes(runs_dir):
     fig = r.plot("bql", "pio:b")
     assert len(fig.axes) == 2
     assert "regressed" in repr(r)
+
+
+# --------------------------------------------------------------------------
+# single runs judged against the run-to-run variation a store holds
+
+def _store_runs(tmp, factors, seed0=0):
+    """Synthetic runs of one configuration whose vcpu:io holds are scaled by
+    a per-run factor: the run-to-run variation of a real machine."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from kvmscope.analysis.synth import generate
+    paths = []
+    for i, f in enumerate(factors):
+        tables = generate(1500, 3, 1, seed=seed0 + i)
+        locks = tables["locks"]
+        mask = pc.equal(pc.cast(locks.column("callsite"), pa.string()), "vcpu:io")
+        hold = pc.subtract(locks.column("released_ns"), locks.column("acquired_ns"))
+        longer = pc.cast(pc.round(pc.multiply(pc.cast(hold, pa.float64()), f)), pa.int64())
+        rel = pc.if_else(mask, pc.add(locks.column("acquired_ns"), longer), locks.column("released_ns"))
+        tables["locks"] = locks.set_column(locks.schema.get_field_index("released_ns"), "released_ns", rel)
+        meta = {"started_at": f"2026-12-01T00:{seed0 + i:02d}:00+00:00",
+                "config": {"guest": "synthetic", "vcpus": 2}}
+        paths.append(write_trace(tmp / f"r{seed0 + i:02d}", meta=meta, **tables))
+    return paths
+
+
+def test_store_variation_judges_single_runs(tmp_path):
+    pytest.importorskip("duckdb")
+    from kvmscope.analysis import Store
+    store = Store(tmp_path / "store", create=True)
+    store.add(_store_runs(tmp_path, [1.0, 1.2, 0.85, 1.1, 0.9, 1.25, 0.8, 1.05, 0.95, 1.15]))
+    base, same, slow = _store_runs(tmp_path / "pair", [1.0, 1.2, 3.0], seed0=40)
+    # One run each: a +20% run-to-run difference looks like a regression...
+    plain = diff(base, same, callsite="vcpu:io")
+    assert plain.regressed
+    # ...that the store's runs show to be ordinary.
+    judged = diff(base, same, callsite="vcpu:io", store=store.path)
+    assert not judged.regressed
+    row = judged.table[judged.table.callsite == "vcpu:io"].iloc[0]
+    assert row["store_runs"] == 10 and row["ci_low"] < plain.table.iloc[0]["ci_low"]
+    assert any("run-to-run variation from the store" in n for n in judged.notes)
+    # A real change (3x) is still found.
+    assert diff(base, slow, callsite="vcpu:io", store=store.path).regressed
+    # From the command line, and a store that is not one: one line, exit 2.
+    r = subprocess.run([sys.executable, "-m", "kvmscope.analysis", "diff", base, same,
+                        "--callsite", "vcpu:io", "--store", str(store.path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run([sys.executable, "-m", "kvmscope.analysis", "diff", base, same,
+                        "--store", str(tmp_path / "nope")], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -36,8 +36,15 @@ def _pairs(trace):
 
     Returns ``(waits, pw, ph, overlap)``: row numbers of ``trace.locks`` of
     the waiting acquisitions, and per pair the waiter row, holder row and
-    overlap in ns (only pairs with a positive overlap).
+    overlap in ns (only pairs with a positive overlap).  Computed once per
+    trace: the anatomy, ``caused`` and ``blockers`` share it.
     """
+    if "wait_pairs" not in trace._cache:
+        trace._cache["wait_pairs"] = _compute_pairs(trace)
+    return trace._cache["wait_pairs"]
+
+
+def _compute_pairs(trace):
     df = trace.locks
     order = _replay.lock_order(trace)
     acq = df["acquired_ns"].to_numpy()[order]
@@ -87,7 +94,7 @@ def _names(trace, ids):
 def _name_column(trace, ids):
     """Thread names of thread ids *ids*, as a categorical (names looked up
     once per distinct id)."""
-    uniq, inv = np.unique(ids, return_inverse=True)
+    inv, uniq = pd.factorize(np.asarray(ids), sort=True)
     names = _names(trace, uniq)
     if len(set(names)) != len(names):
         return names[inv.reshape(-1)]
@@ -355,3 +362,128 @@ def caused(trace, lock=None, threads=None):
     out["_handoff"] = out["holder_callsite"] == "(hand-off)"
     out = out.sort_values(["_handoff", "caused_ns"], ascending=[True, False], kind="stable")
     return out[cols].reset_index(drop=True)
+
+
+#: Most (lock, waiter, holder) bins :func:`blockers` counts densely; a
+#: damaged trace with thousands of thread ids is counted sparsely instead.
+_DENSE_BINS = 1 << 22
+
+
+def _first_in_group(group, value):
+    """Whether each element is the first of its *value* within its run of
+    equal *group* (*group* non-decreasing).  Runs of 3 or fewer, the usual
+    case, are compared with their neighbours; longer ones are sorted."""
+    n = len(group)
+    first = np.ones(n, dtype=bool)
+    if n < 2:
+        return first
+    later = np.flatnonzero(group[1:] == group[:-1]) + 1      # not the first of its run
+    if not len(later):
+        return first
+    for k in (1, 2):
+        i = later[later >= k]
+        first[i[(group[i] == group[i - k]) & (value[i] == value[i - k])]] = False
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    sizes = np.diff(np.r_[starts, n])
+    if sizes.max() > 3:
+        idx = np.flatnonzero(np.repeat(sizes > 3, sizes))
+        o = np.lexsort((idx, value[idx], group[idx]))
+        g, v = group[idx][o], value[idx][o]
+        first[idx[o]] = np.r_[True, (g[1:] != g[:-1]) | (v[1:] != v[:-1])]
+    return first
+
+
+def blockers(trace, lock=None):
+    """Who blocks whom: each contended wait attributed to the threads that
+    held the lock meanwhile.
+
+    The same split as :func:`wait_anatomy`, per thread: the overlap of a
+    wait with each other thread's ownership is that thread's share; what no
+    other thread covered (the lock free but not yet taken: wake-up and
+    hand-off latency) goes to holder ``-1``, ``"(none)"``.
+
+    Returns
+    -------
+    DataFrame
+        ``lock, waiter, waiter_name, holder, holder_name, waits`` (contended
+        acquisitions that waited on this holder), ``wait_ns`` (attributed
+        wait), sorted by ``wait_ns``.
+
+    Examples
+    --------
+    >>> trace.blockers().head()                        # doctest: +SKIP
+    """
+    df = trace.locks
+    waits, pw, ph, ov = _pairs(trace)
+    cols = ["lock", "waiter", "waiter_name", "holder", "holder_name", "waits", "wait_ns"]
+    thread = df["thread"].to_numpy().astype(np.int64)
+    lcode = df["lock"].cat.codes.to_numpy().astype(np.int64)
+    req = df["request_ns"].to_numpy()
+    acq = df["acquired_ns"].to_numpy()
+    # A thread's own acquisitions never block it (only an inconsistent trace
+    # has them overlap its wait): that time counts as free.
+    other = thread[ph] != thread[pw]
+    pw, ph, ov = pw[other], ph[other], ov[other]
+    pos = np.empty(len(df), dtype=np.int64)
+    pos[waits] = np.arange(len(waits))
+    pi = pos[pw]                                   # non-decreasing: pairs come by wait
+    covered = np.bincount(pi, weights=ov, minlength=len(waits))
+    free = (acq[waits] - req[waits]) - covered
+    has = free > 0
+    # One row per (lock, waiter, holder): a dense code per thread id (with a
+    # slot for "no holder"), one int64 key per pair and per free time.
+    tids = np.unique(np.r_[pd.unique(thread), NO_HOLDER])
+    nt = len(tids)
+    fw = waits[has]
+    kp = (lcode[pw] * nt + np.searchsorted(tids, thread[pw])) * nt + np.searchsorted(tids, thread[ph])
+    kf = (lcode[fw] * nt + np.searchsorted(tids, thread[fw])) * nt + \
+        int(np.searchsorted(tids, NO_HOLDER))
+    # Waits, each counted once per row (a wait may overlap two acquisitions
+    # of one holder thread); the free times are one per wait already.
+    once = _first_in_group(pi, thread[ph])
+    nbins = (int(lcode.max()) + 1 if len(lcode) else 1) * nt * nt
+    if nbins <= _DENSE_BINS:                       # the usual handful of threads: dense bins
+        total = np.bincount(kp, weights=ov, minlength=nbins) + \
+            np.bincount(kf, weights=free[has], minlength=nbins)
+        count = np.bincount(kp[once], minlength=nbins) + np.bincount(kf, minlength=nbins)
+        keys = np.flatnonzero(count)
+        total, count = total[keys], count[keys]
+    else:                                          # a damaged trace with thousands of ids
+        inv, keys = pd.factorize(np.r_[kp, kf], sort=True)
+        total = np.bincount(inv, weights=np.r_[ov, free[has]])
+        count = np.bincount(inv[np.r_[once, np.ones(len(kf), dtype=bool)]], minlength=len(keys))
+    if not len(keys):
+        return pd.DataFrame({c: pd.Series(dtype=object if c.endswith("name") or c == "lock"
+                                          else np.int64) for c in cols})
+    uniq = np.c_[keys // (nt * nt), tids[(keys // nt) % nt], tids[keys % nt]]
+    locks = np.asarray(df["lock"].cat.categories, dtype=object)
+    out = pd.DataFrame({
+        "lock": locks[uniq[:, 0]],
+        "waiter": uniq[:, 1].astype(np.int16),
+        "holder": uniq[:, 2].astype(np.int16),
+        "waits": count.astype(np.int64),
+        "wait_ns": np.rint(total).astype(np.int64),
+    })
+    out.insert(2, "waiter_name", _names(trace, out["waiter"].to_numpy()))
+    holder_name = _names(trace, out["holder"].to_numpy())
+    holder_name[out["holder"].to_numpy() == NO_HOLDER] = NO_CALLSITE
+    out.insert(4, "holder_name", holder_name)
+    out = _replay._lock_filter(out[cols], lock)
+    return out.sort_values("wait_ns", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def blockers_matrix(trace, lock=None):
+    """Total wait (ns) per waiting thread (rows) and holding thread
+    (columns), summed over locks (or over *lock* only).
+
+    Examples
+    --------
+    >>> trace.blockers_matrix("bql")                   # doctest: +SKIP
+    holder_name  (none)   main  vcpu0  vcpu1
+    waiter_name
+    main            900      0  41200  38800
+    ...
+    """
+    b = blockers(trace, lock)
+    return b.pivot_table(index="waiter_name", columns="holder_name",
+                         values="wait_ns", aggfunc="sum", fill_value=0)

@@ -162,7 +162,7 @@ def _member_names(ep, thread, ep2, thread2, nep, idx, trace):
     (episode, thread) pairs ``(ep, thread)`` and ``(ep2, thread2)``."""
     eps = np.r_[ep, ep2]
     ids = np.r_[thread, thread2]
-    uniq, code = np.unique(ids, return_inverse=True)
+    code, uniq = pd.factorize(ids, sort=True)
     names = np.asarray(_replay._names(trace, uniq), dtype=object)
     if len(uniq) <= 62:
         mask = np.zeros(nep, dtype=np.int64)

@@ -414,12 +414,12 @@ class Trace:
         return _stats.loop_stats(self)
 
     def blockers(self, lock=None):
-        """Who blocks whom, long form; see :func:`stats.blockers`."""
-        return _stats.blockers(self, lock)
+        """Who blocks whom, long form; see :func:`blame.blockers`."""
+        return _blame.blockers(self, lock)
 
     def blockers_matrix(self, lock=None):
-        """Who blocks whom, waiter x holder; see :func:`stats.blockers_matrix`."""
-        return _stats.blockers_matrix(self, lock)
+        """Who blocks whom, waiter x holder; see :func:`blame.blockers_matrix`."""
+        return _blame.blockers_matrix(self, lock)
 
     def wait_anatomy(self, lock=None):
         """Each lock wait split into held, barged and hand-off time; see

@@ -61,7 +61,7 @@ def cmd_report(args):
     if top is None:
         top = 20 if args.format in ("text", "markdown") else 0
     sel = selection(args)
-    built = _report.build(trace, args.section or "all", sel)
+    built = _report.build(trace, args.section, sel)
     _show(args, _report.render(trace, built, args.format, top=top,
                                all_columns=args.all_columns, selection=sel, **_style(args)))
     return EXIT_OK

@@ -94,9 +94,17 @@ _HEADERS = {"samples_pct": "samples%", "time_pct": "time%",
             "acquisitions": "acquired", "contentions": "contended"}
 
 
+#: Sections that are not in a report unless asked for (by name or ``all``):
+#: drill-downs whose cost on a large trace is that of the rest together.
+ON_REQUEST = ("fairness", "pingpong", "convoys")
+
+
 def sections(names=None):
-    """Validate and expand section names (``None`` or ``"all"``: all)."""
-    if names is None or names == "all" or "all" in names:
+    """Validate and expand section names (``None``: every section but
+    :data:`ON_REQUEST`; ``"all"``: all)."""
+    if names is None:
+        return [n for n in SECTIONS if n not in ON_REQUEST]
+    if names == "all" or "all" in names:
         return list(SECTIONS)
     names = [names] if isinstance(names, str) else list(names)
     bad = [n for n in names if n not in SECTIONS]
@@ -178,7 +186,8 @@ def build(trace, names=None, selection=None):
     ----------
     trace : Trace
     names : str or list of str, optional
-        Sections (see :data:`SECTIONS`); default all.
+        Sections (see :data:`SECTIONS`); default all but :data:`ON_REQUEST`
+        (``"all"``: every one).
     selection : kvmscope.analysis.select.Selection, optional
         Filters: the window cuts the trace first (rows overlapping it); the
         threads and call sites then apply per section: ``caused`` and

@@ -314,12 +314,6 @@ same.table[["lock", "callsite", "status"]]
 """,
 ]
 
-if __name__ == "__main__":
-    notebook(BQL, "where-does-the-bql-go.ipynb")
-    notebook(REGRESS, "did-this-change-regress.ipynb")
-    notebook(SLOW, "why-was-this-request-slow.ipynb")
-
-
 def what_would_a_fix_buy(path="what-would-a-fix-buy.ipynb"):
     """Writes the notebook "What would a fix buy?" (re-execution, docs/whatif.md)."""
     notebook([
@@ -418,3 +412,10 @@ requests come within 50 ns of each other far more often than chance), and the
 model, which runs each vCPU's guest time independently, does not keep that
 coupling once a change moves them out of their recorded phase.""",
     ], path)
+
+
+if __name__ == "__main__":
+    notebook(BQL, "where-does-the-bql-go.ipynb")
+    notebook(REGRESS, "did-this-change-regress.ipynb")
+    notebook(SLOW, "why-was-this-request-slow.ipynb")
+    what_would_a_fix_buy()

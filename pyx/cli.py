@@ -468,7 +468,7 @@ def add_analysis_commands(sub, funcs=None):
     p.add_argument("--section", action="append", choices=list(REPORT_SECTIONS) + ["all"],
                    metavar="SECTION",
                    help="section to show, one of " + ", ".join(REPORT_SECTIONS + ("all",))
-                        + "; repeat for several (default: all)")
+                        + "; repeat for several (default: all but fairness, pingpong, convoys)")
     p.add_argument("--all-columns", action="store_true", help="text/markdown: show every column")
     add_selection_options(p, sort_keys=REPORT_SORT_KEYS, what="sections")
 

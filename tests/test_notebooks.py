@@ -11,7 +11,8 @@ NOTEBOOKS = sorted(f for f in os.listdir(os.path.join(ROOT, "notebooks")) if f.e
 
 
 def test_the_investigation_notebooks_are_shipped():
-    assert {"where-does-the-bql-go.ipynb", "did-this-change-regress.ipynb"} <= set(NOTEBOOKS)
+    assert {"where-does-the-bql-go.ipynb", "did-this-change-regress.ipynb",
+            "why-was-this-request-slow.ipynb", "what-would-a-fix-buy.ipynb"} <= set(NOTEBOOKS)
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)

@@ -65,8 +65,10 @@ def test_report_json_is_raw_and_complete(capsys, small):
     status, out, _ = run(capsys, "report", small, "--format", "json")
     doc = json.loads(out)
     assert set(doc) == {"trace", "caused", "exits", "addrs", "locks", "callsites",
-                        "blockers", "fairness", "pingpong", "convoys", "bh", "timers", "aio",
-                        "loop"}
+                        "blockers", "bh", "timers", "aio", "loop"}
+    # The drill-downs come with --section NAME or all.
+    _, out, _ = run(capsys, "report", small, "--format", "json", "--section", "all")
+    assert {"fairness", "pingpong", "convoys"} <= set(json.loads(out))
     lock = doc["locks"][0]
     assert lock["wait_total_ns"] == 100 and lock["hold_max_ns"] == 1_999_840
     assert isinstance(lock["hold_p50_ns"], int)
@@ -212,9 +214,12 @@ def test_analysis_commands_are_registered_explicitly():
     from kvmscope import cli as top
     names = set(top.build_parser()._subparsers._group_actions[0].choices)
     assert names == {"run", "demo", "guests", "info", "report", "validate",
-                     "diff", "plot", "export"}
+                     "diff", "plot", "export", "path", "convert", "store", "sql", "history",
+                     "replay", "whatif", "import", "qemu"}
     assert set(cli.COMMANDS) == {"cmd_report", "validate_command", "cmd_diff",
-                                 "cmd_plot", "cmd_export"}
+                                 "cmd_plot", "cmd_export", "cmd_path", "cmd_convert",
+                                 "cmd_store_add", "cmd_store_list", "cmd_sql", "cmd_history",
+                                 "cmd_replay", "cmd_whatif"}
 
 
 def test_validate_counts_violations_by_kind_in_a_table(capsys, tmp_path):

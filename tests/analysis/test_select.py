@@ -93,7 +93,7 @@ def test_report_callsite_and_window(vm):
 def test_sort_keys_follow_perf_lock(mixed):
     # Every key the command line offers maps to a column a section has.
     assert tuple(select.SORT_KEYS) == cli.REPORT_SORT_KEYS
-    built = report.build(mixed)
+    built = report.build(mixed, "all")
     for key, col in select.SORT_KEYS.items():
         assert any(col in df.columns for df in built.values()), key
         have = [n for n, df in built.items() if col in df.columns]

@@ -12,8 +12,6 @@ Examples
 >>> t.lock_stats(["lock", "callsite"])        # doctest: +SKIP
 """
 
-import sys
-
 from .schema import FORMAT_VERSION, TABLES
 
 __all__ = ["Trace", "TraceError", "SCHEMAS", "TABLES", "FORMAT_VERSION", "diff", "Store",
@@ -30,6 +28,11 @@ def __getattr__(name):
         from .store import Store as value
     elif name == "SCHEMAS":
         from .schema import SCHEMAS as value
+    elif name == "replay":
+        # the reconstruction module (called, it re-executes); importlib, as
+        # "from . import replay" would come back here before it is loaded
+        import importlib
+        value = importlib.import_module(__name__ + ".replay")
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value         # once: later lookups skip this function
@@ -70,46 +73,3 @@ def reexecute(trace, policy="barging", seed=None, **changes):
     """
     from .whatif import reexecute as run
     return run(trace, policy=policy, seed=seed, **changes)
-
-
-class _ReplayModule(type(sys)):
-    """``kvmscope.analysis.replay``: the reconstruction of a trace (lock
-    ownership, hand-offs, thread states, the checker) as attributes, and,
-    called, a re-execution: ``replay(trace, **changes)`` is
-    :func:`reexecute`."""
-
-    def __call__(self, trace, policy="barging", seed=None, **changes):
-        return reexecute(trace, policy=policy, seed=seed, **changes)
-
-
-class _ReplayFinder:
-    """Makes the module ``kvmscope.analysis.replay`` callable as it is
-    imported, whoever imports it first (a meta path finder that only wraps
-    that module's loader)."""
-
-    name = __name__ + ".replay"
-
-    def find_spec(self, name, path, target=None):
-        if name != self.name:
-            return None
-        import importlib.machinery
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _ReplayLoader(spec.loader)
-        return spec
-
-
-class _ReplayLoader:
-    def __init__(self, loader):
-        self.loader = loader
-
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module):
-        self.loader.exec_module(module)
-        module.__class__ = _ReplayModule
-
-
-if not any(isinstance(f, _ReplayFinder) for f in sys.meta_path):
-    sys.meta_path.insert(0, _ReplayFinder())

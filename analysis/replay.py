@@ -1,10 +1,15 @@
-"""Replay of a trace: lock ownership, waits, hand-offs, thread states, queue
-depths, and the invariant checker.
+"""Replay of a trace as reconstruction: lock ownership, waits, hand-offs,
+thread states, queue depths, and the invariant checker.  Called, the module
+re-executes a trace under changed conditions instead
+(``kvmscope.analysis.replay(trace, **changes)``: see ``whatif``).
 
 Every function takes a :class:`~kvmscope.analysis.Trace` and returns a
 DataFrame; all work is vectorised (sorts, shifts, cumulative sums), so cost
 grows with the number of records but no Python code runs per record.
 """
+
+import sys
+import types
 
 import numpy as np
 import pandas as pd
@@ -959,3 +964,17 @@ def check(trace, tolerance_ns=0):
     res = pd.concat(out, ignore_index=True)
     return res.sort_values(["ts_ns", "table", "row"], kind="stable") \
         .reset_index(drop=True)
+
+
+class _ReplayModule(types.ModuleType):
+    """This module, callable: its functions reconstruct what was true at
+    each instant of a trace; ``replay(trace, **changes)`` re-executes the
+    trace under changed conditions (:func:`kvmscope.analysis.reexecute`)."""
+
+    def __call__(self, trace, policy="barging", seed=None, **changes):
+        # Through the package (always loaded before this module): re-execution
+        # sits above reconstruction, which must not import it.
+        return sys.modules[__package__].reexecute(trace, policy=policy, seed=seed, **changes)
+
+
+sys.modules[__name__].__class__ = _ReplayModule

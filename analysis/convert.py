@@ -37,7 +37,7 @@ DERIVED = {
 
 # Parquet rows per row group: big enough for good compression, small enough
 # that a converter holds a bounded number of rows.
-ROW_GROUP = 1 << 20
+ROW_GROUP = 1 << 18
 
 
 def derived_names(name):
@@ -299,7 +299,9 @@ def _stream_batches(path, name):
     fname = table_path(path, name, "arrows")
     if not os.path.exists(fname) or os.path.getsize(fname) == 0:
         return
-    with pa.memory_map(fname) as source:
+    # Read, not memory-mapped: the converter's memory stays one row group,
+    # however long the stream (mapped pages of the whole file would count).
+    with pa.OSFile(fname) as source:
         reader = ipc.open_stream(source)
         pending, rows = [], 0
         for batch in reader:

@@ -147,12 +147,17 @@ def pairs(base, step):
           f"{len(injected)} pairs base vs +2us at pio:debugport (hold p50)")
     for label, group, want in (("identical", same, "false alarms"),
                                ("+2us", injected, "found")):
-        d_flag = j_flag = 0
+        d_flag = j_flag = s_flag = 0
         d_rows = []
         for a, b in group:
             ta, tb = Trace.load(a), Trace.load(b)
             r = diff(ta, tb)
             d_flag += bool(r.regressed)
+            rs = diff(ta, tb, store=s)             # kvmscope diff A B --store STORE
+            if label == "+2us":
+                s_flag += bool((rs.regressions["callsite"] == "pio:debugport").any())
+            else:
+                s_flag += bool(rs.regressed)
             d_rows += [f"{x.callsite} {x.base_stat_ns:.0f}->{x.new_stat_ns:.0f}"
                        for x in r.regressions.itertuples()]
             j = h.judge_pair(ta, tb, s)
@@ -163,6 +168,7 @@ def pairs(base, step):
                 j_flag += bool(len(hit))
         print(f"  {label:<10} kvmscope diff (1 vs 1): {d_flag}/{len(group)} {want}"
               + (f" ({'; '.join(d_rows[:4])})" if d_rows and label == "identical" else ""))
+        print(f"  {label:<10} kvmscope diff --store (1 vs 1): {s_flag}/{len(group)} {want}")
         print(f"  {label:<10} judged against the store's variation: {j_flag}/{len(group)} {want}")
 
 
@@ -176,8 +182,15 @@ def main():
     p.add_argument("--record", action="store_true", help="record the real runs (KVM)")
     p.add_argument("--base", type=int, default=70)
     p.add_argument("--step", type=int, default=10)
+    p.add_argument("--pairs-only", action="store_true",
+                   help="with --out: only the single-run comparisons (no synthetic series)")
     a = p.parse_args()
     penalties = a.penalty or [2, 3, 4, 6]
+    if a.pairs_only and a.out:
+        runs = sorted(os.path.join(a.out, d) for d in os.listdir(a.out))
+        pairs([r for r in runs if os.path.basename(r).startswith("base-")],
+              [r for r in runs if os.path.basename(r).startswith("step-")])
+        return
     synthetic(a.length, a.reps, penalties, a.seed)
     if a.out:
         if a.record:

@@ -418,16 +418,20 @@ def cmd_info(args):
     return EXIT_OK
 
 
+
+def _lazy(module, name):
+    """Command function *name* of *module* (relative to this package),
+    imported when the command runs: building the parser imports neither
+    pandas nor the analysis."""
+    def run(args):
+        import importlib
+        return getattr(importlib.import_module(module, __package__), name)(args)
+    run.__name__ = name
+    return run
+
 # --------------------------------------------------------------------------
 # analysis commands: parsed here, run by kvmscope.analysis.cli
 
-def _analysis(name):
-    """A command function of kvmscope.analysis.cli, imported when it runs."""
-    def run(args):
-        from .analysis import cli
-        return getattr(cli, name)(args)
-    run.__name__ = name
-    return run
 
 
 def add_selection_options(p, sort_keys, what="rows"):
@@ -457,7 +461,7 @@ def add_analysis_commands(sub, funcs=None):
     funcs = funcs or {}
 
     def func(name):
-        return funcs.get(name) or _analysis(name)
+        return funcs.get(name) or _lazy(".analysis.cli", name)
 
     p = _command(sub, "report", "statistics of a trace (exits, locks, bh, AIO...)",
                  "Print perf-kvm-stat / lock_stat style statistics of a trace directory.\n"
@@ -585,16 +589,9 @@ def add_analysis_commands(sub, funcs=None):
 CONVERT_TARGETS = ("parquet", "arrow-file")
 CONVERT_COMPRESSIONS = ("default", "zstd", "lz4", "snappy", "none")
 SQL_FORMATS = ("text", "csv", "json")
-HISTORY_STATS = ("p50", "p90", "p99", "mean", "total")
+HISTORY_STATS = DIFF_STATS                 # the statistics diff judges
 
 
-def _runs_command(name):
-    """A command function of kvmscope.analysis.runs_cli, imported when it runs."""
-    def run(args):
-        from .analysis import runs_cli
-        return getattr(runs_cli, name)(args)
-    run.__name__ = name
-    return run
 
 
 def _label(text):
@@ -639,7 +636,7 @@ def add_runs_commands(sub, funcs=None):
     funcs = funcs or {}
 
     def func(name):
-        return funcs.get(name) or _runs_command(name)
+        return funcs.get(name) or _lazy(".analysis.runs_cli", name)
 
     p = _command(sub, "convert", "write a trace in the Parquet or Arrow IPC file layout",
                  "Write a trace in the Parquet layout (DuckDB, polars, pandas open it directly) "
@@ -744,13 +741,6 @@ def add_runs_commands(sub, funcs=None):
 # --------------------------------------------------------------------------
 # ---- real QEMU: import qemu-log, qemu (run by kvmscope.qemu_cli)
 
-def _qemu_command(name):
-    """A command function of kvmscope.qemu_cli, imported when it runs."""
-    def run(args):
-        from . import qemu_cli
-        return getattr(qemu_cli, name)(args)
-    run.__name__ = name
-    return run
 
 
 def _address(text):
@@ -769,7 +759,7 @@ def add_qemu_commands(sub):
                  "-trace kvm_run_exit -D LOG) into a kvmscope trace; see docs/qemu.md.\n"
                  "Exit status: 0, or 2 for a file that is not a QEMU trace log, a log without "
                  "lock events, or an output directory that may not be written.",
-                 _qemu_command("cmd_import"))
+                 _lazy(".qemu_cli", "cmd_import"))
     p.add_argument("kind", choices=["qemu-log"], help="what LOG is: qemu-log (QEMU's log trace backend)")
     p.add_argument("log", metavar="LOG", help="the log file (QEMU's -D)")
     p.add_argument("-o", "--output", required=True, metavar="TRACE",
@@ -794,7 +784,7 @@ def add_qemu_commands(sub):
                  "Exit status: 0 QEMU ended well (status 0, its guest reported 0 through "
                  "isa-debug-exit, or stopped at --duration), 1 QEMU or its guest failed (the "
                  "trace is still written), 2 bad input or QEMU could not run, 130 interrupted.",
-                 _qemu_command("cmd_qemu"))
+                 _lazy(".qemu_cli", "cmd_qemu"))
     p.add_argument("-o", "--output", metavar="TRACE",
                    help="trace directory: missing, empty, or holding a trace to replace with --force")
     p.add_argument("--force", action="store_true", help="replace the trace already in TRACE")
@@ -840,18 +830,11 @@ PATH_SORT_KEYS = ("total", "start", "late", "decode", "vcpu_bql_wait", "dispatch
                   "wakeup", "loop_bql_wait", "pending", "callback", "delivery")
 
 
-def _paths_command(name):
-    """A command function of kvmscope.analysis.paths_cli, imported when it runs."""
-    def run(args):
-        from .analysis import paths_cli
-        return getattr(paths_cli, name)(args)
-    run.__name__ = name
-    return run
 
 
 def add_path_commands(sub, funcs=None):
     """Add ``path`` (docs/paths.md) to *sub*."""
-    func = (funcs or {}).get("cmd_path") or _paths_command("cmd_path")
+    func = (funcs or {}).get("cmd_path") or _lazy(".analysis.paths_cli", "cmd_path")
     p = _command(sub, "path", "follow each block request and timer tick across threads",
                  "Follow every block request (guest OUT exit -> BQL -> AIO queue -> I/O -> "
                  "main-loop wake-up -> completion bottom half -> interrupt -> back in the guest) "
@@ -877,13 +860,6 @@ WHATIF_POLICIES = ("barging", "fifo")
 WHATIF_FORMATS = ("text", "markdown", "json")
 
 
-def _whatif_command(name):
-    """A command function of kvmscope.analysis.whatif_cli, imported when it runs."""
-    def run(args):
-        from .analysis import whatif_cli
-        return getattr(whatif_cli, name)(args)
-    run.__name__ = name
-    return run
 
 
 def _callsite_value(option, parse, example):
@@ -949,7 +925,7 @@ def add_whatif_commands(sub, funcs=None):
                  "run as a trace: every command reads it. Without a change it reproduces the "
                  "recording; with changes (what if) it predicts the run they would give. "
                  "See docs/whatif.md.\nExit status 0, or 2 with one line on stderr.",
-                 funcs.get("cmd_replay") or _whatif_command("cmd_replay"))
+                 funcs.get("cmd_replay") or _lazy(".analysis.whatif_cli", "cmd_replay"))
     p.add_argument("trace", metavar="TRACE", help="recorded trace directory")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="predicted trace directory: missing, empty, or holding a trace to "
@@ -967,7 +943,7 @@ def add_whatif_commands(sub, funcs=None):
                  "call site, its critical section shorter (--factor) and its device without "
                  "the BQL, and ranks the fixes by the guest progress they buy. See "
                  "docs/whatif.md.\nExit status 0, or 2 with one line on stderr.",
-                 funcs.get("cmd_whatif") or _whatif_command("cmd_whatif"))
+                 funcs.get("cmd_whatif") or _lazy(".analysis.whatif_cli", "cmd_whatif"))
     p.add_argument("trace", metavar="TRACE", help="recorded trace directory")
     _add_whatif_options(p)
     p.add_argument("--rank", action="store_true",

@@ -184,12 +184,15 @@ def main():
     p.add_argument("--step", type=int, default=10)
     p.add_argument("--pairs-only", action="store_true",
                    help="with --out: only the single-run comparisons (no synthetic series)")
+    p.add_argument("--injected", default="step",
+                   help="with --pairs-only: name prefix of the runs with +2us at pio:debugport "
+                        "(default step, as --record names them)")
     a = p.parse_args()
     penalties = a.penalty or [2, 3, 4, 6]
     if a.pairs_only and a.out:
         runs = sorted(os.path.join(a.out, d) for d in os.listdir(a.out))
         pairs([r for r in runs if os.path.basename(r).startswith("base-")],
-              [r for r in runs if os.path.basename(r).startswith("step-")])
+              [r for r in runs if os.path.basename(r).startswith(a.injected + "-")])
         return
     synthetic(a.length, a.reps, penalties, a.seed)
     if a.out:

@@ -934,6 +934,10 @@ def add_whatif_commands(sub, funcs=None):
     p.add_argument("--compression", choices=COMPRESSIONS, default="none",
                    help="compress the predicted trace's Arrow buffers")
     _add_whatif_options(p)
+    p.add_argument("--engine", choices=("model", "core"), default="model",
+                   help="model: re-execute in the deterministic model (default); core: run "
+                        "each thread's recorded BQL acquisitions on real threads through the "
+                        "compiled BQL, without KVM, and record the run (docs/whatif.md)")
     _format_option(p, what="summary: text (two lines) or json")
 
     p = _command(sub, "whatif", "predict what a change buys: a table against the recording",

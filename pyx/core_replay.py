@@ -80,10 +80,8 @@ def schedules(trace, scale_hold=None, add_hold=None, lockless=None):
         if off_sites:
             keep = ~np.isin(sites, list(off_sites))
             # a lockless section is time outside the lock, before the next request
-            carry = np.cumsum(np.where(keep, 0.0, gap + hold))
-            before = np.concatenate(([0.0], carry[:-1]))
-            taken = np.maximum.accumulate(np.where(keep, before, 0.0))
-            gap = np.where(keep, gap + before - taken, 0.0)
+            dropped = np.cumsum(np.where(keep, 0.0, gap + hold))[keep]
+            gap[keep] += np.diff(dropped, prepend=0.0)
         ids = np.array([site_id[s] for s in sites], np.uint32)
         name, role = (th.loc[thread, "name"], th.loc[thread, "role"]) if thread in th.index \
             else (f"thread{thread}", "vcpu")

@@ -32,10 +32,12 @@ def run_c(exe, guest, iterations):
     return int(exits) / (int(ns) / 1e9)
 
 
-def run_kvmscope(iterations, trace_dir, vcpus=1):
+def run_kvmscope(iterations, trace_dir, vcpus=1, compression="default"):
     from kvmscope.runner import RunConfig, record
     cfg = RunConfig("pio-storm", vcpus=vcpus, iterations=iterations, trace=trace_dir is not None,
                     output=trace_dir, console=False)
+    if compression != "default":
+        cfg.compression = compression
     r = record(cfg)
     assert r.ok and r.lost == 0, (r.stop_reason, r.lost)
     rates = [v["exits"] / (v["run_ns"] / 1e9) for v in r.stats["vcpus"]]
@@ -51,6 +53,8 @@ def main():
     ap.add_argument("--iterations", type=int, default=200000)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--vcpus2", action="store_true", help="also measure (b) and (c) with 2 vCPUs")
+    ap.add_argument("--compression", action="store_true",
+                    help="also measure (c) with uncompressed streams (the default records zstd)")
     args = ap.parse_args()
 
     from kvmscope import _core, guests
@@ -90,6 +94,16 @@ def main():
               f"{micro['record_ns']:.1f} ns, lock acquisition record with its 3 timestamps "
               f"{micro['lock_record_ns']:.1f} ns")
         print(f"    -> per record on the vCPU path (exit record + lock record, per exit): {per_record:.1f} ns")
+        if args.compression:
+            cz, cn = [], []
+            for i in range(args.repeat):     # interleaved: zstd (the default), then none
+                for out, comp in ((cz, "zstd"), (cn, None)):
+                    d = os.path.join(tmp, f"z{i}")
+                    out.append(run_kvmscope(args.iterations, d, compression=comp)[0])
+                    shutil.rmtree(d)
+            mz, mn = statistics.median(cz), statistics.median(cn)
+            print(f"  (c) with zstd streams (default) {mz:10.0f} /s, uncompressed {mn:10.0f} /s: "
+                  f"ratio {mz / mn:.3f}")
         if args.vcpus2:
             b2, c2 = [], []
             for _ in range(args.repeat):  # noqa: B007

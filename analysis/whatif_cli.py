@@ -127,16 +127,11 @@ def cmd_replay(args):
     if args.format == "json":
         out = {"path": args.output, "of": args.trace, "changes": pred.meta["replay"]["changes"],
                "policy": args.policy, "seed": args.seed, "records": records,
-               "figures": {r.metric: {"recorded": _json_value(r.recorded),
-                                      "predicted": _json_value(r.predicted)}
-                           for r in runs.itertuples()}}
+               "figures": _figures(runs, "predicted")}
         render.emit(json.dumps(out, indent=1) + "\n", pager=False)
         return EXIT_OK
     fig = {r.metric: r for r in runs.itertuples()}
-
-    def show(m):
-        r = fig[m]
-        return f"{_fmt(m, r.predicted)} (recorded {_fmt(m, r.recorded)})"
+    show = _shower(fig)
     line = (f"{args.output}: predicted run of {args.trace} ({_what(pred)}), {records:,} records\n"
             f"  exits/s {show('exits_per_s')}, BQL wait {show('bql_wait_ns')}, "
             f"contended {show('contended_pct')}")
@@ -145,6 +140,20 @@ def cmd_replay(args):
                  f"p99 {show('request_p99_ns')}")
     render.emit(line + "\n", pager=False)
     return EXIT_OK
+
+
+def _figures(runs, name):
+    """JSON figures: per metric, the recorded value and this run's (*name*)."""
+    return {r.metric: {"recorded": _json_value(r.recorded), name: _json_value(r.predicted)}
+            for r in runs.itertuples()}
+
+
+def _shower(fig):
+    """``show(metric)``: "value (recorded value)" for the text summary."""
+    def show(m):
+        r = fig[m]
+        return f"{_fmt(m, r.predicted)} (recorded {_fmt(m, r.recorded)})"
+    return show
 
 
 def _replay_core(args, trace):
@@ -166,16 +175,11 @@ def _replay_core(args, trace):
         out = {"path": args.output, "of": args.trace, "engine": "core",
                "changes": meta["replay"]["changes"], "records": records,
                "left_out": meta["replay"]["left_out"],
-               "figures": {r.metric: {"recorded": _json_value(r.recorded),
-                                      "replayed": _json_value(r.predicted)}
-                           for r in runs.itertuples()}}
+               "figures": _figures(runs, "replayed")}
         render.emit(json.dumps(out, indent=1) + "\n", pager=False)
         return EXIT_OK
     fig = {r.metric: r for r in runs.itertuples()}
-
-    def show(m):
-        r = fig[m]
-        return f"{_fmt(m, r.predicted)} (recorded {_fmt(m, r.recorded)})"
+    show = _shower(fig)
     what = ", ".join(meta["replay"]["describe"])
     render.emit(f"{args.output}: {args.trace} run through the core ({what}), {records:,} records\n"
                 f"  acquisitions {show('acquisitions')}, BQL wait {show('bql_wait_ns')}, "

@@ -7,6 +7,7 @@ results out as text, Markdown or JSON (docs/whatif.md).
 import json
 import math
 import sys
+import warnings
 
 from .. import cli as _cli
 from .. import units
@@ -22,6 +23,23 @@ EXIT_OK, EXIT_USAGE = 0, 2
 def _fail(command, e):
     print(f"kvmscope {command}: error: {_cli.error_line(e)}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def _warned(command, fn, *a, **kw):
+    """Call *fn*; each warning it gives (a trace re-executed only in part)
+    becomes one line on stderr."""
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        out = fn(*a, **kw)
+    for w in got:
+        print(f"kvmscope {command}: warning: {w.message}", file=sys.stderr)
+    return out
+
+
+def _model_note(pred):
+    """`` (sequence model)`` for a prediction without a causal model."""
+    return " (sequence model)" if (pred.meta.get("replay") or {}).get("model") == "sequence" \
+        else ""
 
 
 def changes_of(args):
@@ -117,22 +135,26 @@ def cmd_replay(args):
         trace = Trace.load(args.trace)
         if getattr(args, "engine", "model") == "core":
             return _replay_core(args, trace)
-        pred = _whatif.reexecute(trace, policy=args.policy, seed=args.seed, **changes_of(args))
+        pred = _warned("replay", _whatif.reexecute, trace, policy=args.policy, seed=args.seed,
+                       **changes_of(args))
         _whatif.write(pred, args.output, force=args.force,
                       compression=None if args.compression == "none" else args.compression)
     except (TraceError, KvmscopeError, OSError, ValueError) as e:
         return _fail("replay", e)
-    runs, _ = _whatif.compare(trace, pred)
+    window = pred.meta["replay"].get("window")
+    runs, _ = _whatif.compare(_recorded(trace, window), pred)
     records = pred.num_records
     if args.format == "json":
         out = {"path": args.output, "of": args.trace, "changes": pred.meta["replay"]["changes"],
                "policy": args.policy, "seed": args.seed, "records": records,
+               "model": pred.meta["replay"].get("model"), "window": window,
                "figures": _figures(runs, "predicted")}
         render.emit(json.dumps(out, indent=1) + "\n", pager=False)
         return EXIT_OK
     fig = {r.metric: r for r in runs.itertuples()}
     show = _shower(fig)
-    line = (f"{args.output}: predicted run of {args.trace} ({_what(pred)}), {records:,} records\n"
+    line = (f"{args.output}: predicted run of {args.trace} ({_what(pred)}){_model_note(pred)}, "
+            f"{records:,} records\n"
             f"  exits/s {show('exits_per_s')}, BQL wait {show('bql_wait_ns')}, "
             f"contended {show('contended_pct')}")
     if fig["requests"].recorded or fig["requests"].predicted:
@@ -140,6 +162,15 @@ def cmd_replay(args):
                  f"p99 {show('request_p99_ns')}")
     render.emit(line + "\n", pager=False)
     return EXIT_OK
+
+
+def _recorded(trace, window):
+    """The recording to compare a prediction with: the part re-executed."""
+    if not window:
+        return trace
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _whatif.covered(trace)[0]
 
 
 def _figures(runs, name):
@@ -201,13 +232,16 @@ def cmd_whatif(args):
         if not ch:
             raise KvmscopeError("nothing to change: give --scale-hold, --add-hold, --lockless, "
                                 "--vcpus, --aio-threads or --timer-period-us, or --rank")
-        pred = _whatif.reexecute(trace, policy=args.policy, seed=args.seed, **ch)
+        pred = _warned("whatif", _whatif.reexecute, trace, policy=args.policy, seed=args.seed,
+                       **ch)
     except (TraceError, KvmscopeError, OSError, ValueError) as e:
         return _fail("whatif", e)
-    runs, sites = _whatif.compare(trace, pred)
+    window = pred.meta["replay"].get("window")
+    runs, sites = _whatif.compare(_recorded(trace, window), pred)
     if args.format == "json":
         out = {"trace": args.trace, "changes": pred.meta["replay"]["changes"],
                "policy": args.policy, "seed": args.seed,
+               "model": pred.meta["replay"].get("model"), "window": window,
                "figures": [{k: _json_value(v) for k, v in r.items()}
                            for r in runs.to_dict("records")],
                "callsites": [{k: _json_value(v) for k, v in r.items()}
@@ -216,6 +250,10 @@ def cmd_whatif(args):
         return EXIT_OK
     style = _style(args)
     title = f"What if {_what(pred)}: {args.trace} re-executed ({args.policy} lock)"
+    if _model_note(pred):
+        title += ", sequence model: no causal links between threads"
+    if window:
+        title += f", its first {(window['end_ns'] - window['start_ns']) / 1e9:.4f} s"
     head = f"## {title}\n\n" if args.format == "markdown" else title + "\n"
     text = head + _table(args, ["figure", "recorded", "predicted", "change"], _runs_rows(runs),
                          {1, 2, 3}, style)
@@ -230,14 +268,16 @@ def _rank(args, trace):
 
     def progress(k, n):
         done.append(k)
-    table = _whatif.rank(trace, factor=args.factor, policy=args.policy, seed=args.seed,
-                         progress=progress)
+    table = _warned("whatif", _whatif.rank, trace, factor=args.factor, policy=args.policy,
+                    seed=args.seed, progress=progress)
+    part = _recorded(trace, True)
+    sequence = _whatif.model_kind(part)[0] == "sequence"
     limit = args.limit if args.limit else len(table)
     table = table.head(limit) if limit else table
     if args.format == "json":
         out = {"trace": args.trace, "factor": args.factor, "policy": args.policy,
                "seed": args.seed,
-               "baseline": {k: _json_value(v) for k, v in _whatif.metrics(trace).items()},
+               "baseline": {k: _json_value(v) for k, v in _whatif.metrics(part).items()},
                "fixes": [{k: _json_value(v) for k, v in r.items()}
                          for r in table.to_dict("records")]}
         render.emit(json.dumps(out, indent=1) + "\n", pager=False)
@@ -252,6 +292,10 @@ def _rank(args, trace):
                      f"{r.contended_pct:.2f}%", f"{r.acquisitions:,}"])
     title = (f"What to fix first in {args.trace}: each call site's critical section x"
              f"{args.factor:g}, or its device without the BQL, re-executed")
+    if sequence:
+        title = (f"What to fix first in {args.trace}: each BQL call site's critical section x"
+                 f"{args.factor:g}, re-executed (sequence model: no causal links between "
+                 "threads)")
     head = f"## {title}\n\n" if args.format == "markdown" else title + "\n"
     text = head + _table(args, ["#", "callsite", "fix", "exits/s", "requests/s", "wait removed",
                                 "of all wait", "contended", "acquired"],

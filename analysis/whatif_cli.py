@@ -188,13 +188,13 @@ def _shower(fig):
 
 
 def _replay_core(args, trace):
-    """``replay --engine core``: the recorded acquisitions run through the
-    compiled BQL on real threads (the core is imported only here)."""
+    """``replay --engine core``: the model's schedules run on real threads
+    through the compiled core (the core is imported only here)."""
     if args.policy != "barging":
         raise KvmscopeError("--engine core runs the real lock (barging): "
                             "--policy fifo needs --engine model")
     if args.seed is not None:
-        raise KvmscopeError("--engine core replays recorded times: --seed needs --engine model")
+        raise KvmscopeError("--engine core runs the recorded figures: --seed needs --engine model")
     from .. import core_replay
     meta = core_replay.replay(trace, args.output, force=args.force,
                               compression=None if args.compression == "none" else args.compression,
@@ -212,10 +212,17 @@ def _replay_core(args, trace):
     fig = {r.metric: r for r in runs.itertuples()}
     show = _shower(fig)
     what = ", ".join(meta["replay"]["describe"])
-    render.emit(f"{args.output}: {args.trace} run through the core ({what}), {records:,} records\n"
-                f"  acquisitions {show('acquisitions')}, BQL wait {show('bql_wait_ns')}, "
-                f"contended {show('contended_pct')}, hold {show('hold_ns')}, "
-                f"duration {show('duration_ns')}\n", pager=False)
+    line = (f"{args.output}: {args.trace} run through the core ({what}), {records:,} records\n"
+            f"  ")
+    if len(ran.exits):
+        line += f"exits/s {show('exits_per_s')}, "
+    line += (f"BQL wait {show('bql_wait_ns')}, contended {show('contended_pct')}, "
+             f"acquisitions {show('acquisitions')}")
+    if len(ran.aio) and "request_p50_ns" in fig:
+        line += (f", request latency p50 {show('request_p50_ns')}, "
+                 f"p99 {show('request_p99_ns')}")
+    line += f", duration {show('duration_ns')}"
+    render.emit(line + "\n", pager=False)
     return EXIT_OK
 
 

@@ -37,4 +37,5 @@ include "dev_blk.pxi"
 include "vcpu.pxi"      # vCPU threads looping on KVM_RUN without the GIL
 include "machine.pxi"   # Machine: VM, memory, vCPUs, start/stop, statistics
 include "schedule.pxi"  # schedules replayed on real threads through the BQL, without KVM
+include "model_run.pxi"  # the re-execution model's schedules on real threads, loop, timers and AIO, without KVM
 include "selftest.pxi"  # self-tests and micro-benchmarks (test suite and bench/ only)

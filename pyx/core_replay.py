@@ -41,9 +41,10 @@ LEFT_OUT = ["exits", "interrupts", "timers", "bottom halves", "AIO",
 
 #: what a run of the model's schedules leaves out
 MODEL_LEFT_OUT = [
-    "the guest (guest time is calibrated busy time; no KVM)",
+    "the guest and KVM (guest time is calibrated busy time on the vCPU thread)",
     "device models and file I/O (handlers and AIO service are busy time)",
-    "an ISR exit's exact point (taken when the vCPU next checks, within its guest time)",
+    "an interrupt service routine taken late as recorded (it is taken when the interrupt "
+    "arrives, or at the next re-entry)",
     "kicks of the userspace irqchip",
 ]
 
@@ -382,6 +383,9 @@ def replay(trace, output, force=False, compression=None, **changes):
         if (trace.meta.get("config") or {}).get("source"):
             return _replay_locks(trace, output, force, compression, str(e), changes)
         raise
+    except (KeyError, IndexError, TypeError) as e:
+        raise ConfigError(f"the trace's model refers to something it lacks ({e!r}): "
+                          "cannot build its schedules") from None
     tracer = _core.Tracer(_ring_records(trace, b), False, True)
     run = _core.ModelRun(tracer, b.vcpus, b.fx, b.aio, b.timers, b.bhs, b.vectors, b.lines,
                          b.aio_vec, b.nworkers, b.dispatch_cs, len(b.model.callsites),

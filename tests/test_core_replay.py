@@ -204,3 +204,41 @@ def test_lockless_device_leaves_the_lock_but_keeps_its_time(tmp_path):
     want = per_site(imported)["n"].to_dict()
     assert "pio:blk" in want and "pio:blk" not in got
     assert got["pio:debugport"] == want["pio:debugport"]
+
+
+def _stream(**cols):
+    from kvmscope import _core
+    out = np.zeros((2, len(_core.EXIT_FIELDS)), np.int64)
+    out[:, _core.EXIT_FIELDS.index("wvec")] = -1
+    out[:, _core.EXIT_FIELDS.index("cs")] = -1
+    out[:, _core.EXIT_FIELDS.index("device")] = 0xFFFFFFFE
+    for name, values in cols.items():
+        out[:, _core.EXIT_FIELDS.index(name)] = values
+    return out
+
+
+def _model_run(prog, vectors=(0x31,)):
+    from kvmscope import _core
+    _core.calibrate_clock("auto", 0.01)
+    return _core.ModelRun(_core.Tracer(1024, False, True), [("vcpu0", prog, {})],
+                          np.zeros((0, 5), np.int64), np.zeros((0, 7), np.int64), [], [],
+                          list(vectors), np.full((1, len(vectors)), -1), -1, 1, 0, 1, 0)
+
+
+def test_a_schedule_that_deadlocks_is_stopped_by_the_watchdog():
+    from kvmscope.errors import KvmscopeError
+    # the second exit waits for an interrupt no thread raises
+    run = _model_run(_stream(gate=[0, 2], gvec=[-1, 0], gcnt=[0, 1], last=[0, 1], reason=[2, 2]))
+    t0 = time.monotonic()
+    with pytest.raises(KvmscopeError, match="waits for interrupt 0x31 number 1"):
+        run.run(0.3)
+    assert time.monotonic() - t0 < 5
+
+
+@pytest.mark.parametrize("cols", [dict(gate=[0, 2], gvec=[-1, 3], gcnt=[0, 1]),   # no vector 3
+                                  dict(cs=[0, 40]),                               # call site
+                                  dict(gate=[0, 7]),                              # gate kind
+                                  dict(fx0=[0, 0], nfx=[0, 2])])                  # effects
+def test_a_schedule_out_of_range_never_reaches_the_threads(cols):
+    with pytest.raises(ValueError, match="out of range"):
+        _model_run(_stream(**cols))

@@ -155,15 +155,21 @@ def used_callsites(model):
     return [c for c in model.callsites if not c.endswith(":unassigned")]
 
 
-def _apply(S, changes, model):
+def _apply(S, changes, model, cpu=1.0):
     """A copy of ExitSpecs *S* with the hold changes and lockless devices
-    applied."""
+    applied; *cpu* stretches the recorded busy times (exit handling, holds,
+    interrupt reactions) for the host's CPUs being shared differently."""
     out = rm.ExitSpecs()
     for f in rm.ExitSpecs.FIELDS:
         setattr(out, f, list(getattr(S, f)))
     for f in ("react", "defer"):
         if hasattr(S, f):
             setattr(out, f, list(getattr(S, f)))
+    if cpu != 1.0:
+        for f in ("pre", "post", "dur", "hold", "react"):
+            if hasattr(out, f):
+                setattr(out, f, [int(round(x * cpu)) for x in getattr(out, f)])
+        out.fx = [fx and [(int(round(e[0] * cpu)),) + tuple(e[1:]) for e in fx] for fx in out.fx]
     scale = {model.callsites.index(k): float(v) for k, v in changes.scale_hold.items()}
     add = {model.callsites.index(k): int(v) for k, v in changes.add_hold.items()}
     lockless = {cs for dev in changes.lockless for cs in model.devices[dev]}
@@ -197,12 +203,12 @@ class _Stream:
     """A vCPU stream as one vCPU of the re-execution runs it: the recorded
     specs with the changes applied."""
 
-    def __init__(self, src, changes, model, copy, copies, stagger):
+    def __init__(self, src, changes, model, copy, copies, stagger, cpu=1.0):
         P = src.prog
         self.src = src
-        self.prog = _apply(P, changes, model)
+        self.prog = _apply(P, changes, model, cpu)
         self.gate, self.gvec, self.gcnt = P.gate, P.gvec, P.gcnt
-        self.gap = list(P.gap)
+        self.gap = list(P.gap) if cpu == 1.0 else [int(round(g * cpu)) for g in P.gap]
         self.start = P.start + copy * stagger
         if copy:
             # A replica: its guest times are the recorded stream's, rotated
@@ -215,7 +221,7 @@ class _Stream:
                 idx = np.flatnonzero((cls == c) & comp)
                 out[idx] = np.roll(gap[idx], (copy * len(idx)) // (copies + 1))
             self.gap = out.tolist()
-        self.isr = {v: _apply(S, changes, model) for v, S in src.isr.items()}
+        self.isr = {v: _apply(S, changes, model, cpu) for v, S in src.isr.items()}
 
 
 class _Vcpu:
@@ -223,7 +229,7 @@ class _Vcpu:
 
     __slots__ = ("i", "th", "name", "st", "j", "mode", "ver", "left", "since", "waiting",
                  "wvec", "wcnt", "sched", "until", "pending", "cnt", "rtimes", "icur",
-                 "timers", "cur_isr", "in_isr", "hlt", "done_t")
+                 "timers", "cur_isr", "in_isr", "hlt", "done_t", "halt_from")
 
     def __init__(self, i, name, st):
         self.i, self.th, self.name, self.st = i, i, name, st
@@ -246,12 +252,13 @@ class _Vcpu:
         self.in_isr = False
         self.hlt = None             # a halt waiting in userspace for an interrupt
         self.done_t = None
+        self.halt_from = None       # halted (asleep) since, waiting for an interrupt
 
 
 class Engine:
     """One re-execution of a model; :func:`run` is the entry point."""
 
-    def __init__(self, model, changes, policy="barging", seed=None):
+    def __init__(self, model, changes, policy="barging", seed=None, cpu=1.0):
         if policy not in POLICIES:
             raise ConfigError(f"unknown lock policy {policy!r}; use one of {', '.join(POLICIES)}")
         changes.check(model)
@@ -263,6 +270,9 @@ class Engine:
         # median of the recorded ones; a seed: a draw among them
         self.seed = None if seed is None else int(seed)
         self.rng = random.Random(self.seed) if seed is not None else None
+        # recorded busy times are stretched by this (see cpu_stretch)
+        self.cpu = float(cpu)
+        self.sleeps = []            # (thread, from, to): asleep, not using a CPU
         self.heap = []
         self.seq = 0
         # -- threads of the predicted run ----------------------------------
@@ -275,7 +285,7 @@ class Engine:
         self.vcpus = []
         for i in range(nv):
             src = model.vcpus[i % n_src]
-            st = _Stream(src, changes, model, i // n_src, copies, stagger)
+            st = _Stream(src, changes, model, i // n_src, copies, stagger, self.cpu)
             self.vcpus.append(_Vcpu(i, f"vcpu{i}", st))
         self.main_th = nv
         self.aio_th = [nv + 1 + k for k in range(self.nworkers)]
@@ -327,7 +337,7 @@ class Engine:
         self.bh_dur_i = {}
         self.stop_t = None
         self.cur_main = None
-        self.m_scale = float(changes.scale_hold.get("main:dispatch", 1.0))
+        self.m_scale = float(changes.scale_hold.get("main:dispatch", 1.0)) * self.cpu
         self.m_add = int(changes.add_hold.get("main:dispatch", 0))
         # -- AIO ---------------------------------------------------------------------
         self.idle_workers = [(-INF, k) for k in range(self.nworkers)]
@@ -507,6 +517,7 @@ class Engine:
         if v.waiting:
             if v.cnt.get(v.wvec, 0) < v.wcnt:
                 v.sched = INF
+                v.halt_from = e
                 return
             v.waiting = False
             v.since = max(e, v.rtimes[v.wvec][v.wcnt - 1])
@@ -520,6 +531,10 @@ class Engine:
             self.push(t + (P.pre[j] + P.tw[j] if P.cs[j] >= 0 else 0), E_PROG, v.i, v.ver)
 
     def _isr_at(self, v, vec, t):
+        if v.halt_from is not None:
+            if t > v.halt_from:
+                self.sleeps.append((v.th, v.halt_from, t))
+            v.halt_from = None
         v.in_isr = True
         S = v.st.isr[vec]
         k = v.icur.get(vec, 0)
@@ -669,6 +684,8 @@ class Engine:
             S, k, x, n = v.hlt
             if S.wvec[k] == vec and v.cnt[vec] >= n:
                 v.hlt = None
+                if t > x + S.wpre[k]:
+                    self.sleeps.append((v.th, x + S.wpre[k], t))
                 self._exited(v, S, k, x, max(x + S.wpre[k], t) + S.wake[k])
             return
         S = v.st.isr.get(vec)
@@ -684,6 +701,9 @@ class Engine:
             return
         if v.waiting and v.wvec == vec and v.cnt[vec] >= v.wcnt:
             if in_guest and not v.in_isr:
+                if v.halt_from is not None and t > v.halt_from:
+                    self.sleeps.append((v.th, v.halt_from, t))
+                v.halt_from = None
                 v.waiting = False
                 v.since = t
                 v.ver += 1
@@ -775,7 +795,8 @@ class Engine:
         q = self.aio_queue.pop(0)
         r = self.aio_reqs[q]
         r[3], r[6] = t, w
-        self.push(t + self.m.aio["io"][r[0]], E_AIODONE, q, w)
+        io = self.m.aio["io"][r[0]]
+        self.push(t + (io if self.cpu == 1.0 else int(round(io * self.cpu))), E_AIODONE, q, w)
 
     def _aio_done(self, q, w, t):
         r = self.aio_reqs[q]
@@ -1060,7 +1081,76 @@ class Engine:
         return self
 
 
-def run(model, changes=None, policy="barging", seed=None):
+#: A waiter that waited this long for the BQL slept in the kernel (not
+#: using a CPU) for the CPU-sharing estimate; shorter waits spin.
+CPU_SLEEP_WAIT_NS = 2000
+
+#: Fixed-point iterations of the CPU-sharing correction (:func:`run`).
+CPU_ITERATIONS = 3
+
+
+def cpu_stretch(eng, ncpu):
+    """How much the run's threads were slowed by sharing *ncpu* CPUs.
+
+    A thread is busy (wants a CPU) from its start to its end except while
+    it sleeps: a vCPU halted until an interrupt, a waiter that slept on the
+    BQL (waits over :data:`CPU_SLEEP_WAIT_NS`), the main loop in poll, an
+    AIO worker without a request.  With n(t) threads busy and the CPUs
+    shared equally, each runs at min(1, ncpu / n(t)); the result is the
+    busy time over the CPU time it got: integral of n over integral of
+    min(n, ncpu), 1.0 when the threads never outnumbered the CPUs.
+    """
+    ts, ds = [], []
+
+    def span(a, b):
+        if b is None or b <= a:
+            return
+        ts.extend((a, b))
+        ds.extend((1, -1))
+
+    for v in eng.vcpus:
+        end = v.done_t if v.done_t is not None else (eng.m_end or v.until)
+        span(v.st.start, end if end < INF else None)
+    if eng.ml is not None and eng.m_end is not None:
+        span(eng.ml.first["request"], eng.m_end)
+        for row in eng.o_loop:                  # asleep in poll
+            if row[3] > row[2]:
+                ts.extend((row[2], row[3]))
+                ds.extend((-1, 1))
+    for th, a, b in eng.sleeps:
+        ts.extend((a, b))
+        ds.extend((-1, 1))
+    req = np.asarray(eng.lk_req, np.int64)
+    acq = np.asarray(eng.lk_acq, np.int64)
+    slept = (acq - req) > CPU_SLEEP_WAIT_NS
+    ts.extend(req[slept].tolist())
+    ds.extend([-1] * int(slept.sum()))
+    ts.extend(acq[slept].tolist())
+    ds.extend([1] * int(slept.sum()))
+    for r in eng.aio_reqs:                      # a worker serving a request
+        if r[4] > r[3] > 0:
+            ts.extend((r[3], r[4]))
+            ds.extend((1, -1))
+    if not ts:
+        return 1.0
+    t = np.asarray(ts, np.int64)
+    d = np.asarray(ds, np.int64)
+    o = np.argsort(t, kind="stable")
+    t, d = t[o], d[o]
+    n = np.maximum(np.cumsum(d)[:-1], 0).astype(np.float64)
+    dt = np.diff(t).astype(np.float64)
+    busy = float((n * dt).sum())
+    got = float((np.minimum(n, ncpu) * dt).sum())
+    return busy / got if got > 0 else 1.0
+
+
+def host_cpus(model):
+    """CPUs of the host the recording was made on (meta.json ``host.cpus``), or None."""
+    n = ((model.meta or {}).get("host") or {}).get("cpus")
+    return int(n) if n else None
+
+
+def run(model, changes=None, policy="barging", seed=None, cpus=None):
     """Re-execute *model* under *changes*.
 
     Parameters
@@ -1073,14 +1163,41 @@ def run(model, changes=None, policy="barging", seed=None):
         A situation the recording did not have (a newly contended
         acquisition, a wake-up of another kind) takes the median of the
         recorded ones of that kind; with a seed, a draw among them.
+    cpus : int, optional
+        Host CPUs the threads share (default: the recording host's, from
+        ``meta.json``; 0: as many as threads, no CPU sharing).  A change
+        that makes the threads busier than in the recording (more vCPUs, a
+        lock they no longer sleep on, a busy-wait added) slows every busy
+        thread by the extra sharing, estimated by :func:`cpu_stretch`: the
+        run is repeated with the recorded busy times stretched by
+        ``stretch(predicted) / stretch(recorded)`` until that settles.
 
     Returns
     -------
     Engine
-        Holding the predicted records; :func:`tables` turns them into a
-        trace's tables.
+        Holding the predicted records (``cpu``: the stretch applied);
+        :func:`tables` turns them into a trace's tables.
     """
-    return Engine(model, changes or Changes(), policy, seed).run()
+    changes = changes or Changes()
+    if changes.empty():
+        return Engine(model, changes, policy, seed).run()
+    ncpu = host_cpus(model) if cpus is None else int(cpus)
+    eng = Engine(model, changes, policy, seed).run()
+    if not ncpu:
+        return eng
+    cache = model.__dict__.setdefault("_cpu_stretch", {})
+    if (policy, ncpu) not in cache:
+        # the recording's own: its unchanged re-execution is the recording
+        cache[policy, ncpu] = cpu_stretch(Engine(model, Changes(), policy, None).run(), ncpu)
+    base = cache[policy, ncpu]
+    f = 1.0
+    for _ in range(CPU_ITERATIONS):
+        nf = cpu_stretch(eng, ncpu) / base
+        if abs(nf - f) < 0.005:
+            break
+        f = nf
+        eng = Engine(model, changes, policy, seed, cpu=f).run()
+    return eng
 
 
 # --------------------------------------------------------------------------
@@ -1261,6 +1378,7 @@ def predicted_meta(eng, trace, tables):
     meta["replay"] = {
         "of": trace.path, "engine": "model", "policy": eng.policy, "seed": eng.seed,
         "changes": ch.as_dict(), "describe": ch.describe() or ["no change"],
+        "cpu_stretch": round(eng.cpu, 4),
         "recorded": {"start_ns": int(trace.start_ns), "end_ns": int(trace.end_ns),
                      "guest": (rec.get("config") or {}).get("guest"),
                      "kvmscope_version": rec.get("kvmscope_version")},
@@ -1268,10 +1386,10 @@ def predicted_meta(eng, trace, tables):
     return meta
 
 
-def reexecute_tables(trace, policy="barging", seed=None, **changes):
+def reexecute_tables(trace, policy="barging", seed=None, cpus=None, **changes):
     """Re-execute *trace* under *changes*; returns ``(tables, meta)`` of the
     predicted trace (see :func:`kvmscope.analysis.whatif.reexecute`)."""
     ch = changes.pop("changes", None) or Changes.from_kwargs(**changes)
-    eng = Engine(model_of(trace), ch, policy, seed).run()
+    eng = run(model_of(trace), ch, policy, seed, cpus=cpus)
     tabs = tables(eng)
     return tabs, predicted_meta(eng, trace, tabs)

@@ -5,10 +5,18 @@ exits/s, predicted against measured.
 
 Experiments, on ``mixed`` and ``pio-storm`` (2 vCPUs): ``--inject-hold`` at
 call sites x sizes (predicted with ``add_hold``), ``--lockless`` for each
-device the guest uses, and the vCPU count 1 -> 2 (a 1-vCPU baseline).
+device the guest uses, and the vCPU count 1 -> 2 (a 1-vCPU baseline) and
+2 -> 4 (more vCPUs than this host's CPUs).
 
     python bench/whatif_accuracy.py [--guests mixed,pio-storm] [--sizes 1us,5us,20us]
-                                    [--repeat N] [--out DIR]
+                                    [--repeat N] [--n GUEST=N ...] [--out DIR]
+
+With ``--repeat N`` every experiment records N baselines and N real runs,
+alternating; the prediction is the median of the N predictions (one from
+each baseline), the measured figure the median of the N real runs.  Each
+prediction is made twice: with the model's CPU sharing (the recording
+host's CPUs) and without (``cpus=0``), to show what that part of the model
+buys.
 
 Needs /dev/kvm; runs one recording at a time.  Prints one row per
 experiment and figure, then the median and largest absolute error.
@@ -58,6 +66,7 @@ def experiments(guest, sizes):
     for dev in s["devices"]:
         out.append((f"lockless {dev}", 2, ["--lockless", dev], {"lockless": [dev]}))
     out.append(("vcpus 1 -> 2", 1, [], {"vcpus": 2}))
+    out.append(("vcpus 2 -> 4", 2, [], {"vcpus": 4}))
     # the reference: the same configuration recorded twice, "predicted" by
     # re-executing the first unchanged: the host's run-to-run variation
     out.append(("same run again (noise)", 2, [], {}))
@@ -70,43 +79,58 @@ def main(argv=None):
     p.add_argument("--sizes", default="1us,5us,20us")
     p.add_argument("--repeat", type=int, default=1,
                    help="baseline/real pairs per experiment (errors of the median figures)")
+    p.add_argument("--n", action="append", default=[], metavar="GUEST=N",
+                   help="iterations of a guest's runs (default mixed=200, pio-storm=20000)")
     p.add_argument("--out", help="keep the recordings here")
     p.add_argument("--json", help="write the rows as JSON to this file")
     a = p.parse_args(argv)
     from kvmscope.analysis import Trace, whatif
+    iters = {g: s["n"] for g, s in SETUPS.items()}
+    for item in a.n:
+        g, _, v = item.partition("=")
+        iters[g] = int(v)
     work = a.out or tempfile.mkdtemp(prefix="whatif-accuracy-")
     rows = []
     try:
         for guest in a.guests.split(","):
-            n = SETUPS[guest]["n"]
+            n = iters[guest]
             for name, base_vcpus, run_opts, change in experiments(guest, a.sizes.split(",")):
-                pred, meas = {f: [] for f in FIGURES}, {f: [] for f in FIGURES}
+                pred, flat, meas = ({f: [] for f in FIGURES} for _ in range(3))
                 for k in range(a.repeat):
                     tag = f"{guest}-{name.replace(' ', '_').replace('>', '').replace(':', '')}-{k}"
                     base = record(guest, n, os.path.join(work, tag + "-base"), base_vcpus)
                     real = record(guest, n, os.path.join(work, tag + "-real"),
                                   change.get("vcpus", base_vcpus), run_opts)
-                    mp = whatif.metrics(whatif.reexecute(Trace.load(base), **change))
+                    bt = Trace.load(base)
+                    mp = whatif.metrics(whatif.reexecute(bt, **change))
+                    m0 = whatif.metrics(whatif.reexecute(bt, cpus=0, **change))
                     mm = whatif.metrics(Trace.load(real))
                     for f in FIGURES:
                         pred[f].append(mp[f])
+                        flat[f].append(m0[f])
                         meas[f].append(mm[f])
                 for f in FIGURES:
-                    x, y = float(np.median(pred[f])), float(np.median(meas[f]))
+                    x, x0, y = (float(np.median(v[f])) for v in (pred, flat, meas))
                     err = (x - y) / y if y else float("nan")
+                    err0 = (x0 - y) / y if y else float("nan")
                     rows.append({"guest": guest, "experiment": name, "figure": f,
-                                 "predicted": x, "measured": y, "error": err})
-                    print(f"{guest:10s} {name:32s} {f:14s} predicted {x:14.4g} measured {y:14.4g} "
-                          f"error {100 * err:+7.1f}%", flush=True)
+                                 "predicted": x, "measured": y, "error": err,
+                                 "predicted_no_cpu": x0, "error_no_cpu": err0,
+                                 "measured_runs": meas[f], "predicted_runs": pred[f]})
+                    print(f"{guest:10s} {name:24s} {f:14s} predicted {x:11.4g} measured {y:11.4g} "
+                          f"error {100 * err:+7.1f}%   (no CPU sharing {100 * err0:+7.1f}%)",
+                          flush=True)
     finally:
         if not a.out:
             shutil.rmtree(work, ignore_errors=True)
-    errs = np.array([abs(r["error"]) for r in rows if r["error"] == r["error"]])
-    print(f"\n{len(rows)} figures: median |error| {100 * np.median(errs):.1f}%, "
-          f"largest {100 * errs.max():.1f}%")
-    for f in FIGURES:
-        e = np.array([abs(r["error"]) for r in rows if r["figure"] == f and r["error"] == r["error"]])
-        print(f"  {f:14s} median |error| {100 * np.median(e):.1f}%, largest {100 * e.max():.1f}%")
+    for key, what in (("error", "with CPU sharing"), ("error_no_cpu", "without CPU sharing")):
+        errs = np.array([abs(r[key]) for r in rows if r[key] == r[key]])
+        print(f"\n{len(rows)} figures {what}: median |error| {100 * np.median(errs):.1f}%, "
+              f"largest {100 * errs.max():.1f}%")
+        for f in FIGURES:
+            e = np.array([abs(r[key]) for r in rows if r["figure"] == f and r[key] == r[key]])
+            print(f"  {f:14s} median |error| {100 * np.median(e):.1f}%, "
+                  f"largest {100 * e.max():.1f}%")
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(rows, fh, indent=1)

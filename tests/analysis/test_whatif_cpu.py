@@ -1,0 +1,80 @@
+"""CPU sharing in re-execution (docs/whatif.md, "CPUs"): the threads of a
+predicted run share the recording host's CPUs; a change that makes them
+busier slows them, an unchanged re-execution is untouched."""
+import os
+
+import pytest
+
+from kvmscope.analysis import Trace, reexec_engine, whatif
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MIXED = os.path.join(ROOT, "traces", "mixed-2vcpu")
+PIO = os.path.join(ROOT, "traces", "pio-storm-2vcpu")
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    return Trace.load(MIXED)
+
+
+@pytest.fixture(scope="module")
+def pio():
+    return Trace.load(PIO)
+
+
+def test_the_recording_host_s_cpus_are_used(mixed):
+    assert mixed.meta["host"]["cpus"] == 2
+    assert reexec_engine.host_cpus(reexec_engine.model_of(mixed)) == 2
+
+
+@pytest.mark.parametrize("path", [MIXED, PIO])
+def test_the_recording_s_own_sharing_is_small_and_bounded(path):
+    t = Trace.load(path)
+    eng = reexec_engine.run(reexec_engine.model_of(t))
+    threads = len(eng.vcpus) + 1 + eng.nworkers
+    s = reexec_engine.cpu_stretch(eng, 2)
+    # two vCPUs and a main loop that mostly sleeps on two CPUs
+    assert 1.0 <= s < 1.2
+    assert reexec_engine.cpu_stretch(eng, threads) == 1.0
+
+
+def test_an_unchanged_re_execution_is_not_stretched(mixed):
+    p = mixed.reexecute()
+    assert p.meta["replay"]["cpu_stretch"] == 1.0
+    assert whatif.metrics(p)["exits_per_s"] == pytest.approx(whatif.metrics(mixed)["exits_per_s"])
+
+
+@pytest.mark.parametrize("fixture", ["mixed", "pio"])
+def test_more_vcpus_than_cpus_share_them(request, fixture):
+    t = request.getfixturevalue(fixture)
+    shared = t.reexecute(vcpus=4)
+    alone = t.reexecute(vcpus=4, cpus=0)
+    # four vCPUs on two CPUs: each runs at about half speed where it would
+    # have had a CPU of its own
+    assert shared.meta["replay"]["cpu_stretch"] > 1.5
+    assert alone.meta["replay"]["cpu_stretch"] == 1.0
+    rec, s, a = (whatif.metrics(x)["exits_per_s"] for x in (t, shared, alone))
+    assert a > 1.7 * rec
+    assert s < 0.75 * a
+
+
+def test_enough_cpus_change_nothing(mixed):
+    many = mixed.reexecute(vcpus=4, cpus=64)
+    alone = mixed.reexecute(vcpus=4, cpus=0)
+    assert many.meta["replay"]["cpu_stretch"] == 1.0
+    assert whatif.metrics(many) == whatif.metrics(alone)
+
+
+def test_a_busier_main_loop_slows_the_vcpus(mixed):
+    # 20us of busy-waiting added to every dispatch: more threads want a CPU
+    shared = mixed.reexecute(add_hold={"main:dispatch": 20_000})
+    alone = mixed.reexecute(add_hold={"main:dispatch": 20_000}, cpus=0)
+    assert shared.meta["replay"]["cpu_stretch"] > 1.0
+    assert whatif.metrics(shared)["exits_per_s"] < whatif.metrics(alone)["exits_per_s"]
+
+
+def test_the_stretch_is_deterministic(mixed):
+    a = mixed.reexecute(vcpus=3)
+    b = mixed.reexecute(vcpus=3)
+    assert a.meta["replay"]["cpu_stretch"] == b.meta["replay"]["cpu_stretch"]
+    assert a.locks["acquired_ns"].tolist() == b.locks["acquired_ns"].tolist()

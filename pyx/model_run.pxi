@@ -381,10 +381,13 @@ cdef int rp__isr(rp_run *r, rp_vcpu *v) noexcept nogil:
         e = &v.isr[found][v.isr_next[found] % v.nisr[found]]
         if e.wvec >= 0:
             base = v.cnt[e.wvec]
+    if found < 0:
+        # nothing left to answer: in step with the interrupts received
+        v.isr_handled = ks_load_acquire_int(&v.isr_raised)
+        pthread_mutex_unlock(&v.mu)
+        return 0
     pthread_mutex_unlock(&v.mu)
     v.isr_handled += 1
-    if found < 0:
-        return 0
     v.isr_next[found] += 1
     if rp__busy(r, ks_now() + e.react):
         return 1

@@ -1262,6 +1262,7 @@ def _main_loop(trace, roles, lk, lk_cs, acqf, timers, bh, aio, cs_id, m):
     if len(D):
         efd_delay[dorder] = delay
     m.aio["efd_delay"] = efd_delay.tolist()
+    ml.stop_delay = 0           # no iteration recorded: stopped when the vCPUs end
     if n:
         kind[-1] = WAKE_STOP
         vend = max(s_.end_ns for s_ in m.vcpus)

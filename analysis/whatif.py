@@ -44,6 +44,13 @@ LABELS = {
 }
 
 
+#: Longer than the recorder's largest gap between two flushes of the trace
+#: rings (every 50 ms; 50-80 ms measured, docs/architecture.md): a killed
+#: run's threads whose data ends within this of the latest end lost their
+#: last records, the others were idle.
+FLUSH_NS = 100_000_000
+
+
 def _trace(trace):
     return trace if isinstance(trace, Trace) else Trace.load(trace)
 
@@ -130,8 +137,10 @@ def covered(trace):
     (the end of the losing thread's last record before it); a run that was
     killed, failed or aborted (``meta.json`` ``state``), or whose table was
     cut short, up to the earliest end of data among the threads that took
-    the BQL or exited (for a trace imported from a log, which is written in
-    one stream, up to the log's end).  Rows that end after that time are
+    the BQL or exited, leaving out a thread whose data ends more than
+    :data:`FLUSH_NS` before the latest end (it was idle: a later flush
+    would have written its records); for a trace imported from a log,
+    which is written in one stream, up to the log's end.  Rows that end after that time are
     left out: an AIO request submitted but not completed, an exit not
     re-entered, a lock not yet released were not written either.
 
@@ -187,6 +196,10 @@ def covered(trace):
                               "data to re-execute")
         one_stream = bool((t.meta.get("config") or {}).get("source"))
         e_ns = e["start_ns"].astype("int64")
+        if not one_stream:
+            # a thread whose data ends more than a flush before the latest
+            # was idle: a later flush would have written its records
+            e_ns = e_ns[e_ns >= e_ns.max() - FLUSH_NS]
         end = int(e_ns.max() if one_stream else e_ns.min())
         who = e.loc[e_ns.idxmax() if one_stream else e_ns.idxmin(), "thread_name"]
         why = {"running": "killed", "failed": "failed", "aborted": "aborted"}.get(state,
@@ -222,6 +235,19 @@ def _cut(t, cut):
             tab = tab.filter(pa.array(end.to_numpy() <= cut))
         elif name == "losses":
             tab = tab.slice(0, 0)
+        if name == "exits" and tab.num_rows:
+            # each vCPU's last exit before the cut ends its run, as a vCPU
+            # that never re-entered does at a run's end
+            th = tab.column("thread").to_numpy()
+            x = tab.column("exit_ns").to_numpy()
+            last = np.zeros(tab.num_rows, bool)
+            o = np.lexsort((x, th))
+            last[o[np.r_[th[o][1:] != th[o][:-1], True]]] = True
+            entry = tab.column("entry_ns")
+            mask = last | (entry.is_null().to_numpy(zero_copy_only=False)
+                           if entry.null_count else False)
+            col = pa.array(entry.fill_null(0).to_numpy(), pa.int64(), mask=mask)
+            tab = tab.set_column(tab.schema.get_field_index("entry_ns"), "entry_ns", col)
         tables[name] = tab
     meta = dict(t.meta)
     meta["state"] = "complete"

@@ -48,6 +48,10 @@ MODEL_LEFT_OUT = [
     "kicks of the userspace irqchip",
 ]
 
+#: records per thread's ring, drained every DRAIN_INTERVAL_S (as ``kvmscope run``)
+RING_RECORDS = 1 << 17
+DRAIN_INTERVAL_S = 0.02
+
 #: longest single time the schedule may ask for
 MAX_TIME_NS = 60 * 10 ** 9
 
@@ -386,7 +390,7 @@ def replay(trace, output, force=False, compression=None, **changes):
     except (KeyError, IndexError, TypeError) as e:
         raise ConfigError(f"the trace's model refers to something it lacks ({e!r}): "
                           "cannot build its schedules") from None
-    tracer = _core.Tracer(_ring_records(trace, b), False, True)
+    tracer = _core.Tracer(RING_RECORDS, False, True)
     run = _core.ModelRun(tracer, b.vcpus, b.fx, b.aio, b.timers, b.bhs, b.vectors, b.lines,
                          b.aio_vec, b.nworkers, b.dispatch_cs, len(b.model.callsites),
                          b.dispatch_add)
@@ -402,19 +406,7 @@ def replay(trace, output, force=False, compression=None, **changes):
                    "left_out": MODEL_LEFT_OUT}
     return _record(trace, output, force, compression, clock, tracer, config,
                    b.model.callsites, b.bh_names, b.timer_names, replay_meta,
-                   lambda: run.run(watchdog), run.stats)
-
-
-def _ring_records(trace, b):
-    """Ring capacity: twice the most records a thread of the recording wrote, scaled by
-    the vCPU copies and a shorter timer period."""
-    most = max([int((r or {}).get("written") or 0)
-                for r in (trace.meta.get("records") or {}).values()] + [1024])
-    k = 2.0 * math.ceil(len(b.vcpus) / len(b.model.vcpus))
-    rec = b.model.timers[0].get("period") if b.model.timers else None
-    if b.ch.timer_period_us and rec:
-        k *= max(1.0, rec / (b.ch.timer_period_us * 1000))
-    return int(min(max(most * k + 4096, 4096), 1 << 26))
+                   lambda drain: run.run(watchdog, drain, DRAIN_INTERVAL_S), run.stats)
 
 
 def _record(trace, output, force, compression, clock, tracer, config, callsites, bh_names,
@@ -442,17 +434,22 @@ def _record(trace, output, force, compression, clock, tracer, config, callsites,
                          bh_names=meta["bottom_halves"], timer_names=meta["timers"],
                          compression=compression)
     open(os.path.join(output, "console.log"), "wb").close()
+    def drain(final=False):
+        # the run started on a short clock calibration: finish it before the
+        # first timestamp is converted
+        hz = _core.refine_clock()
+        if hz:
+            clock["tsc_hz"] = round(hz)
+        writer.write_records(tracer.drain())
+        writer.write_losses(tracer.take_losses(final))
+
     try:
-        start_ns, end_ns = go()
+        start_ns, end_ns = go(drain)
     except KvmscopeError:
         writer.close()
         raise
-    hz = _core.refine_clock()
-    if hz:
-        clock["tsc_hz"] = round(hz)
+    drain(True)
     writer.write_threads(tracer.threads_info())
-    writer.write_records(tracer.drain())
-    writer.write_losses(tracer.take_losses(True))
     meta.update(state="complete", start_ns=start_ns, end_ns=end_ns, stop_reason="schedule done",
                 messages=[], records=tracer.counts(), tables=dict(writer.counts), stats=stats())
     writer.close()
@@ -489,7 +486,7 @@ def _replay_locks(trace, output, force, compression, why, changes):
     return _record(trace, output, force, compression, clock, tracer,
                    copy.deepcopy(trace.meta.get("config") or {}),
                    _callsites(trace, lk), trace.meta.get("bottom_halves") or [],
-                   trace.meta.get("timers") or [], replay_meta, run.run, stats)
+                   trace.meta.get("timers") or [], replay_meta, lambda drain: run.run(), stats)
 
 
 def _describe(changes):

@@ -128,6 +128,7 @@ cdef struct rp_run:
     int stop
     int go
     int64_t t0
+    int64_t end                     # the last vCPU's end
     int running
     pthread_mutex_t done_mu
     rp_worker workers[KS_MAX_AIO]
@@ -450,6 +451,8 @@ cdef void *rp__vcpu_main(void *arg) noexcept nogil:
     pthread_mutex_unlock(&v.mu)
     pthread_mutex_lock(&r.done_mu)
     r.running -= 1
+    if r.running == 0:
+        r.end = ks_now()
     pthread_mutex_unlock(&r.done_mu)
     return NULL
 
@@ -669,14 +672,16 @@ cdef class ModelRun:
         free(self.r.bhs)
         pthread_mutex_destroy(&self.r.done_mu)
 
-    def run(self, double watchdog_s):
+    def run(self, double watchdog_s, drain=None, double drain_s=0.05):
         """Start the main loop, the AIO workers and the vCPUs; wait until every vCPU has
-        finished its stream, then stop the loop and the pool.
+        finished its stream (calling ``drain()`` every ``drain_s`` seconds meanwhile),
+        then stop the loop and the pool.
 
         Returns
         -------
         tuple
-            ``(start_ns, end_ns)`` on the run clock.
+            ``(start_ns, end_ns)`` on the run clock: the vCPUs' start and the end of
+            the last one's stream.
 
         Raises
         ------
@@ -684,8 +689,8 @@ cdef class ModelRun:
             The streams did not finish within ``watchdog_s`` seconds (a vCPU waits for
             an interrupt that never comes): every thread is stopped first.
         """
-        cdef int i, rc, started = 0, workers = 0, running = 1
-        cdef int64_t t0, t1, deadline
+        cdef int i, rc, started = 0, running = 1
+        cdef int64_t t0, deadline, step, next_drain
         cdef timespec ts
         cdef ks_machine *m = self.r.m
         if self.ran or not self.ready:
@@ -702,7 +707,6 @@ cdef class ModelRun:
                     raise_errno(f"pthread_create aio{i}", rc)
                 m.aio.started[i] = 1
                 pthread_setname_np(m.aio.workers[i], f"aio{i}".encode())
-                workers += 1
             self.r.running = self.r.nv
             for i in range(self.r.nv):
                 rc = pthread_create(&self.r.v[i].pthread, NULL, rp__vcpu_main, &self.r.v[i])
@@ -721,30 +725,38 @@ cdef class ModelRun:
                 pthread_mutex_unlock(&self.r.done_mu)
             ks_store_release_int(&self.r.go, 1)
             deadline = ks_mono_ns() + <int64_t>(watchdog_s * 1e9)
+            step = <int64_t>(max(drain_s, 0.001) * 1e9)
             ts.tv_sec = 0
-            ts.tv_nsec = 2000000
-            with nogil:
+            ts.tv_nsec = 1000000
+            try:
                 while True:
-                    pthread_mutex_lock(&self.r.done_mu)
-                    running = self.r.running
-                    pthread_mutex_unlock(&self.r.done_mu)
+                    with nogil:
+                        next_drain = ks_mono_ns() + step
+                        while True:
+                            pthread_mutex_lock(&self.r.done_mu)
+                            running = self.r.running
+                            pthread_mutex_unlock(&self.r.done_mu)
+                            if running == 0 or ks_mono_ns() >= deadline or ks_mono_ns() >= next_drain:
+                                break
+                            nanosleep(&ts, NULL)
                     if running == 0 or ks_mono_ns() >= deadline:
                         break
-                    nanosleep(&ts, NULL)
-            t1 = ks_now()
-            if running:
-                stuck = self._stuck()
-                self._stop_vcpus()
-            with nogil:
-                for i in range(started):
-                    pthread_join(self.r.v[i].pthread, NULL)
-                loop_stop_join(m.loop)
-                aio_stop_join(m.aio)
-                # every thread has ended: finish the last completions on the loop's behalf
-                aio_complete_all(m.aio, &m.loop.thr)
+                    if drain is not None:
+                        drain()
+            finally:
+                if running:
+                    stuck = self._stuck()
+                    self._stop_vcpus()
+                with nogil:
+                    for i in range(started):
+                        pthread_join(self.r.v[i].pthread, NULL)
+                    loop_stop_join(m.loop)
+                    aio_stop_join(m.aio)
+                    # every thread has ended: finish the last completions on the loop's behalf
+                    aio_complete_all(m.aio, &m.loop.thr)
         if stuck is not None:
             raise KvmscopeError(f"the schedule did not finish within {watchdog_s:g}s: {stuck}")
-        return ks_raw_to_ns(&g_clock, t0), ks_raw_to_ns(&g_clock, t1)
+        return ks_raw_to_ns(&g_clock, t0), ks_raw_to_ns(&g_clock, self.r.end)
 
     cdef str _stuck(self):
         cdef int i

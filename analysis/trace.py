@@ -28,7 +28,7 @@ from ..errors import ConfigError
 from . import blame as _blame
 from . import fairness as _fairness
 from . import paths as _paths
-from . import reexec_engine as _reexec
+from . import reexec_seq as _reexec
 from . import replay as _replay
 from . import select as _select
 from . import stats as _stats
@@ -497,7 +497,7 @@ class Trace:
         from . import sql as _sql
         return _sql.query_trace(self, query)
 
-    # -- re-execution (see kvmscope.analysis.reexec_engine, .whatif) ---------
+    # -- re-execution (see kvmscope.analysis.reexec_seq, .whatif) ------------
 
     def reexecute(self, policy="barging", seed=None, **changes):
         """This recording re-executed under changed conditions (what if):
@@ -507,7 +507,7 @@ class Trace:
         --------
         >>> t.reexecute(scale_hold={"pio:blk": 0.5}).lock_stats("callsite")  # doctest: +SKIP
         """
-        tables, meta = _reexec.reexecute_tables(self, policy=policy, seed=seed, **changes)
+        tables, meta = _reexec.reexecute_any(self, policy=policy, seed=seed, **changes)
         return Trace.from_arrow(tables, meta)
 
     # -- plots (see kvmscope.analysis.plot) ----------------------------------

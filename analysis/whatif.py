@@ -23,9 +23,7 @@ import pyarrow.ipc as ipc
 from ..errors import ConfigError
 from . import reexec_engine as _engine
 from . import reexec_seq as _seq
-from . import replay as _replay
-from ..traceformat import CONSOLE_FILE, META_FILE, SPANS, TABLES, table_file
-from .load import from_tables
+from ..traceformat import CONSOLE_FILE, META_FILE, TABLES, table_file
 from .trace import Trace
 
 #: Figures of a run, in the order :func:`compare` shows them.
@@ -43,12 +41,6 @@ LABELS = {
     "duration_ns": "run duration",
 }
 
-
-#: Longer than the recorder's largest gap between two flushes of the trace
-#: rings (every 50 ms; 50-80 ms measured, docs/architecture.md): a killed
-#: run's threads whose data ends within this of the latest end lost their
-#: last records, the others were idle.
-FLUSH_NS = 100_000_000
 
 
 def _trace(trace):
@@ -95,170 +87,20 @@ def reexecute(trace, policy="barging", seed=None, **changes):
     >>> p = whatif.reexecute("traces/mixed-2vcpu", scale_hold={"pio:blk": 0.5})  # doctest: +SKIP
     >>> whatif.compare("traces/mixed-2vcpu", p)                                   # doctest: +SKIP
     """
-    t, window = covered(trace)
-    if window:
-        warnings.warn(window["warning"], stacklevel=2)
-    return _reexecute(t, window, policy, seed, changes)
-
-
-def _reexecute(t, window, policy, seed, changes):
-    """Re-execute the covered trace *t* with the causal model, or the
-    sequence model when it has none."""
-    why = model_kind(t)[1]
-    if why:
-        tables, meta = _seq.reexecute_tables(t, policy=policy, seed=seed, why=why, **changes)
-    else:
-        tables, meta = _engine.reexecute_tables(t, policy=policy, seed=seed, **changes)
-        meta["replay"]["model"] = "causal"
-    if window:
-        meta["replay"]["window"] = {k: v for k, v in window.items() if k != "warning"}
+    tables, meta = _seq.reexecute_any(_trace(trace), policy=policy, seed=seed, **changes)
     return Trace.from_arrow(tables, meta)
 
 
-def model_kind(trace):
-    """Which model re-executes *trace*: ``("causal", None)``, or
-    ``("sequence", why)`` for a trace without a causal model (imported from
-    a QEMU log, or a covered part the causal model cannot take)."""
-    why = _seq.why_sequence(trace)
-    if why is None:
-        try:
-            _engine.model_of(trace)
-        except ConfigError as e:
-            if not getattr(trace, "_covered_part", False):
-                raise
-            why = f"the covered part has no causal model ({e})"
-    return ("sequence", why) if why else ("causal", None)
-
-
 def covered(trace):
-    """The part of a trace its data covers, for re-execution.
-
-    A trace whose rings dropped records is complete up to its first loss
-    (the end of the losing thread's last record before it); a run that was
-    killed, failed or aborted (``meta.json`` ``state``), or whose table was
-    cut short, up to the earliest end of data among the threads that took
-    the BQL or exited, leaving out a thread whose data ends more than
-    :data:`FLUSH_NS` before the latest end (it was idle: a later flush
-    would have written its records); for a trace imported from a log,
-    which is written in one stream, up to the log's end.  Rows that end after that time are
-    left out: an AIO request submitted but not completed, an exit not
-    re-entered, a lock not yet released were not written either.
-
-    Parameters
-    ----------
-    trace : Trace or str
-
-    Returns
-    -------
-    (Trace, dict or None)
-        The covered trace (the trace itself when it is whole) and the
-        window: ``start_ns``, ``end_ns``, ``missing`` (what is missing, a
-        phrase) and ``warning`` (one line); None when the trace is whole.
-
-    Raises
-    ------
-    ConfigError
-        A window or selection, or no part known to be complete (records
-        lost at unknown times, or before the thread's first record).
-    """
-    t = _trace(trace)
-    if not getattr(t, "complete", True):
-        raise ConfigError("re-execution needs a whole trace, not a window or selection of one")
-    cov = t.coverage()
-    state = t.state
-    killed = state in _replay.INCOMPLETE_STATES or bool(t.cut)
-    if cov.empty and not killed:
-        return t, None
-    origin = t.start_ns
-    unplaced = cov[cov["kind"] == "lost_unplaced"]
-    if len(unplaced):
-        raise ConfigError(f"{unplaced['detail'].iloc[0].split(' (')[0]}: no part of the trace "
-                          "is known to be complete (record with --lossless)")
-    cut, missing = None, None
-    lost = cov[cov["kind"] == "lost"]
-    if len(lost):
-        if lost["start_ns"].isna().any():
-            row = lost[lost["start_ns"].isna()].iloc[0]
-            raise ConfigError(f"{row['detail']}: before its first record, so no part of the "
-                              "trace is known to be complete (record with --lossless)")
-        row = lost.loc[lost["start_ns"].astype("int64").idxmin()]
-        cut = int(row["start_ns"])
-        n = int(lost["lost"].sum())
-        missing = (f"{n:,} records lost (the first on {row['thread_name']} after "
-                   f"{(cut - origin) / 1e9:.4f} s)")
-    ends = cov[cov["kind"] == "end"]
-    if killed:
-        active = set(t.locks.loc[t.locks["lock"].astype(str) == "bql", "thread"].tolist()) | \
-            set(t.exits["thread"].tolist())
-        e = ends[ends["thread"].isin(active)] if active else ends
-        if not len(e):
-            raise ConfigError(f"the recording did not end cleanly (state {state}) and holds no "
-                              "data to re-execute")
-        one_stream = bool((t.meta.get("config") or {}).get("source"))
-        e_ns = e["start_ns"].astype("int64")
-        if not one_stream:
-            # a thread whose data ends more than a flush before the latest
-            # was idle: a later flush would have written its records
-            e_ns = e_ns[e_ns >= e_ns.max() - FLUSH_NS]
-        end = int(e_ns.max() if one_stream else e_ns.min())
-        who = e.loc[e_ns.idxmax() if one_stream else e_ns.idxmin(), "thread_name"]
-        why = {"running": "killed", "failed": "failed", "aborted": "aborted"}.get(state,
-                                                                              "cut short")
-        text = (f"the run {why} (state {state})" if state in _replay.INCOMPLETE_STATES
-                else f"a table was cut short ({', '.join(sorted(t.cut))})")
-        text += (f": its log ends at {(end - origin) / 1e9:.4f} s" if one_stream else
-                 f": data ends at {(end - origin) / 1e9:.4f} s ({who}), the earliest end")
-        if cut is None or end < cut:
-            cut, missing = end, text
-        else:
-            missing = f"{missing}; {text}"
-    part = _cut(t, cut)
-    if not len(part.locks) and not len(part.exits):
-        raise ConfigError(f"{missing}: nothing is complete before that to re-execute")
-    span = (cut - origin) / 1e9
-    warning = (f"{missing}: re-executing only the part every thread's data covers, "
-               f"the first {span:.4f} s (to {span:.4f} s of {t.duration_ns / 1e9:.4f} s)")
-    return part, {"start_ns": int(origin), "end_ns": int(cut), "missing": missing,
-                  "warning": warning}
+    """The part of a trace its data covers, for re-execution: ``(Trace,
+    window)``; see :func:`kvmscope.analysis.reexec_seq.covered`."""
+    return _seq.covered(_trace(trace))
 
 
-def _cut(t, cut):
-    """Trace *t* up to *cut*: the rows written (ended) by then, with a
-    ``meta.json`` of a whole run of that length."""
-    tables = {}
-    for name in TABLES:
-        tab = t.arrow(name)
-        if name in SPANS and tab.num_rows:
-            a, b = SPANS[name]
-            end = tab.column(b)
-            end = end.fill_null(tab.column(a)) if end.null_count else end
-            tab = tab.filter(pa.array(end.to_numpy() <= cut))
-        elif name == "losses":
-            tab = tab.slice(0, 0)
-        if name == "exits" and tab.num_rows:
-            # each vCPU's last exit before the cut ends its run, as a vCPU
-            # that never re-entered does at a run's end
-            th = tab.column("thread").to_numpy()
-            x = tab.column("exit_ns").to_numpy()
-            last = np.zeros(tab.num_rows, bool)
-            o = np.lexsort((x, th))
-            last[o[np.r_[th[o][1:] != th[o][:-1], True]]] = True
-            entry = tab.column("entry_ns")
-            mask = last | (entry.is_null().to_numpy(zero_copy_only=False)
-                           if entry.null_count else False)
-            col = pa.array(entry.fill_null(0).to_numpy(), pa.int64(), mask=mask)
-            tab = tab.set_column(tab.schema.get_field_index("entry_ns"), "entry_ns", col)
-        tables[name] = tab
-    meta = dict(t.meta)
-    meta["state"] = "complete"
-    meta["end_ns"] = int(cut)
-    meta.pop("failure", None)
-    meta["records"] = {k: dict(v or {}, lost=0) for k, v in (t.meta.get("records") or {}).items()}
-    meta["tables"] = {n: tab.num_rows for n, tab in tables.items() if n != "threads"}
-    tabs, meta = from_tables(tables, meta)
-    part = Trace(tabs, meta, path=t.path)
-    part._covered_part = True
-    return part
+def model_kind(trace):
+    """``("causal", None)`` or ``("sequence", why)``; see
+    :func:`kvmscope.analysis.reexec_seq.model_kind`."""
+    return _seq.model_kind(_trace(trace))
 
 
 def write(trace, path, force=False, compression=None):
@@ -436,7 +278,7 @@ def rank(trace, factor=0.5, policy="barging", seed=None, lockless=True, progress
             jobs.append((cs, "lockless", {"lockless": [dev]}))
     rows = []
     for k, (cs, fix, ch) in enumerate(jobs):      # one re-execution per fix
-        m = metrics(_reexecute(t, window, policy, seed, ch))
+        m = metrics(Trace.from_arrow(*_seq.reexecute_covered(t, window, policy, seed, ch)))
         rows.append({
             "callsite": cs, "fix": fix,
             "exits_per_s_gain_pct": _pct(m["exits_per_s"], base["exits_per_s"]),

@@ -24,6 +24,7 @@ LAYERS = {
     "replay": 2,
     "stats": 3, "blame": 3,              # statistics; wait anatomy
     "reexec_model": 3, "reexec_engine": 3,   # re-execution: the model, the engine
+    "reexec_seq": 3,                     # re-execution without a causal model (sequences)
     "whatif": 5,                         # re-execution as predicted traces, compare, rank
     "whatif_cli": 6,                     # replay, whatif commands
     "structdiff": 3,                     # what runs do: call sites, BHs, timers, exits, ports

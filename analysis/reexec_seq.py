@@ -371,6 +371,18 @@ def tables(trace, model, result):
     o = np.flatnonzero(other)
     if len(o):
         so = o[np.lexsort((na[o], codes[o]))]
+        # a hold moved into another's waits for its release (a mutex)
+        last = {}
+        for i in so.tolist():
+            c = codes[i]
+            r = last.get(c)
+            if r is not None and na[i] < nl[r]:
+                d = nl[r] - na[i]
+                na[i] += d
+                nl[i] += d
+                cont_col[i] = True
+            last[c] = i if r is None or nl[i] >= nl[r] else r
+        so = o[np.lexsort((na[o], codes[o]))]
         same = np.zeros(len(so), bool)
         same[1:] = codes[so[1:]] == codes[so[:-1]]
         p = np.full(len(so), -1, np.int64)

@@ -52,6 +52,10 @@ MODEL_LEFT_OUT = [
 RING_RECORDS = 1 << 17
 DRAIN_INTERVAL_S = 0.02
 
+#: KVM's default halt_poll_ns: a guest halted in the kernel (in-kernel irqchip)
+#: polls this long at most before its thread sleeps
+HALT_POLL_NS = 200_000
+
 #: longest single time the schedule may ask for
 MAX_TIME_NS = 60 * 10 ** 9
 
@@ -393,7 +397,8 @@ def replay(trace, output, force=False, compression=None, **changes):
     tracer = _core.Tracer(RING_RECORDS, False, True)
     run = _core.ModelRun(tracer, b.vcpus, b.fx, b.aio, b.timers, b.bhs, b.vectors, b.lines,
                          b.aio_vec, b.nworkers, b.dispatch_cs, len(b.model.callsites),
-                         b.dispatch_add)
+                         b.dispatch_add,
+                         0 if b.model.irqchip_user else round(HALT_POLL_NS * _core.raw_per_ns()))
     nsrc = len(b.model.vcpus)
     dur_s = max(0, b.model.end_ns - b.model.start_ns) / 1e9
     watchdog = 60 + 20 * dur_s * math.ceil(len(b.vcpus) / nsrc)

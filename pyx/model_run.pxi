@@ -2,6 +2,9 @@
 # causal links (interrupts, AIO, timers, bottom halves) go through the core's own main
 # loop, timers, bottom halves, AIO pool queue and instrumented BQL.
 
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
 cdef enum:
     RP_MAX_VEC = 8
     RP_GATE_START = 0
@@ -80,6 +83,7 @@ cdef struct rp_vcpu:
     int done
     int64_t wait_vec                # what a blocked vCPU waits for (the watchdog's message)
     int64_t wait_need
+    int64_t halt_poll               # KVM's adaptive halt-polling window, now
     int64_t exits
     pthread_t pthread
     int started
@@ -129,6 +133,7 @@ cdef struct rp_run:
     int go
     int64_t t0
     int64_t end                     # the last vCPU's end
+    int64_t halt_poll_max           # KVM's halt_poll_ns (0: a halt sleeps at once)
     int running
     pthread_mutex_t done_mu
     rp_worker workers[KS_MAX_AIO]
@@ -196,9 +201,11 @@ cdef void rp__aio_complete(ks_aio_req *req) noexcept nogil:
     cdef const rp_aio_spec *s = &r.aio[q.spec]
     cdef int64_t t0 = ks_now()
     rp__spin(t0 + s.to_raise)
+    t0 = ks_now()
     if r.aio_vec >= 0:
+        # the recorded time after the raise includes the raise's own cost
         rp__raise(r, &r.m.loop.thr, req.vcpu, r.aio_vec)
-    rp__spin(ks_now() + s.after_raise)
+    rp__spin(t0 + s.after_raise)
 
 
 cdef void *rp__worker(void *arg) noexcept nogil:
@@ -284,11 +291,24 @@ cdef void rp__fx(rp_run *r, rp_vcpu *v, const rp_fx *f) noexcept nogil:
                   ks_now())
 
 
-cdef int rp__wait(rp_run *r, rp_vcpu *v, int vec, int64_t need, bint isr) noexcept nogil:
+cdef int rp__wait(rp_run *r, rp_vcpu *v, int vec, int64_t need, bint isr, bint poll) noexcept nogil:
     """Block until the vCPU has received ``need`` interrupts of ``vec`` (with ``isr``, an
-    interrupt service routine's interrupt is answered meanwhile); 1 when the run stops."""
+    interrupt service routine's interrupt is answered meanwhile); 1 when the run stops.
+    With ``poll``, a guest halted in KVM: first KVM's adaptive halt polling (a wake-up
+    within the window costs the raiser no scheduler wake-up), then sleep."""
     cdef int ok
+    cdef int64_t t0, until, waited, val
     while True:
+        t0 = ks_now()
+        if poll and v.halt_poll > 0:
+            until = t0 + v.halt_poll
+            while ks_now() < until:
+                if <int64_t>ks_load_acquire_u64(<uint64_t *>&v.cnt[vec]) >= need \
+                        or ks_load_acquire_int(&r.stop) \
+                        or (isr and ks_load_acquire_int(&v.isr_raised) != v.isr_handled):
+                    break
+                # KVM stops polling when another thread wants the CPU
+                sched_yield()
         pthread_mutex_lock(&v.mu)
         v.wait_vec = vec
         v.wait_need = need
@@ -300,6 +320,18 @@ cdef int rp__wait(rp_run *r, rp_vcpu *v, int vec, int64_t need, bint isr) noexce
         v.wait_vec = -1
         ok = v.cnt[vec] >= need
         pthread_mutex_unlock(&v.mu)
+        if poll and r.halt_poll_max > 0:
+            # KVM's rule: grow the window after a short halt, shrink it after a long one
+            waited = ks_now() - t0
+            if waited <= v.halt_poll:
+                pass
+            elif v.halt_poll and waited > r.halt_poll_max:
+                v.halt_poll //= 2
+            elif v.halt_poll < r.halt_poll_max and waited < r.halt_poll_max:
+                val = v.halt_poll * 2
+                if val < r.halt_poll_max // 20:
+                    val = r.halt_poll_max // 20
+                v.halt_poll = val if val < r.halt_poll_max else r.halt_poll_max
         if ks_load_acquire_int(&r.stop):
             return 1
         if ok:
@@ -352,7 +384,7 @@ cdef int rp__exit(rp_run *r, rp_vcpu *v, const rp_exit *e, int64_t x, int64_t ba
                 i += 1
             stopped |= rp__busy(r, x + e.wpre)
             if not stopped:
-                stopped = rp__wait(r, v, <int>e.wvec, base + e.wcnt, False)
+                stopped = rp__wait(r, v, <int>e.wvec, base + e.wcnt, False, False)
             stopped |= rp__busy(r, ks_now() + e.wake)
         while i < e.nfx:
             f = &r.fx[e.fx0 + i]
@@ -431,7 +463,7 @@ cdef void *rp__vcpu_main(void *arg) noexcept nogil:
         if e.gate == RP_GATE_START:
             stopped = rp__busy(r, r.t0 + e.gap)
         elif e.gate == RP_GATE_WAIT:
-            stopped = rp__wait(r, v, <int>e.gvec, snap[e.gvec] + e.gcnt, True)
+            stopped = rp__wait(r, v, <int>e.gvec, snap[e.gvec] + e.gcnt, True, True)
             if not stopped:
                 stopped = rp__compute(r, v, e.gap)
         else:
@@ -483,7 +515,7 @@ cdef class ModelRun:
 
     def __cinit__(self, Tracer tracer, list vcpus, fx, aio, list timers, list bhs, list vectors,
                   lines, int aio_vec, int nworkers, int dispatch_cs, int ncallsites,
-                  int64_t dispatch_add_raw):
+                  int64_t dispatch_add_raw, int64_t halt_poll_raw=0):
         cdef int i, k, nv = len(vcpus)
         cdef int64_t j, n, nfx, naio
         cdef int nvec, ntm, nbh
@@ -540,6 +572,7 @@ cdef class ModelRun:
         self.r.naio = naio
         self.r.nv = nv
         self.r.aio_vec = aio_vec
+        self.r.halt_poll_max = max(halt_poll_raw, 0)
         for k in range(nvec):
             self.r.vectors[k] = <int32_t>vectors[k]
         lines = np.asarray(lines, dtype=np.int64).reshape(nv, nvec) if nvec else None

@@ -614,8 +614,7 @@ def covered(trace):
             e_ns = e_ns[e_ns >= e_ns.max() - FLUSH_NS]
         end = int(e_ns.max() if one_stream else e_ns.min())
         who = e.loc[e_ns.idxmax() if one_stream else e_ns.idxmin(), "thread_name"]
-        why = {"running": "killed", "failed": "failed", "aborted": "aborted"}.get(state,
-                                                                              "cut short")
+        why = {"running": "was killed", "failed": "failed", "aborted": "was aborted"}.get(state)
         text = (f"the run {why} (state {state})" if state in _replay.INCOMPLETE_STATES
                 else f"a table was cut short ({', '.join(sorted(t.cut))})")
         text += (f": its log ends at {(end - origin) / 1e9:.4f} s" if one_stream else

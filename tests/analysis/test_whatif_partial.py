@@ -212,14 +212,14 @@ def test_a_killed_run_re_executes_up_to_where_every_thread_s_data_ends(capsys, t
     out = tmp_path / "pred"
     status, text, err = run(capsys, "replay", k, "-o", out)
     assert status == 0
-    assert len(err.splitlines()) == 1 and "warning: the run killed (state running)" in err
+    assert len(err.splitlines()) == 1 and "warning: the run was killed (state running)" in err
     assert "(vcpu1), the earliest end" in err and "re-executing only the part" in err
     window = json.loads((out / "meta.json").read_text())["replay"]["window"]
     assert window["end_ns"] == int(t.exits[t.exits["thread"] == names["vcpu1"]]
                                    ["entry_ns"][t.exits["entry_ns"] <= ends[names["vcpu1"]]]
                                    .max())
     # the recording's same window, reproduced
-    with pytest.warns(UserWarning, match="the run killed"):
+    with pytest.warns(UserWarning, match="the run was killed"):
         p = whatif.reexecute(k)
     part, w = whatif.covered(k)
     assert w["end_ns"] == window["end_ns"] and p.meta["replay"]["model"] == "causal"

@@ -145,9 +145,10 @@ def build(trace, why=None):
 
 def check(changes, model):
     """ConfigError (one line) for a change the sequence model cannot take."""
-    for name, text in REFUSED.items():
-        v = getattr(changes, name)
-        if v:
+    for name in changes.NAMES:
+        if name not in ("scale_hold", "add_hold") and getattr(changes, name, None):
+            text = REFUSED.get(name, "--" + name.replace("_", "-")
+                               + " needs the causal model of a kvmscope recording; {why}")
             raise ConfigError(text.format(why=model.why))
     changes.check(model)
 
@@ -529,15 +530,16 @@ def reexecute_covered(t, window, policy="barging", seed=None, changes=None):
 def model_kind(trace):
     """Which model re-executes *trace*: ``("causal", None)``, or
     ``("sequence", why)`` for a trace without a causal model (imported from
-    a QEMU log, or a covered part the causal model cannot take)."""
+    a QEMU log), or one the causal model cannot take (other locks than the
+    BQL, no vCPU exits...)."""
     why = why_sequence(trace)
     if why is None:
         try:
             _engine.model_of(trace)
         except ConfigError as e:
-            if not getattr(trace, "_covered_part", False):
-                raise
-            why = f"the covered part has no causal model ({e})"
+            what = ("the covered part" if getattr(trace, "_covered_part", False)
+                    else "this trace")
+            why = f"the causal model cannot take {what} ({e})"
     return ("sequence", why) if why else ("causal", None)
 
 

@@ -53,7 +53,11 @@ def reexecute(trace, policy="barging", seed=None, **changes):
     Parameters
     ----------
     trace : Trace or str
-        A complete recording (``kvmscope run``), or its directory.
+        A recording (``kvmscope run``, or imported from a QEMU log), or its
+        directory.  A lossy or killed recording is re-executed up to where
+        its data is complete (:func:`covered`), with a warning; a trace
+        without a causal model with the sequence model
+        (:mod:`~kvmscope.analysis.reexec_seq`: hold changes only).
     policy : {"barging", "fifo"}
         How the BQL picks its next owner (``barging``: glibc's mutex, which
         the recordings match).
@@ -72,14 +76,21 @@ def reexecute(trace, policy="barging", seed=None, **changes):
     Returns
     -------
     Trace
-        The predicted run; ``meta["replay"]`` says of what and with which
-        changes.
+        The predicted run; ``meta["replay"]`` says of what, with which
+        changes and which model (``causal`` or ``sequence``).
 
     Raises
     ------
     ConfigError
-        An unknown change, call site or device, a value out of range, or a
-        trace that cannot be re-executed (records lost, a killed run).
+        An unknown change, call site or device, a value out of range, a
+        change the sequence model cannot take, or a trace with no part known
+        to be complete (records lost at unknown times).
+
+    Warns
+    -----
+    UserWarning
+        The trace's data is incomplete: what is missing, and the part
+        re-executed (``meta["replay"]["window"]`` of the prediction).
 
     Examples
     --------

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from kvmscope.analysis import Trace, whatif
-from kvmscope.analysis.synth import write_trace
+from kvmscope.analysis.synth import make_trace, write_trace
 from kvmscope.cli import main
 from kvmscope.traceformat import SPANS, TABLES
 
@@ -285,3 +285,13 @@ def test_a_failed_run_says_why_and_a_run_with_nothing_covered_is_one_line(capsys
     status, out, err = run(capsys, "replay", path, "-o", tmp_path / "out")
     assert status == 2 and out == "" and len(err.splitlines()) == 1
     assert "no part of the trace is known to be complete" in err
+
+
+def test_a_trace_the_causal_model_cannot_take_re_executes_as_sequences(tmp_path):
+    t = Trace.load(make_trace(tmp_path / "t", 3000, seed=2))      # a second lock
+    p = whatif.reexecute(t)
+    assert p.meta["replay"]["model"] == "sequence"
+    assert "other locks: blk:queue" in p.meta["replay"]["why"]
+    assert (t.locks.groupby("callsite", observed=True).size().to_dict()
+            == p.locks.groupby("callsite", observed=True).size().to_dict())
+    assert whatif.metrics(p)["bql_wait_ns"] == whatif.metrics(t)["bql_wait_ns"]

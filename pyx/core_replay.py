@@ -17,9 +17,9 @@ recorded time and raises the tick), a bottom half scheduled, an interrupt
 raised.  The main loop is the core's loop thread (poll, timers, bottom halves,
 the BQL at ``main:dispatch``).
 
-A trace the model refuses (a QEMU import: no causal model) falls back to the
-recorded BQL acquisitions alone: per thread, time outside the lock, call
-site, hold.
+A trace the model cannot take (a QEMU import: no causal model; other locks;
+lost records) falls back to the recorded BQL acquisitions alone: per thread,
+time outside the lock, call site, hold.
 """
 import copy
 import datetime
@@ -145,12 +145,11 @@ def _ns_raw(values, rpn, what):
 class _Build:
     """The model's schedules as the arrays of ``_core.ModelRun``."""
 
-    def __init__(self, trace, changes, rpn):
+    def __init__(self, trace, model, changes, rpn):
         from .analysis import reexec_engine as rx
         from .analysis import reexec_model as rm
         from .traceformat import EXIT_REASONS, IRQ_KINDS
         self.rm = rm
-        model = rm.build(trace)                 # ConfigError: the model refuses the trace
         ch = rx.Changes.from_kwargs(**changes)
         # the model engine's own set-up: changes checked and applied (_apply), streams
         # copied for extra vCPUs, one timer per (vCPU, recorded timer it arms)
@@ -383,14 +382,16 @@ def replay(trace, output, force=False, compression=None, **changes):
     """
     from . import _core
     changes = {k: v for k, v in changes.items() if v is not None and v != {} and v != []}
+    from .analysis import reexec_model as rm
+    try:
+        model = rm.build(trace)
+    except ConfigError as e:
+        # no causal model (an imported trace, other locks, lost records): the BQL
+        # acquisitions alone
+        return _replay_locks(trace, output, force, compression, str(e), changes)
     clock = _core.calibrate_clock("auto", 0.05)
     try:
-        b = _Build(trace, changes, _core.raw_per_ns())
-    except ConfigError as e:
-        # an imported trace has no causal model: its BQL acquisitions alone
-        if (trace.meta.get("config") or {}).get("source"):
-            return _replay_locks(trace, output, force, compression, str(e), changes)
-        raise
+        b = _Build(trace, model, changes, _core.raw_per_ns())
     except (KeyError, IndexError, TypeError) as e:
         raise ConfigError(f"the trace's model refers to something it lacks ({e!r}): "
                           "cannot build its schedules") from None

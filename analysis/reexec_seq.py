@@ -50,8 +50,8 @@ REFUSED = {
     "timer_period_us": "--timer-period-us needs the timer device of a kvmscope recording; {why}",
 }
 
-_E_REQ = 100            # event kinds of this module (the engine's E_GRANT is reused)
-_INF = _engine.INF
+#: Fewer recorded hand-offs of a kind than this: its latency is a default.
+MIN_SAMPLES = 20
 
 
 def why_sequence(trace):
@@ -134,8 +134,12 @@ def build(trace, why=None):
     m.cont = np.asarray(m.cont, bool)
     c = m.cont & (m.d < 0)
     before = -m.d
-    m.lock = {"spin": rm.Samples(m.lat[c & (before <= rm.SLEEP_THRESHOLD_NS)], 400),
-              "sleep": rm.Samples(m.lat[c & (before > rm.SLEEP_THRESHOLD_NS)], 8000),
+    spin = m.lat[c & (before <= rm.SLEEP_THRESHOLD_NS)]
+    sleep = m.lat[c & (before > rm.SLEEP_THRESHOLD_NS)]
+    # a handful of waits (one 4 ms wait behind a long hold) is no hand-off
+    # latency to give every new waiter: then the engine's defaults
+    m.lock = {"spin": rm.Samples(spin if len(spin) >= MIN_SAMPLES else [], 400),
+              "sleep": rm.Samples(sleep if len(sleep) >= MIN_SAMPLES else [], 8000),
               "free": rm.Samples(m.lat[~m.cont], 40)}
     m.seq = {}
     for th in np.unique(m.thread).tolist():          # per thread, in acquisition order
@@ -358,7 +362,7 @@ def tables(trace, model, result):
     r0 = lt.column("request_ns").to_numpy()
     a0 = lt.column("acquired_ns").to_numpy()
     nr = tmap(th, r0, "right")
-    na = nr + (a0 - r0)
+    na = np.maximum(tmap(th, a0, "right"), nr)
     nl = np.maximum(tmap(th, lt.column("released_ns").to_numpy(), "right"), na)
     prev_col = lt.column("prev_owner").to_numpy().astype(np.int64)
     cont_col = lt.column("contended").to_numpy(zero_copy_only=False).astype(bool)
@@ -371,17 +375,21 @@ def tables(trace, model, result):
     other[model.rows] = False
     o = np.flatnonzero(other)
     if len(o):
-        so = o[np.lexsort((na[o], codes[o]))]
-        # a hold moved into another's waits for its release (a mutex)
-        last = {}
-        for i in so.tolist():
-            c = codes[i]
+        # a hold moved into another's waits for its release (a mutex); the
+        # thread asks for its next one only once it has it
+        last, got = {}, {}
+        for i in o[np.argsort(na[o], kind="stable")].tolist():
+            c, t_ = codes[i], th[i]
+            d = max(0, got.get(t_, nr[i]) - nr[i])
             r = last.get(c)
-            if r is not None and na[i] < nl[r]:
+            if r is not None and na[i] + d < nl[r]:
                 d = nl[r] - na[i]
+                cont_col[i] = True
+            if d:
+                nr[i] = max(nr[i], got.get(t_, nr[i]))
                 na[i] += d
                 nl[i] += d
-                cont_col[i] = True
+            got[t_] = na[i]
             last[c] = i if r is None or nl[i] >= nl[r] else r
         so = o[np.lexsort((na[o], codes[o]))]
         same = np.zeros(len(so), bool)

@@ -388,9 +388,9 @@ def build(trace):
     """
     source = (trace.meta.get("config") or {}).get("source")
     if source:
-        raise ConfigError(f"re-execution needs a kvmscope recording; this trace was imported "
-                          f"from a {source}, whose threads' events have no causal model "
-                          "(docs/whatif.md)")
+        raise ConfigError(f"the causal model needs a kvmscope recording; this trace was imported "
+                          f"from a {source}, whose threads' events have no causal links "
+                          "(whatif.reexecute uses the sequence model: docs/whatif.md)")
     if not getattr(trace, "complete", True):
         raise ConfigError("re-execution needs a whole trace, not a window or selection of one")
     if len(trace.losses) or any((r or {}).get("lost") for r in

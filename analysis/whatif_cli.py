@@ -277,7 +277,9 @@ def _rank(args, trace):
         done.append(k)
     table = _warned("whatif", _whatif.rank, trace, factor=args.factor, policy=args.policy,
                     seed=args.seed, progress=progress)
-    part = _recorded(trace, True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        part, window = _whatif.covered(trace)
     sequence = _whatif.model_kind(part)[0] == "sequence"
     limit = args.limit if args.limit else len(table)
     table = table.head(limit) if limit else table
@@ -303,6 +305,8 @@ def _rank(args, trace):
         title = (f"What to fix first in {args.trace}: each BQL call site's critical section x"
                  f"{args.factor:g}, re-executed (sequence model: no causal links between "
                  "threads)")
+    if window:
+        title += f", its first {(window['end_ns'] - window['start_ns']) / 1e9:.4f} s"
     head = f"## {title}\n\n" if args.format == "markdown" else title + "\n"
     text = head + _table(args, ["#", "callsite", "fix", "exits/s", "requests/s", "wait removed",
                                 "of all wait", "contended", "acquired"],

@@ -528,8 +528,13 @@ def reexecute_covered(t, window, policy="barging", seed=None, changes=None):
     if why:
         tables, meta = reexecute_tables(t, policy=policy, seed=seed, why=why, **changes)
     else:
-        tables, meta = _engine.reexecute_tables(t, policy=policy, seed=seed, **changes)
+        same = t._cache.get("reexec_unchanged")
+        if same is not None and not changes and policy == "barging" and seed is None:
+            tables, meta = same[0], dict(same[1], replay=dict(same[1]["replay"]))
+        else:
+            tables, meta = _engine.reexecute_tables(t, policy=policy, seed=seed, **changes)
         meta["replay"]["model"] = "causal"
+    meta.pop("layout", None)        # written as Arrow streams, whatever the recording's
     if window:
         meta["replay"]["window"] = {k: v for k, v in window.items() if k != "warning"}
     return tables, meta
@@ -538,17 +543,51 @@ def reexecute_covered(t, window, policy="barging", seed=None, changes=None):
 def model_kind(trace):
     """Which model re-executes *trace*: ``("causal", None)``, or
     ``("sequence", why)`` for a trace without a causal model (imported from
-    a QEMU log), or one the causal model cannot take (other locks than the
-    BQL, no vCPU exits...)."""
+    a QEMU log), one the causal model cannot take (other locks than the
+    BQL, no vCPU exits...), or one whose causal re-execution, unchanged,
+    does not give the recording back (each vCPU's exits, each call site's
+    acquisitions): it then cannot be trusted with a change either.  Decided
+    once per trace (one unchanged re-execution, kept)."""
+    got = trace._cache.get("reexec_kind")
+    if got is not None:
+        return got
     why = why_sequence(trace)
+    what = "the covered part" if getattr(trace, "_covered_part", False) else "this trace"
     if why is None:
         try:
             _engine.model_of(trace)
-        except ConfigError as e:
-            what = ("the covered part" if getattr(trace, "_covered_part", False)
-                    else "this trace")
+            tables, meta = _engine.reexecute_tables(trace)
+        except (ConfigError, RuntimeError) as e:
             why = f"the causal model cannot take {what} ({e})"
-    return ("sequence", why) if why else ("causal", None)
+        else:
+            trace._cache["reexec_unchanged"] = (tables, meta)
+            miss = _not_reproduced(trace, tables)
+            if miss:
+                why = f"the causal model does not reproduce {what} ({miss})"
+    got = ("sequence", why) if why else ("causal", None)
+    trace._cache["reexec_kind"] = got
+    return got
+
+
+def _not_reproduced(trace, tables):
+    """What an unchanged causal re-execution did not give back, or None:
+    each vCPU's exits exactly, each call site's acquisitions within one
+    (the main loop's stop after a recording cut short)."""
+    def counts(t, col):
+        v, c = np.unique(np.asarray(t.column(col).to_pylist(), dtype=object).astype(str),
+                         return_counts=True)
+        return dict(zip(v.tolist(), c.tolist()))
+    rec, pred = counts(trace.arrow("exits"), "thread"), counts(tables["exits"], "thread")
+    thr = trace.arrow("threads")
+    names = dict(zip(map(str, thr.column("thread").to_pylist()), thr.column("name").to_pylist()))
+    for th, n in rec.items():
+        if pred.get(th, 0) != n:
+            return f"{pred.get(th, 0):,} of {names.get(th, th)}'s {n:,} exits re-executed"
+    rec, pred = counts(trace.arrow("locks"), "callsite"), counts(tables["locks"], "callsite")
+    for cs, n in rec.items():
+        if abs(pred.get(cs, 0) - n) > 1:
+            return f"{pred.get(cs, 0):,} of {n:,} acquisitions at {cs}"
+    return None
 
 
 def covered(trace):

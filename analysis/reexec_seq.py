@@ -544,10 +544,11 @@ def model_kind(trace):
     """Which model re-executes *trace*: ``("causal", None)``, or
     ``("sequence", why)`` for a trace without a causal model (imported from
     a QEMU log), one the causal model cannot take (other locks than the
-    BQL, no vCPU exits...), or one whose causal re-execution, unchanged,
-    does not give the recording back (each vCPU's exits, each call site's
-    acquisitions): it then cannot be trusted with a change either.  Decided
-    once per trace (one unchanged re-execution, kept)."""
+    BQL, no vCPU exits...), or the covered part of an incomplete recording
+    whose causal re-execution, unchanged, does not give it back (each
+    vCPU's exits, each call site's acquisitions): it then cannot be trusted
+    with a change either.  Decided once per trace (for a covered part, one
+    unchanged re-execution, kept)."""
     got = trace._cache.get("reexec_kind")
     if got is not None:
         return got
@@ -556,14 +557,15 @@ def model_kind(trace):
     if why is None:
         try:
             _engine.model_of(trace)
-            tables, meta = _engine.reexecute_tables(trace)
+            if getattr(trace, "_covered_part", False):
+                # a cut recording: checked, the cut must not mislead the model
+                tables, meta = _engine.reexecute_tables(trace)
+                trace._cache["reexec_unchanged"] = (tables, meta)
+                miss = _not_reproduced(trace, tables)
+                if miss:
+                    why = f"the causal model does not reproduce {what} ({miss})"
         except (ConfigError, RuntimeError) as e:
             why = f"the causal model cannot take {what} ({e})"
-        else:
-            trace._cache["reexec_unchanged"] = (tables, meta)
-            miss = _not_reproduced(trace, tables)
-            if miss:
-                why = f"the causal model does not reproduce {what} ({miss})"
     got = ("sequence", why) if why else ("causal", None)
     trace._cache["reexec_kind"] = got
     return got

@@ -4,6 +4,10 @@ killed run: only the part the data covers), on copies of the shipped traces
 (docs/whatif.md)."""
 import json
 import os
+import shutil
+import subprocess
+import sys
+import time
 import warnings
 
 import numpy as np
@@ -21,6 +25,7 @@ QEMU_PIO = os.path.join(ROOT, "traces", "qemu-pio-storm-2vcpu")
 MIXED = os.path.join(ROOT, "traces", "mixed-2vcpu")
 DISK = os.path.join(ROOT, "traces", "disk-io-user-irqchip")
 SITE = "softmmu/physmem.c:2748"         # the vCPUs' port I/O in QEMU
+KVMSCOPE = shutil.which("kvmscope", path=os.path.dirname(sys.executable)) or "kvmscope"
 
 
 def run(capsys, *argv):
@@ -294,3 +299,29 @@ def test_a_trace_the_causal_model_cannot_take_re_executes_as_sequences(tmp_path)
     assert (t.locks.groupby("callsite", observed=True).size().to_dict()
             == p.locks.groupby("callsite", observed=True).size().to_dict())
     assert whatif.metrics(p)["bql_wait_ns"] == whatif.metrics(t)["bql_wait_ns"]
+
+
+@pytest.mark.kvm
+def test_a_real_killed_run_re_executes_up_to_where_its_data_ends(capsys, tmp_path):
+    out = tmp_path / "killed"
+    p = subprocess.Popen([KVMSCOPE, "run", "mixed", "--vcpus", "2", "-n", "100000000", "-q",
+                          "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        locks = out / "locks.arrows"
+        while not (locks.exists() and locks.stat().st_size > 300_000):
+            assert time.monotonic() < deadline, "no batches flushed"
+            time.sleep(0.05)
+    finally:
+        p.kill()
+        p.wait(timeout=10)
+    status, text, err = run(capsys, "replay", out, "-o", tmp_path / "pred", "--format", "json")
+    assert status == 0 and len(err.splitlines()) == 1
+    assert "warning: the run was killed (state running): data ends at" in err
+    doc = json.loads(text)
+    part, window = whatif.covered(Trace.load(out))
+    assert doc["window"]["end_ns"] == window["end_ns"]
+    for k in ("bql_wait_ns", "contended_pct", "exits_per_s", "request_p50_ns", "request_p99_ns"):
+        f = doc["figures"][k]
+        assert _close(f["recorded"], f["predicted"]), (k, f, doc["model"])
+    assert run(capsys, "validate", tmp_path / "pred")[0] == 0

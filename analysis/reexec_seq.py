@@ -2,9 +2,10 @@
 causal model, such as one imported from a QEMU log (docs/whatif.md).
 
 Per thread that took the BQL, the recorded sequence of (time outside the
-BQL since its last release, call site, hold), run again through the
-engine's lock (:class:`~kvmscope.analysis.reexec_engine.Engine`'s rules:
-glibc's barging mutex, or ``fifo``).  Everything else the thread recorded
+BQL since its last release, call site, hold), run again through a lock that
+keeps the recording's precedence and barges as glibc's mutex does
+(:func:`run`; the engine's latencies where the recording has none).
+Everything else the thread recorded
 (its exits, the other mutexes it took, the AIO requests it submitted, any
 other row) rides along on the thread's own timeline: shifted by however much
 its acquisitions moved, stretched inside a critical section whose hold was
@@ -14,7 +15,8 @@ shifted with its submitter.
 What it leaves out: every causal link between threads.  A thread keeps its
 recorded timing outside the BQL, so a longer hold delays only the threads
 that queue behind it (no interrupt, completion or wake-up another thread
-would have delivered later), and other mutexes keep their recorded waits.
+would have delivered later), and other mutexes keep their recorded waits
+(a hold moved onto another's waits for it: they stay mutually exclusive).
 Only hold changes apply: no device map to take off the lock, no vCPU
 program, AIO pool or timer device to run again.
 
@@ -39,8 +41,8 @@ from ..traceformat import SPANS, TABLES
 #: What the sequence model leaves out (``meta.json`` ``replay.left_out``).
 LEFT_OUT = ("no causal links between threads: each thread keeps its recorded time outside "
             "the BQL, so a longer hold delays only the threads queueing behind it; other "
-            "mutexes keep their recorded waits; exits, AIO requests and other rows ride "
-            "along on their thread's timeline")
+            "mutexes keep their recorded waits (only kept mutually exclusive); exits, AIO "
+            "requests and other rows ride along on their thread's timeline")
 
 #: Changes the sequence model refuses, with the reason (one line each).
 REFUSED = {
@@ -94,7 +96,7 @@ def build(trace, why=None):
     ----------
     trace : Trace
         A whole trace (records lost or a run cut short are cut to the
-        covered part first: :func:`kvmscope.analysis.whatif.covered`).
+        covered part first: :func:`covered`).
     why : str, optional
         The reason the fallback is used, for the refusals of other changes.
 
@@ -296,6 +298,8 @@ def run(model, changes, policy="barging", seed=None):
         elif gen == st["gen"] and st["reserved"] == k:      # a woken waiter runs
             waiters[:] = [w for w in waiters if w[1] != k]
             take(k, t, True)
+    if waiters or any(pos[th] < len(idx) for th, idx in model.seq.items()):
+        raise RuntimeError("sequence re-execution ended with acquisitions not served")
     return (np.asarray(out_req, np.int64), np.asarray(out_acq, np.int64),
             np.asarray(out_rel, np.int64), np.asarray(out_prev, np.int64),
             np.asarray(out_cont, bool), (scale, add))

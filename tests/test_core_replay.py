@@ -59,7 +59,9 @@ def test_mixed_runs_the_model_schedules_with_real_causal_links(mixed, capsys):
     fires = len(got.timers)
     assert fires > 0
     acks = timer_acks(got)
-    assert fires - 2 <= acks <= fires     # a tick after a vCPU's last exit goes unanswered
+    # a tick that reaches a vCPU after its last guest time goes unanswered (one per vCPU
+    # in practice; two allowed for a vCPU thread that lost its CPU at the end)
+    assert fires - 4 <= acks <= fires
     assert b["pio:timerdev"] == (a["pio:timerdev"] - timer_acks(rec)) + acks
     # every exit recorded, as recorded, apart from the acknowledgements (one per tick)
     assert len(got.exits) - acks == len(rec.exits) - timer_acks(rec)

@@ -103,11 +103,14 @@ def test_aio_threads_and_vcpus_change_the_real_threads(mixed):
 
 def test_a_doubled_timer_period_halves_the_ticks(mixed):
     plain, slow = mixed["plain"], mixed["slow"]
-    # ticks per second of run time, each timer's
+    for t, period in ((plain, 2_000_000), (slow, 4_000_000)):
+        # the guests program the period; the device's grid spaces the deadlines by it
+        tm = t.timers[t.timers["name"] == "timerdev:vcpu0"]
+        assert np.median(np.diff(np.sort(tm["expire_ns"]))) == pytest.approx(period, rel=0.01)
+    # ticks per second of run time, about half (a tick acknowledged late on a loaded
+    # machine skips the next grid point, more often at the shorter period)
     rate = [len(t.timers) / (t.end_ns - t.start_ns) for t in (plain, slow)]
-    assert rate[1] == pytest.approx(rate[0] / 2, rel=0.25)
-    gaps = np.diff(np.sort(slow.timers[slow.timers["name"] == "timerdev:vcpu0"]["expire_ns"]))
-    assert np.median(gaps) == pytest.approx(4_000_000, rel=0.01)
+    assert 0.3 < rate[1] / rate[0] < 0.8      # 0.49 unloaded, 0.75 with two CPU hogs
 
 
 @pytest.mark.parametrize("name", ["timer-hlt-2vcpu", "disk-io-user-irqchip"])

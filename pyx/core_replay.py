@@ -45,7 +45,6 @@ MODEL_LEFT_OUT = [
     "device models and file I/O (handlers and AIO service are busy time)",
     "an interrupt service routine taken late as recorded (it is taken when the interrupt "
     "arrives, or at the next re-entry)",
-    "kicks of the userspace irqchip",
 ]
 
 #: records per thread's ring, drained every DRAIN_INTERVAL_S (as ``kvmscope run``)
@@ -399,7 +398,8 @@ def replay(trace, output, force=False, compression=None, **changes):
     run = _core.ModelRun(tracer, b.vcpus, b.fx, b.aio, b.timers, b.bhs, b.vectors, b.lines,
                          b.aio_vec, b.nworkers, b.dispatch_cs, len(b.model.callsites),
                          b.dispatch_add,
-                         0 if b.model.irqchip_user else round(HALT_POLL_NS * _core.raw_per_ns()))
+                         0 if b.model.irqchip_user else round(HALT_POLL_NS * _core.raw_per_ns()),
+                         bool(b.model.irqchip_user))
     nsrc = len(b.model.vcpus)
     dur_s = max(0, b.model.end_ns - b.model.start_ns) / 1e9
     watchdog = 60 + 20 * dur_s * math.ceil(len(b.vcpus) / nsrc)

@@ -81,6 +81,7 @@ cdef struct rp_vcpu:
     int isr_handled
     int sleeping
     int done
+    int in_guest                    # in guest time or waiting in the guest (atomic)
     int64_t wait_vec                # what a blocked vCPU waits for (the watchdog's message)
     int64_t wait_need
     int64_t halt_poll               # KVM's adaptive halt-polling window, now
@@ -134,6 +135,7 @@ cdef struct rp_run:
     int64_t t0
     int64_t end                     # the last vCPU's end
     int64_t halt_poll_max           # KVM's halt_poll_ns (0: a halt sleeps at once)
+    int irqchip_user                # a raise for a vCPU in the guest records a kick
     int running
     pthread_mutex_t done_mu
     rp_worker workers[KS_MAX_AIO]
@@ -161,6 +163,9 @@ cdef void rp__raise(rp_run *r, ks_thread *self, int vi, int vec) noexcept nogil:
     trace_irq(self.ring, self.id, KS_IRQEV_RAISE, r.lines[vi][vec], r.vectors[vec], <int16_t>vi,
               ks_now())
     v = &r.v[vi]
+    if r.irqchip_user and self != &v.t and ks_load_acquire_int(&v.in_guest):
+        # the userspace irqchip kicks a vCPU out of the guest to inject
+        trace_irq(self.ring, self.id, KS_IRQEV_KICK, -1, r.vectors[vec], <int16_t>vi, ks_now())
     pthread_mutex_lock(&v.mu)
     if not v.done:
         v.cnt[vec] += 1
@@ -348,6 +353,7 @@ cdef int rp__exit(rp_run *r, rp_vcpu *v, const rp_exit *e, int64_t x, int64_t ba
     cdef int64_t acq, i, entry
     cdef int stopped = 0
     cdef const rp_fx *f
+    ks_store_release_int(&v.in_guest, 0)
     memset(&ex, 0, sizeof(ex))
     ex.vcpu = <int16_t>v.index
     ex.reason = <uint8_t>e.reason
@@ -424,7 +430,10 @@ cdef int rp__isr(rp_run *r, rp_vcpu *v) noexcept nogil:
     v.isr_next[found] += 1
     if rp__busy(r, ks_now() + e.react):
         return 1
-    return rp__exit(r, v, e, ks_now(), base)
+    if rp__exit(r, v, e, ks_now(), base):
+        return 1
+    ks_store_release_int(&v.in_guest, 1)
+    return 0
 
 
 cdef int rp__compute(rp_run *r, rp_vcpu *v, int64_t left) noexcept nogil:
@@ -460,6 +469,7 @@ cdef void *rp__vcpu_main(void *arg) noexcept nogil:
         ks_cpu_relax()
     for j in range(v.n):
         e = &v.prog[j]
+        ks_store_release_int(&v.in_guest, 1)
         if e.gate == RP_GATE_START:
             stopped = rp__busy(r, r.t0 + e.gap)
         elif e.gate == RP_GATE_WAIT:
@@ -515,7 +525,7 @@ cdef class ModelRun:
 
     def __cinit__(self, Tracer tracer, list vcpus, fx, aio, list timers, list bhs, list vectors,
                   lines, int aio_vec, int nworkers, int dispatch_cs, int ncallsites,
-                  int64_t dispatch_add_raw, int64_t halt_poll_raw=0):
+                  int64_t dispatch_add_raw, int64_t halt_poll_raw=0, bint irqchip_user=False):
         cdef int i, k, nv = len(vcpus)
         cdef int64_t j, n, nfx, naio
         cdef int nvec, ntm, nbh
@@ -573,6 +583,7 @@ cdef class ModelRun:
         self.r.nv = nv
         self.r.aio_vec = aio_vec
         self.r.halt_poll_max = max(halt_poll_raw, 0)
+        self.r.irqchip_user = irqchip_user
         for k in range(nvec):
             self.r.vectors[k] = <int32_t>vectors[k]
         lines = np.asarray(lines, dtype=np.int64).reshape(nv, nvec) if nvec else None

@@ -123,6 +123,10 @@ def test_halting_guests_replay_with_their_interrupts(tmp_path, name):
     assert per_site(got)["n"].drop("main:dispatch").to_dict() == \
         per_site(rec)["n"].drop("main:dispatch").to_dict()
     assert len(got.timers) == len(rec.timers) and len(got.aio) == len(rec.aio)
+    kinds = [got.irqs.groupby("kind", observed=True).size().to_dict(),
+             rec.irqs.groupby("kind", observed=True).size().to_dict()]
+    for kind in ("raise", "inject", "ack"):
+        assert kinds[0].get(kind) == kinds[1].get(kind), kind
 
 
 @pytest.fixture(scope="module")

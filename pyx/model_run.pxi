@@ -529,7 +529,6 @@ cdef class ModelRun:
         cdef int i, k, nv = len(vcpus)
         cdef int64_t j, n, nfx, naio
         cdef int nvec, ntm, nbh
-        cdef const int64_t[:, ::1] ev
         cdef const int64_t[:, ::1] fv
         cdef const int64_t[:, ::1] av
         cdef const int64_t[::1] a1, a2

@@ -609,7 +609,7 @@ def covered(trace):
     which is written in one stream, up to the log's end.  Rows that end
     after that time are left out, as they were not written either: an AIO
     request submitted but not completed, a lock not yet released; each
-    vCPU's last exit before the cut ends its run (it is not re-entered).
+    vCPU's last exit before the cut ends its run, open (not re-entered).
 
     Parameters
     ----------
@@ -696,14 +696,15 @@ def _cut(t, cut):
         tab = t.arrow(name)
         if name in SPANS and tab.num_rows:
             a, b = SPANS[name]
-            end = tab.column(b)
+            # an exit not re-entered by the cut is kept open (below)
+            end = tab.column(a if name == "exits" else b)
             end = end.fill_null(tab.column(a)) if end.null_count else end
             tab = tab.filter(pa.array(end.to_numpy() <= cut))
         elif name == "losses":
             tab = tab.slice(0, 0)
         if name == "exits" and tab.num_rows:
-            # each vCPU's last exit before the cut ends its run, as a vCPU
-            # that never re-entered does at a run's end
+            # each vCPU's last exit before the cut ends its run, open, as
+            # a vCPU that never re-entered does at a run's end
             th = tab.column("thread").to_numpy()
             x = tab.column("exit_ns").to_numpy()
             last = np.zeros(tab.num_rows, bool)

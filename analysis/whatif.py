@@ -148,7 +148,9 @@ def write(trace, path, force=False, compression=None):
         pass
     tmp = os.path.join(path, META_FILE + ".tmp")
     with open(tmp, "w") as f:
-        json.dump(trace.meta, f, indent=2, default=str)
+        # Arrow streams, whatever layout the trace was read from
+        json.dump({k: v for k, v in trace.meta.items() if k != "layout"}, f, indent=2,
+                  default=str)
         f.write("\n")
     os.replace(tmp, os.path.join(path, META_FILE))
     return path

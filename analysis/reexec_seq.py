@@ -186,6 +186,8 @@ def run(model, changes, policy="barging", seed=None):
                           f"{', '.join(_engine.POLICIES)}")
     barging = policy == "barging"
     rng = random.Random(int(seed)) if seed is not None else None
+    tick = int((model.meta.get("clock") or {}).get("resolution_ns") or 1)
+    queue_ns, sleep_ns = max(rm.QUEUE_NS, tick), max(rm.SLEEP_THRESHOLD_NS, tick)
 
     def draw(s):
         return s.median if rng is None else s.draw(rng)
@@ -224,7 +226,7 @@ def run(model, changes, policy="barging", seed=None):
         gap[th] = [0] + [req_l[b] - rel_l[a] for a, b in zip(idx[:-1], idx[1:])]
         pos[th] = 0
         heapq.heappush(heap, (req_l[idx[0]] + tw[idx[0]], 1, idx[0], TRY, 0))
-    st = {"owner": -1, "last": -1, "last_rel": None, "reserved": -1, "gen": 0}
+    st = {"owner": -1, "last": -1, "last_rel": None, "reserved": -1, "gen": 0, "tie": False}
     waiters = []            # (key, index, try time)
 
     def take(k, acq, queued):
@@ -258,17 +260,20 @@ def run(model, changes, policy="barging", seed=None):
             # acquisition (threads the recording served in between barge
             # in before it), at most the wait it recorded after its try
             g = max(r, min(r + (acq_l[k] - rel_l[last]), tried + free[k]))
+            st["tie"] = False
         else:
             # another situation than the recorded one: a waiter that asked
-            # long enough before the release slept (engine's thresholds)
+            # long enough before the release slept (engine's thresholds, at
+            # least a clock tick: closer, the recording shows a tie)
             before = r - tried
-            slept = before > rm.SLEEP_THRESHOLD_NS
-            if cont_l[k] and slept == (prel_l[k] - tried > rm.SLEEP_THRESHOLD_NS):
+            slept = before > sleep_ns
+            if cont_l[k] and slept == (prel_l[k] - req_l[k] - tw[k] > sleep_ns):
                 g = r + hand[k]
-            elif before <= rm.QUEUE_NS:
+            elif before <= queue_ns:
                 g = r + draw(model.lock["free"])
             else:
                 g = r + draw(model.lock["sleep" if slept else "spin"])
+            st["tie"] = before <= tick
         st["reserved"] = k
         st["gen"] += 1
         heapq.heappush(heap, (max(g, t), 1, k, GRANT, st["gen"]))
@@ -286,9 +291,24 @@ def run(model, changes, policy="barging", seed=None):
                 heapq.heappush(heap, (t + gap[th][p] + tw[j], 1, j, TRY, 0))
             grant_next(t)
         elif kind == TRY:
-            out_req[k] = t - tw[k]
+            if gen == 0:
+                out_req[k] = t - tw[k]
             res = st["reserved"]
-            if st["owner"] < 0 and (res < 0 or (barging and k < res)):
+            own = st["owner"]
+            first = None
+            if own < 0 and res < 0:
+                # a thread the recording served first trying about as soon
+                # (within a clock tick, at least QUEUE_NS) still goes first
+                first = min((e for e in heap if e[3] == TRY and e[2] < k
+                             and e[0] <= t + queue_ns), default=None)
+            if first is not None:
+                heapq.heappush(heap, (first[0], 1, k, TRY, 1))
+            elif (own >= 0 and tick > 1 and not cont_l[k] and res < 0 and not waiters
+                    and out_rel[own] - t < tick):
+                # within a clock tick of the release: the recording would
+                # show a tie, which it orders release first
+                heapq.heappush(heap, (out_rel[own], 1, k, TRY, 1))
+            elif own < 0 and (res < 0 or (barging and k < res)):
                 if res >= 0:
                     st["gen"] += 1                  # the woken waiter sleeps again
                     st["reserved"] = -1
@@ -297,7 +317,7 @@ def run(model, changes, policy="barging", seed=None):
                 waiters.append((k if barging else t, k, t))
         elif gen == st["gen"] and st["reserved"] == k:      # a woken waiter runs
             waiters[:] = [w for w in waiters if w[1] != k]
-            take(k, t, True)
+            take(k, t, not st["tie"])
     if waiters or any(pos[th] < len(idx) for th, idx in model.seq.items()):
         raise RuntimeError("sequence re-execution ended with acquisitions not served")
     return (np.asarray(out_req, np.int64), np.asarray(out_acq, np.int64),

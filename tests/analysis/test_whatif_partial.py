@@ -158,6 +158,11 @@ def test_a_longer_or_shorter_hold_on_a_qemu_trace_moves_the_wait(qemu):
     assert sites.loc[SITE, "wait_ns_predicted"] > 1.05 * sites.loc[SITE, "wait_ns_recorded"]
     assert lo["contended_pct"] > 2 * base["contended_pct"]
     assert lo["exits_per_s"] < 0.95 * base["exits_per_s"]
+    assert lo["bql_wait_ns"] > base["bql_wait_ns"]
+    # a nanosecond moves nothing: the threads' recorded races are kept
+    ns = whatif.metrics(qemu.reexecute(add_hold={SITE: 1}))
+    for k in ("bql_wait_ns", "contended_pct", "exits_per_s"):
+        assert _close(base[k], ns[k], 0.01), (k, base[k], ns[k])
     rec = qemu.locks[qemu.locks["callsite"] == SITE]["hold_ns"]
     got = longer.locks[longer.locks["callsite"] == SITE]["hold_ns"]
     assert got.sum() == rec.sum() + 5000 * len(rec)

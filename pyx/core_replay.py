@@ -43,8 +43,6 @@ LEFT_OUT = ["exits", "interrupts", "timers", "bottom halves", "AIO",
 MODEL_LEFT_OUT = [
     "the guest and KVM (guest time is calibrated busy time on the vCPU thread)",
     "device models and file I/O (handlers and AIO service are busy time)",
-    "an interrupt service routine taken late as recorded (it is taken when the interrupt "
-    "arrives, or at the next re-entry)",
 ]
 
 #: records per thread's ring, drained every DRAIN_INTERVAL_S (as ``kvmscope run``)
@@ -301,7 +299,8 @@ class _Build:
     def _exits(self, S, v, gate=None, start=0):
         rpn = self.rpn
         n = len(S.row)
-        out = np.zeros((n, 24), np.int64)
+        out = np.zeros((n, 25), np.int64)
+        out[:, 24] = [-1 if d is None else d for d in getattr(S, "defer", [-1] * n)]
         rows = np.asarray(S.row, np.int64)
 
         def col(name):

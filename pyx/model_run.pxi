@@ -46,6 +46,7 @@ cdef struct rp_exit:
     int64_t device
     int64_t addr
     int64_t data
+    int64_t defer                   # an ISR exit: taken after this program exit (-1: at once)
 
 # An effect of a handler: at `off` into the critical section (or the exit without the BQL).
 cdef struct rp_fx:
@@ -79,6 +80,8 @@ cdef struct rp_vcpu:
     int64_t isr_done[RP_MAX_VEC]    # of them, answered by an ISR exit
     int isr_raised                  # interrupts of ISR vectors received (atomic)
     int isr_handled
+    int64_t j                       # the next program exit
+    int64_t isr_block               # ISRs wait for the program exit of this index
     int sleeping
     int done
     int in_guest                    # in guest time or waiting in the guest (atomic)
@@ -310,7 +313,8 @@ cdef int rp__wait(rp_run *r, rp_vcpu *v, int vec, int64_t need, bint isr, bint p
             while ks_now() < until:
                 if <int64_t>ks_load_acquire_u64(<uint64_t *>&v.cnt[vec]) >= need \
                         or ks_load_acquire_int(&r.stop) \
-                        or (isr and ks_load_acquire_int(&v.isr_raised) != v.isr_handled):
+                        or (isr and ks_load_acquire_int(&v.isr_raised) != v.isr_handled
+                            and v.isr_block != v.j):
                     break
                 # KVM stops polling when another thread wants the CPU
                 sched_yield()
@@ -318,7 +322,7 @@ cdef int rp__wait(rp_run *r, rp_vcpu *v, int vec, int64_t need, bint isr, bint p
         v.wait_vec = vec
         v.wait_need = need
         while v.cnt[vec] < need and not ks_load_acquire_int(&r.stop) and \
-                not (isr and v.isr_raised != v.isr_handled):
+                not (isr and v.isr_raised != v.isr_handled and v.isr_block != v.j):
             v.sleeping = 1
             pthread_cond_wait(&v.cond, &v.mu)
         v.sleeping = 0
@@ -416,8 +420,13 @@ cdef int rp__isr(rp_run *r, rp_vcpu *v) noexcept nogil:
             found = vec
             break
     if found >= 0:
-        v.isr_done[found] += 1
         e = &v.isr[found][v.isr_next[found] % v.nisr[found]]
+        if v.isr_next[found] < v.nisr[found] and e.defer == v.j:
+            # recorded taken only after the coming program exit: wait for it
+            v.isr_block = v.j
+            pthread_mutex_unlock(&v.mu)
+            return 0
+        v.isr_done[found] += 1
         if e.wvec >= 0:
             base = v.cnt[e.wvec]
     if found < 0:
@@ -447,7 +456,7 @@ cdef int rp__compute(rp_run *r, rp_vcpu *v, int64_t left) noexcept nogil:
                 return 0
             if ks_load_acquire_int(&r.stop):
                 return 1
-            if ks_load_acquire_int(&v.isr_raised) != v.isr_handled:
+            if ks_load_acquire_int(&v.isr_raised) != v.isr_handled and v.isr_block != v.j:
                 break
             ks_cpu_relax()
         left = until - now
@@ -467,8 +476,10 @@ cdef void *rp__vcpu_main(void *arg) noexcept nogil:
     memset(snap, 0, sizeof(snap))
     while not ks_load_acquire_int(&r.go):
         ks_cpu_relax()
+    v.isr_block = -1
     for j in range(v.n):
         e = &v.prog[j]
+        v.j = j
         ks_store_release_int(&v.in_guest, 1)
         if e.gate == RP_GATE_START:
             stopped = rp__busy(r, r.t0 + e.gap)
@@ -501,7 +512,7 @@ cdef void *rp__vcpu_main(void *arg) noexcept nogil:
 
 EXIT_FIELDS = ("gate", "gap", "gvec", "gcnt", "cs", "pre", "hold", "post", "dur", "wvec", "wcnt",
                "wpre", "wake", "react", "last", "fx0", "nfx", "reason", "size", "is_write",
-               "count", "device", "addr", "data")
+               "count", "device", "addr", "data", "defer")
 FX_FIELDS = ("off", "kind", "a", "b", "c")
 AIO_FIELDS = ("op", "offset", "length", "result", "io", "to_raise", "after_raise")
 

@@ -32,6 +32,11 @@ MAX_SCALE = 1000.0
 POLICIES = ("barging", "fifo")
 
 INF = 1 << 62
+
+#: Events a re-execution may take per recorded exit (and per 1,000 more)
+#: before it is stopped as one that cannot end (the shipped traces take 2-22
+#: with --vcpus 4).
+MAX_EVENTS_PER_EXIT = 200
 _FAR = 1 << 40          # "no previous release" in the recorded request offsets
 
 # Event kinds.
@@ -514,6 +519,10 @@ class Engine:
             self._isr_at(v, v.pending.pop(0), e)
             return
         v.since = e
+        if v.j >= len(v.st.prog.row):
+            # no program exit left (a recording cut while the vCPU ran)
+            self._finish(v, e)
+            return
         if v.waiting:
             if v.cnt.get(v.wvec, 0) < v.wcnt:
                 v.sched = INF
@@ -605,6 +614,8 @@ class Engine:
             self.seq += 1
             heapq.heappush(self.heap, (nxt + (P.pre[j1] + P.tw[j1] if P.cs[j1] >= 0 else 0),
                                        self.seq, E_PROG, v.i, v.ver))
+        else:
+            self._finish(v, e)
 
     def _handle(self, v, S, k, x, t):
         """Handle exit *k* of specs *S*: exit at *x*, lock request at *t*."""
@@ -645,16 +656,21 @@ class Engine:
         self.ex_x.append(x)
         self.ex_e.append(-1 if last else e)
         if last:
-            v.mode = M_DONE
-            v.done_t = e
-            v.ver += 1
-            self.n_done += 1
-            if self.n_done == len(self.vcpus):
-                self._stop(e)
+            self._finish(v, e)
             return
         if S is not v.st.prog:
             v.in_isr = False
         self._enter(v, e)
+
+    def _finish(self, v, t):
+        """vCPU *v* has made its last exit (its thread ends, or its stream
+        has no exit left) at *t*; the run stops when every vCPU has."""
+        v.mode = M_DONE
+        v.done_t = t
+        v.ver += 1
+        self.n_done += 1
+        if self.n_done == len(self.vcpus):
+            self._stop(t)
 
     def _isr(self, v, ver, t):
         """Event: the ISR exit scheduled for vCPU *v* happens now."""
@@ -1039,7 +1055,17 @@ class Engine:
         heap = self.heap
         pop = heapq.heappop
         vcpus = self.vcpus
+        # a bound on events, so that a model that cannot end fails instead
+        # of growing without limit
+        limit = MAX_EVENTS_PER_EXIT * max(1, len(vcpus) // max(1, self.n_src)) \
+            * (len(self.m.exits) + 1000) + 1_000_000
+        count = 0
         while heap:
+            count += 1
+            if count > limit:
+                raise ConfigError(f"the re-execution did not end after {limit:,} events "
+                                  f"(at {t - self.m.start_ns:,} ns into the run): "
+                                  "the model cannot represent this trace")
             t, _, kind, a, b = pop(heap)
             if kind == E_PROG:
                 self._prog(vcpus[a], b, t)
@@ -1336,7 +1362,8 @@ def predicted_meta(eng, trace, tables):
     of what trace, with which changes, engine, policy and seed."""
     from .. import __version__
     rec = trace.meta
-    meta = {k: v for k, v in rec.items() if k not in ("stats", "failure", "messages")}
+    # written as Arrow streams whatever the recording's file layout
+    meta = {k: v for k, v in rec.items() if k not in ("stats", "failure", "messages", "layout")}
     meta["kvmscope_version"] = __version__
     meta["state"] = "complete"
     meta["stop_reason"] = "replay"

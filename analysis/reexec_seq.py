@@ -548,6 +548,9 @@ def reexecute_covered(t, window, policy="barging", seed=None, changes=None):
     """Re-execute the covered trace *t* (see :func:`covered`) with the causal
     model, or the sequence model when it has none; ``(tables, meta)``."""
     changes = dict(changes or {})
+    # CPU sharing is the causal model's (the sequence model keeps each
+    # thread's recorded timing outside the lock)
+    cpus = changes.pop("cpus", None)
     why = model_kind(t)[1]
     if why:
         tables, meta = reexecute_tables(t, policy=policy, seed=seed, why=why, **changes)
@@ -556,7 +559,8 @@ def reexecute_covered(t, window, policy="barging", seed=None, changes=None):
         if same is not None and not changes and policy == "barging" and seed is None:
             tables, meta = same[0], dict(same[1], replay=dict(same[1]["replay"]))
         else:
-            tables, meta = _engine.reexecute_tables(t, policy=policy, seed=seed, **changes)
+            tables, meta = _engine.reexecute_tables(t, policy=policy, seed=seed, cpus=cpus,
+                                                    **changes)
         meta["replay"]["model"] = "causal"
     meta.pop("layout", None)        # written as Arrow streams, whatever the recording's
     if window:

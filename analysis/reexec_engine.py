@@ -37,6 +37,7 @@ INF = 1 << 62
 #: before it is stopped as one that cannot end (the shipped traces take 2-22
 #: with --vcpus 4).
 MAX_EVENTS_PER_EXIT = 200
+MIN_EVENTS = 1_000_000
 _FAR = 1 << 40          # "no previous release" in the recorded request offsets
 
 # Event kinds.
@@ -1058,7 +1059,7 @@ class Engine:
         # a bound on events, so that a model that cannot end fails instead
         # of growing without limit
         limit = MAX_EVENTS_PER_EXIT * max(1, len(vcpus) // max(1, self.n_src)) \
-            * (len(self.m.exits) + 1000) + 1_000_000
+            * (len(self.m.exits) + 1000) + MIN_EVENTS
         count = 0
         while heap:
             count += 1

@@ -71,7 +71,9 @@ def reexecute(trace, policy="barging", seed=None, **changes):
         ``scale_hold={"pio:blk": 0.5}``, ``add_hold={"pio:debugport":
         2000}`` (ns), ``lockless=["debugport"]``, ``vcpus=4``,
         ``aio_threads=1``, ``timer_period_us=1000``; none: the recording
-        again, to the nanosecond.
+        again, to the nanosecond.  ``cpus=N``: the host CPUs the predicted
+        run's threads share (default: the recording host's, ``meta.json``
+        ``host.cpus``; 0: a CPU per thread; causal model only).
 
     Returns
     -------
@@ -245,7 +247,8 @@ def compare(recorded, predicted):
     return runs, sites.reset_index()
 
 
-def rank(trace, factor=0.5, policy="barging", seed=None, lockless=True, progress=None):
+def rank(trace, factor=0.5, policy="barging", seed=None, lockless=True, progress=None,
+         cpus=None):
     """What should we optimise: per call site, what halving its critical
     section (or scaling it by *factor*), and dispatching its device without
     the BQL, would buy.
@@ -260,6 +263,8 @@ def rank(trace, factor=0.5, policy="barging", seed=None, lockless=True, progress
         Also try each device's call site without the BQL.
     progress : callable, optional
         Called with (done, total) after each re-execution.
+    cpus : int, optional
+        Host CPUs the re-executions' threads share (see :func:`reexecute`).
 
     Returns
     -------
@@ -291,6 +296,8 @@ def rank(trace, factor=0.5, policy="barging", seed=None, lockless=True, progress
             jobs.append((cs, "lockless", {"lockless": [dev]}))
     rows = []
     for k, (cs, fix, ch) in enumerate(jobs):      # one re-execution per fix
+        if cpus is not None:
+            ch = dict(ch, cpus=cpus)
         m = metrics(Trace.from_arrow(*_seq.reexecute_covered(t, window, policy, seed, ch)))
         rows.append({
             "callsite": cs, "fix": fix,

@@ -136,7 +136,7 @@ def cmd_replay(args):
         if getattr(args, "engine", "model") == "core":
             return _replay_core(args, trace)
         pred = _warned("replay", _whatif.reexecute, trace, policy=args.policy, seed=args.seed,
-                       **changes_of(args))
+                       cpus=getattr(args, "cpus", None), **changes_of(args))
         _whatif.write(pred, args.output, force=args.force,
                       compression=None if args.compression == "none" else args.compression)
     except (TraceError, KvmscopeError, OSError, ValueError) as e:
@@ -195,6 +195,8 @@ def _replay_core(args, trace):
                             "--policy fifo needs --engine model")
     if args.seed is not None:
         raise KvmscopeError("--engine core runs the recorded figures: --seed needs --engine model")
+    if getattr(args, "cpus", None) is not None:
+        raise KvmscopeError("--engine core runs on this host's CPUs: --cpus needs --engine model")
     from .. import core_replay
     meta = core_replay.replay(trace, args.output, force=args.force,
                               compression=None if args.compression == "none" else args.compression,
@@ -240,7 +242,7 @@ def cmd_whatif(args):
             raise KvmscopeError("nothing to change: give --scale-hold, --add-hold, --lockless, "
                                 "--vcpus, --aio-threads or --timer-period-us, or --rank")
         pred = _warned("whatif", _whatif.reexecute, trace, policy=args.policy, seed=args.seed,
-                       **ch)
+                       cpus=getattr(args, "cpus", None), **ch)
     except (TraceError, KvmscopeError, OSError, ValueError) as e:
         return _fail("whatif", e)
     window = pred.meta["replay"].get("window")
@@ -249,6 +251,7 @@ def cmd_whatif(args):
         out = {"trace": args.trace, "changes": pred.meta["replay"]["changes"],
                "policy": args.policy, "seed": args.seed,
                "model": pred.meta["replay"].get("model"), "window": window,
+               "cpu_stretch": pred.meta["replay"].get("cpu_stretch"),
                "figures": [{k: _json_value(v) for k, v in r.items()}
                            for r in runs.to_dict("records")],
                "callsites": [{k: _json_value(v) for k, v in r.items()}
@@ -259,6 +262,10 @@ def cmd_whatif(args):
     title = f"What if {_what(pred)}: {args.trace} re-executed ({args.policy} lock)"
     if _model_note(pred):
         title += ", sequence model: no causal links between threads"
+    stretch = pred.meta["replay"].get("cpu_stretch")
+    if stretch and stretch != 1.0:
+        cpus = getattr(args, "cpus", None) or (trace.meta.get("host") or {}).get("cpus")
+        title += f", busy times x{stretch:.2f} for sharing {cpus} CPUs"
     if window:
         title += f", its first {(window['end_ns'] - window['start_ns']) / 1e9:.4f} s"
     head = f"## {title}\n\n" if args.format == "markdown" else title + "\n"
@@ -276,7 +283,7 @@ def _rank(args, trace):
     def progress(k, n):
         done.append(k)
     table = _warned("whatif", _whatif.rank, trace, factor=args.factor, policy=args.policy,
-                    seed=args.seed, progress=progress)
+                    seed=args.seed, progress=progress, cpus=getattr(args, "cpus", None))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         part, window = _whatif.covered(trace)

@@ -911,6 +911,9 @@ def _add_whatif_options(p):
     p.add_argument("--policy", choices=WHATIF_POLICIES, default="barging",
                    help="how the BQL picks its next owner: barging (glibc's mutex, as "
                         "recorded) or fifo (a ticket lock)")
+    p.add_argument("--cpus", type=count("--cpus", 0, 4096), metavar="N",
+                   help="host CPUs the predicted run's threads share (default: the recording "
+                        "host's; 0: a CPU per thread), 0 .. 4096")
     p.add_argument("--seed", type=count("--seed", 0, 2 ** 32 - 1), metavar="N",
                    help="situations the recording did not have get the median of the "
                         "recorded ones; with a seed, a draw among them (0 .. 2^32-1)")

@@ -78,3 +78,34 @@ def test_the_stretch_is_deterministic(mixed):
     b = mixed.reexecute(vcpus=3)
     assert a.meta["replay"]["cpu_stretch"] == b.meta["replay"]["cpu_stretch"]
     assert a.locks["acquired_ns"].tolist() == b.locks["acquired_ns"].tolist()
+
+
+def run_cli(capsys, *argv):
+    from kvmscope.cli import main
+    status = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_whatif_says_when_it_stretched_and_cpus_0_turns_it_off(capsys):
+    import json
+    status, out, err = run_cli(capsys, "whatif", MIXED, "--vcpus", 4)
+    assert status == 0 and "busy times x1." in out.splitlines()[0] and "2 CPUs" in out
+    status, out, _ = run_cli(capsys, "whatif", MIXED, "--vcpus", 4, "--format", "json")
+    shared = json.loads(out)
+    status, out, _ = run_cli(capsys, "whatif", MIXED, "--vcpus", 4, "--cpus", 0, "--format", "json")
+    alone = json.loads(out)
+    assert shared["cpu_stretch"] > 1.5 and alone["cpu_stretch"] == 1.0
+
+    def rate(d):
+        return next(f["predicted"] for f in d["figures"] if f["metric"] == "exits_per_s")
+    assert rate(shared) < 0.75 * rate(alone)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["replay", MIXED, "-o", "{tmp}", "--engine", "core", "--cpus", "2"], "--cpus needs --engine model"),
+    (["whatif", MIXED, "--vcpus", "4", "--cpus", "-1"], "--cpus"),
+])
+def test_bad_cpus_is_one_line(capsys, tmp_path, argv, message):
+    status, _, err = run_cli(capsys, *[a.replace("{tmp}", str(tmp_path / "o")) for a in argv])
+    assert status == 2 and message in err and err.count("\n") == 1

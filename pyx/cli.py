@@ -939,8 +939,9 @@ def add_whatif_commands(sub, funcs=None):
     _add_whatif_options(p)
     p.add_argument("--engine", choices=("model", "core"), default="model",
                    help="model: re-execute in the deterministic model (default); core: run "
-                        "each thread's recorded BQL acquisitions on real threads through the "
-                        "compiled BQL, without KVM, and record the run (docs/whatif.md)")
+                        "the model's schedules on real threads through the compiled core (BQL, "
+                        "main loop, timers, bottom halves, AIO pool), without KVM, and record "
+                        "the run (docs/whatif.md)")
     _format_option(p, what="summary: text (two lines) or json")
 
     p = _command(sub, "whatif", "predict what a change buys: a table against the recording",

@@ -1,10 +1,20 @@
 """Fixtures shared by the analysis tests."""
+import os
+
 import pytest
 
 from kvmscope.analysis import Trace
 from kvmscope.analysis.synth import write_trace
 
 from timelines import TWO_VCPUS_EXITS, TWO_VCPUS_LOCKS, TWO_VCPUS_THREADS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    """The shipped recording traces/mixed-2vcpu, loaded once per module."""
+    return Trace.load(os.path.join(ROOT, "traces", "mixed-2vcpu"))
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import sys
 import pytest
 from rich.cells import cell_len
 
-from kvmscope.analysis import Trace, diff, render, report
+from kvmscope.analysis import diff, render, report
 from kvmscope.analysis.progress import Progress
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -38,11 +38,6 @@ def groups():
     base = [os.path.join(REGRESS, f"base-{i}") for i in (1, 2, 3)]
     new = [os.path.join(REGRESS, f"hold2us-{i}") for i in (1, 2, 3)]
     return diff(base, new)
-
-
-@pytest.fixture(scope="module")
-def mixed():
-    return Trace.load(MIXED)
 
 
 # --------------------------------------------------------------------------

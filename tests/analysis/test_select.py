@@ -31,11 +31,6 @@ def vm(tmp_path_factory):
                                   locks=locks))
 
 
-@pytest.fixture(scope="module")
-def mixed():
-    return Trace.load(MIXED)
-
-
 def kvmscope(*args):
     return subprocess.run([sys.executable, "-m", "kvmscope.analysis", *args],
                           capture_output=True, text=True)

@@ -25,11 +25,6 @@ PIO = os.path.join(ROOT, "traces", "regress", "base-1")
 
 
 @pytest.fixture(scope="module")
-def mixed():
-    return Trace.load(MIXED)
-
-
-@pytest.fixture(scope="module")
 def pio():
     return Trace.load(PIO)
 

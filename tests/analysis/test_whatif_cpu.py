@@ -7,14 +7,9 @@ import pytest
 
 from kvmscope.analysis import Trace, reexec_engine, whatif
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MIXED = os.path.join(ROOT, "traces", "mixed-2vcpu")
+from test_whatif import MIXED, ROOT, run
+
 PIO = os.path.join(ROOT, "traces", "pio-storm-2vcpu")
-
-
-@pytest.fixture(scope="module")
-def mixed():
-    return Trace.load(MIXED)
 
 
 @pytest.fixture(scope="module")
@@ -80,20 +75,13 @@ def test_the_stretch_is_deterministic(mixed):
     assert a.locks["acquired_ns"].tolist() == b.locks["acquired_ns"].tolist()
 
 
-def run_cli(capsys, *argv):
-    from kvmscope.cli import main
-    status = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
 def test_whatif_says_when_it_stretched_and_cpus_0_turns_it_off(capsys):
     import json
-    status, out, err = run_cli(capsys, "whatif", MIXED, "--vcpus", 4)
+    status, out, err = run(capsys, "whatif", MIXED, "--vcpus", 4)
     assert status == 0 and "busy times x1." in out.splitlines()[0] and "2 CPUs" in out
-    status, out, _ = run_cli(capsys, "whatif", MIXED, "--vcpus", 4, "--format", "json")
+    status, out, _ = run(capsys, "whatif", MIXED, "--vcpus", 4, "--format", "json")
     shared = json.loads(out)
-    status, out, _ = run_cli(capsys, "whatif", MIXED, "--vcpus", 4, "--cpus", 0, "--format", "json")
+    status, out, _ = run(capsys, "whatif", MIXED, "--vcpus", 4, "--cpus", 0, "--format", "json")
     alone = json.loads(out)
     assert shared["cpu_stretch"] > 1.5 and alone["cpu_stretch"] == 1.0
 
@@ -107,5 +95,5 @@ def test_whatif_says_when_it_stretched_and_cpus_0_turns_it_off(capsys):
     (["whatif", MIXED, "--vcpus", "4", "--cpus", "-1"], "--cpus"),
 ])
 def test_bad_cpus_is_one_line(capsys, tmp_path, argv, message):
-    status, _, err = run_cli(capsys, *[a.replace("{tmp}", str(tmp_path / "o")) for a in argv])
+    status, _, err = run(capsys, *[a.replace("{tmp}", str(tmp_path / "o")) for a in argv])
     assert status == 2 and message in err and err.count("\n") == 1

@@ -16,8 +16,9 @@ import pytest
 
 from kvmscope.analysis import Trace, whatif
 from kvmscope.analysis.synth import make_trace, write_trace
-from kvmscope.cli import main
 from kvmscope.traceformat import SPANS, TABLES
+
+from test_whatif import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QEMU = os.path.join(ROOT, "traces", "qemu-mixed-2vcpu")
@@ -26,12 +27,6 @@ MIXED = os.path.join(ROOT, "traces", "mixed-2vcpu")
 DISK = os.path.join(ROOT, "traces", "disk-io-user-irqchip")
 SITE = "softmmu/physmem.c:2748"         # the vCPUs' port I/O in QEMU
 KVMSCOPE = shutil.which("kvmscope", path=os.path.dirname(sys.executable)) or "kvmscope"
-
-
-def run(capsys, *argv):
-    status = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def _close(a, b, tol=0.10):

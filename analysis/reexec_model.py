@@ -594,6 +594,19 @@ def _aio_requests(aio):
     return out
 
 
+def _callback_gaps(timers):
+    """Per timer row: the time since the callback before it when both ran in
+    the same dispatch (under 5 us apart), else 0."""
+    f = timers["fire_ns"].to_numpy()
+    dn = timers["done_ns"].to_numpy()
+    gaps = np.zeros(len(f), np.int64)
+    if len(f) > 1:
+        g = f[1:] - dn[:-1]
+        near = (g >= 0) & (g < 5000)
+        gaps[1:][near] = g[near]
+    return gaps
+
+
 def _timers(trace, timers, irqs):
     """Per recorded timer: owner vCPU, the vector it raises, callback
     durations and the raise's offset in the callback."""
@@ -603,14 +616,7 @@ def _timers(trace, timers, irqs):
     idx = {}
     main_raises = irqs[irqs["kind"] == "raise"]
     rts = main_raises["ts_ns"].to_numpy()
-    # time between a callback and the one before it in the same dispatch
-    f = timers["fire_ns"].to_numpy()
-    dn = timers["done_ns"].to_numpy()
-    gaps = np.zeros(len(timers), np.int64)
-    if len(timers) > 1:
-        g = f[1:] - dn[:-1]
-        near = (g >= 0) & (g < 5000)
-        gaps[1:][near] = g[near]
+    gaps = _callback_gaps(timers)
     for tid in ids:
         rows = timers[timers["timer"] == tid]
         name = names[tid] if tid < len(names) else (
@@ -1083,12 +1089,7 @@ def _main_loop(trace, roles, lk, lk_cs, acqf, timers, bh, aio, cs_id, m):
         np.subtract.at(base, i[ok], (timers["done_ns"] - timers["fire_ns"]).to_numpy()[ok])
         np.minimum.at(first_cb, i[ok], f[ok])
         # the gaps between callbacks are the timers' (see _timers)
-        dn = timers["done_ns"].to_numpy()
-        g = np.zeros(len(f), np.int64)
-        if len(f) > 1:
-            gg = f[1:] - dn[:-1]
-            near = (gg >= 0) & (gg < 5000)
-            g[1:][near] = gg[near]
+        g = _callback_gaps(timers)
         same = np.zeros(len(f), bool)
         same[1:] = i[1:] == i[:-1]
         np.subtract.at(base, i[ok & same], g[ok & same])

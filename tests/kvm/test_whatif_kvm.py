@@ -74,8 +74,12 @@ def runs4(runs, tmp_path_factory):
 
 def test_more_vcpus_than_cpus_share_them_as_measured(runs, runs4):
     # Four vCPUs on this 2-core host: without CPU sharing the prediction
-    # would double the guest progress; with it, measured -7% and -10%
-    # (bench/whatif_accuracy.py "vcpus 2 -> 4"), bound 30%.
+    # would double the guest progress (+100%); with it, six pairs of single
+    # runs here were off by -8% to +11%, and one CI run by +30%. That spread
+    # is the real runs' own: the same 2-vCPU recording repeated varies by
+    # +-12% in exits/s and the 4-vCPU one by +-14%, so one baseline against
+    # one real run is checked within 45% (bench/whatif_accuracy.py
+    # "vcpus 2 -> 4" compares medians of several runs).
     base, _ = runs
     if base.meta["host"]["cpus"] > 3:
         pytest.skip(f"four vCPUs do not outnumber this host's {base.meta['host']['cpus']} CPUs")
@@ -83,5 +87,5 @@ def test_more_vcpus_than_cpus_share_them_as_measured(runs, runs4):
     alone = base.reexecute(vcpus=4, cpus=0)
     p, m, a = (whatif.metrics(x)["exits_per_s"] for x in (predicted, runs4, alone))
     assert predicted.meta["replay"]["cpu_stretch"] > 1.4
-    assert abs(p - m) <= 0.3 * m, (p, m, a)
+    assert abs(p - m) <= 0.45 * m, (p, m, a)
     assert abs(p - m) < abs(a - m)

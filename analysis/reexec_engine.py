@@ -276,6 +276,11 @@ class Engine:
         # median of the recorded ones; a seed: a draw among them
         self.seed = None if seed is None else int(seed)
         self.rng = random.Random(self.seed) if seed is not None else None
+        # a sleeping waiter's wake-up is always a draw (seed 0 by default):
+        # a median would wake it at a fixed phase of a periodic owner's
+        # cycle, and a waiter that wakes into the owner's next hold would
+        # then miss every one (docs/whatif.md, "The lock")
+        self.wake_rng = random.Random(self.seed or 0)
         # recorded busy times are stretched by this (see cpu_stretch)
         self.cpu = float(cpu)
         self.sleeps = []            # (thread, from, to): asleep, not using a CPU
@@ -423,7 +428,9 @@ class Engine:
         sleep = wakes > 0 or -dd > rm.SLEEP_THRESHOLD_NS
         if cont and d < 0 and sleep == (-d > rm.SLEEP_THRESHOLD_NS):
             return lat
-        return self.draw(self.m.lock["sleep" if sleep else "spin"])
+        if sleep:
+            return self.m.lock["sleep"].draw(self.rng or self.wake_rng)
+        return self.draw(self.m.lock["spin"])
 
     def _wake(self, rel):
         """The owner's release at *rel* wakes a waiter: the first one
@@ -1407,6 +1414,8 @@ def predicted_meta(eng, trace, tables):
         "of": trace.path, "engine": "model", "policy": eng.policy, "seed": eng.seed,
         "changes": ch.as_dict(), "describe": ch.describe() or ["no change"],
         "cpu_stretch": round(eng.cpu, 4),
+        "sleep_wake": {"source": eng.m.sleep_source, "n": eng.m.lock["sleep"].n,
+                       "median_ns": eng.m.lock["sleep"].median},
         "recorded": {"start_ns": int(trace.start_ns), "end_ns": int(trace.end_ns),
                      "guest": (rec.get("config") or {}).get("guest"),
                      "kvmscope_version": rec.get("kvmscope_version")},

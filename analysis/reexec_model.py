@@ -44,6 +44,11 @@ FX_SUBMIT, FX_ARM_REL, FX_ARM_GRID, FX_DEL, FX_RAISE, FX_BH, FX_IRQROW = range(7
 #: Measured on the shipped traces (docs/whatif.md, "the lock").
 SLEEP_THRESHOLD_NS = 300
 
+#: Fewer hand-offs to a sleeping waiter than this in a recording do not
+#: describe the latency: other sleeping wake-ups of the recording and the
+#: host's calibration are added (:func:`_sleep_handoffs`).
+MIN_SLEEP_SAMPLES = 30
+
 #: A waiter that asked less than this before the release had not yet queued
 #: in the kernel: it retries at once instead of waiting to be woken (the
 #: release wakes the first queued sleeper instead).
@@ -546,7 +551,34 @@ def build(trace):
     m.irqchip_user = bool(len(irqs) and (irqs["kind"] == "kick").any()) or \
         (trace.meta.get("config") or {}).get("irqchip") == "user"
     m.line_stride = _line_stride(raises)
+    m.lock["sleep"], m.sleep_source = _sleep_handoffs(trace, m)
     return m
+
+
+def _sleep_handoffs(trace, m):
+    """Hand-off latencies of a BQL waiter that had gone to sleep, and where
+    they come from: a prediction that makes waiters sleep where the
+    recording hardly had any (a lengthened critical section on a workload
+    that was seldom contended) must not take them from a handful.  Below
+    MIN_SLEEP_SAMPLES of its own, the recording's other sleeping wake-ups
+    (main-loop polls woken by an fd, AIO workers picking up a request while
+    idle: the same futex wake-up) are added, then the host's calibration
+    (``meta.json`` ``host.mutex_wake_ns``, measured by every run)."""
+    own = m.lock["sleep"]
+    if own.n >= MIN_SLEEP_SAMPLES:
+        return own, "recording"
+    vals = list(own.values) if own.n else []
+    other = [m.aio["wake"]] + ([m.main.wake_samples[WAKE_FD]] if m.main is not None else [])
+    others = [x for s in other if s.n for x in s.values]
+    if len(vals) + len(others) >= MIN_SLEEP_SAMPLES:
+        return Samples(vals + others, 0), "recording's other wake-ups too"
+    cal = ((trace.meta or {}).get("host") or {}).get("mutex_wake_ns") or []
+    cal = [int(x) for x in cal if isinstance(x, (int, float)) and 0 < x < 10**9]
+    if cal:
+        return Samples(vals + others + cal, 0), "host calibration"
+    if vals or others:
+        return Samples(vals + others, 0), "few recorded"
+    return own, "default value"
 
 
 def _line_stride(raises):

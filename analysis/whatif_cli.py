@@ -252,6 +252,7 @@ def cmd_whatif(args):
                "policy": args.policy, "seed": args.seed,
                "model": pred.meta["replay"].get("model"), "window": window,
                "cpu_stretch": pred.meta["replay"].get("cpu_stretch"),
+               "sleep_wake": pred.meta["replay"].get("sleep_wake"),
                "figures": [{k: _json_value(v) for k, v in r.items()}
                            for r in runs.to_dict("records")],
                "callsites": [{k: _json_value(v) for k, v in r.items()}
@@ -266,6 +267,10 @@ def cmd_whatif(args):
     if stretch and stretch != 1.0:
         cpus = getattr(args, "cpus", None) or (trace.meta.get("host") or {}).get("cpus")
         title += f", busy times x{stretch:.2f} for sharing {cpus} CPUs"
+    sw = pred.meta["replay"].get("sleep_wake") or {}
+    if sw.get("source") not in (None, "recording"):
+        title += (f", sleeping waiters' wake-ups: {sw['source']}"
+                  f" ({sw['n']}, median {sw['median_ns'] / 1000:.1f} us)")
     if window:
         title += f", its first {(window['end_ns'] - window['start_ns']) / 1e9:.4f} s"
     head = f"## {title}\n\n" if args.format == "markdown" else title + "\n"
@@ -312,6 +317,10 @@ def _rank(args, trace):
         title = (f"What to fix first in {args.trace}: each BQL call site's critical section x"
                  f"{args.factor:g}, re-executed (sequence model: no causal links between "
                  "threads)")
+    sw = pred.meta["replay"].get("sleep_wake") or {}
+    if sw.get("source") not in (None, "recording"):
+        title += (f", sleeping waiters' wake-ups: {sw['source']}"
+                  f" ({sw['n']}, median {sw['median_ns'] / 1000:.1f} us)")
     if window:
         title += f", its first {(window['end_ns'] - window['start_ns']) / 1e9:.4f} s"
     head = f"## {title}\n\n" if args.format == "markdown" else title + "\n"

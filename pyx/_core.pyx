@@ -38,4 +38,5 @@ include "vcpu.pxi"      # vCPU threads looping on KVM_RUN without the GIL
 include "machine.pxi"   # Machine: VM, memory, vCPUs, start/stop, statistics
 include "schedule.pxi"  # schedules replayed on real threads through the BQL, without KVM
 include "model_run.pxi"  # the re-execution model's schedules on real threads, loop, timers and AIO, without KVM
+include "hostcal.pxi"    # host calibration: the sleeping hand-off latency of the BQL's kind of mutex
 include "selftest.pxi"  # self-tests and micro-benchmarks (test suite and bench/ only)

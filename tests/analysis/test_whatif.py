@@ -227,7 +227,11 @@ def test_whatif_prints_the_change_against_the_recording(capsys):
     assert status == 0
     assert out.splitlines()[0] == f"What if blk lockless: {MIXED} re-executed (barging lock)"
     row = next(line for line in out.splitlines() if line.strip().startswith("BQL acquisitions"))
-    assert row.split()[2:4] == ["12,338", "8,323"]
+    # blk's 4,010 acquisitions go; the vCPUs' others stay (6,590), the main
+    # loop's 1,738 dispatches change with the timing, a few percent
+    recorded, predicted = (int(x.replace(",", "")) for x in row.split()[2:4])
+    assert recorded == 12338
+    assert 6590 + 0.95 * 1738 <= predicted <= 6590 + 1.05 * 1738
     assert "Per call site" in out
     status, out, _ = run(capsys, "whatif", MIXED, "--vcpus", "1", "--format", "json")
     doc = json.loads(out)

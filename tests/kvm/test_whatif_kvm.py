@@ -25,13 +25,6 @@ def runs(tmp_path_factory):
     return record(root / "base"), record(root / "hold", "--inject-hold", f"{SITE}=5us")
 
 
-@pytest.fixture(scope="module")
-def runs1(tmp_path_factory):
-    root = tmp_path_factory.mktemp("whatif1")
-    return (record(root / "base", vcpus=1),
-            record(root / "hold", "--inject-hold", f"{SITE}=5us", vcpus=1))
-
-
 def test_a_fresh_recording_is_given_back(runs):
     base, _ = runs
     again = base.reexecute()
@@ -42,16 +35,33 @@ def test_a_fresh_recording_is_given_back(runs):
         assert abs(pred[k] - rec[k]) <= 0.10 * abs(rec[k]), k
 
 
+PAIRS = 3   # baselines and real runs, interleaved; a single pair carries both runs' spread
+
+
+def median(xs):
+    return sorted(xs)[len(xs) // 2]
+
+
+@pytest.fixture(scope="module")
+def runs1(tmp_path_factory):
+    root = tmp_path_factory.mktemp("whatif1")
+    pairs = [(record(root / f"base{i}", vcpus=1),
+              record(root / f"hold{i}", "--inject-hold", f"{SITE}=5us", vcpus=1)) for i in range(PAIRS)]
+    return [b for b, _ in pairs], [h for _, h in pairs]
+
+
 def test_a_lengthened_critical_section_costs_what_the_real_one_did(runs1):
-    # One vCPU: no CPU shared with another vCPU, which the model does not
-    # schedule (docs/whatif.md); measured error here 13%, bound 30%.
-    base, real = runs1
-    predicted = base.reexecute(add_hold={SITE: 5000})
-    site = predicted.locks[predicted.locks["callsite"] == SITE]
+    # One vCPU: no CPU shared with another vCPU. Single pairs were off by
+    # -15% to +29% here (the baseline's exits/s alone varies by 17% either
+    # way); the median of three predictions against the median of three
+    # real runs is checked within 30%.
+    bases, reals = runs1
+    predicted = [b.reexecute(add_hold={SITE: 5000}) for b in bases]
+    site = predicted[0].locks[predicted[0].locks["callsite"] == SITE]
     assert site["hold_ns"].min() >= 5000
-    b, p, m = whatif.metrics(base), whatif.metrics(predicted), whatif.metrics(real)
-    assert p["exits_per_s"] < b["exits_per_s"] and m["exits_per_s"] < b["exits_per_s"]
-    assert abs(p["exits_per_s"] - m["exits_per_s"]) <= 0.3 * m["exits_per_s"], (p, m)
+    b, p, m = (median([whatif.metrics(x)["exits_per_s"] for x in xs]) for xs in (bases, predicted, reals))
+    assert p < b and m < b
+    assert abs(p - m) <= 0.3 * m, (p, m)
 
 
 def test_two_vcpus_lose_progress_as_measured(runs):
@@ -69,23 +79,24 @@ def test_two_vcpus_lose_progress_as_measured(runs):
 
 @pytest.fixture(scope="module")
 def runs4(runs, tmp_path_factory):
-    return record(tmp_path_factory.mktemp("whatif4") / "four", vcpus=4)
+    root = tmp_path_factory.mktemp("whatif4")
+    pairs = [(runs[0] if i == 0 else record(root / f"base{i}"), record(root / f"four{i}", vcpus=4))
+             for i in range(PAIRS)]
+    return [b for b, _ in pairs], [f for _, f in pairs]
 
 
-def test_more_vcpus_than_cpus_share_them_as_measured(runs, runs4):
+def test_more_vcpus_than_cpus_share_them_as_measured(runs4):
     # Four vCPUs on this 2-core host: without CPU sharing the prediction
-    # would double the guest progress (+100%); with it, six pairs of single
-    # runs here were off by -8% to +11%, and one CI run by +30%. That spread
-    # is the real runs' own: the same 2-vCPU recording repeated varies by
-    # +-12% in exits/s and the 4-vCPU one by +-14%, so one baseline against
-    # one real run is checked within 45% (bench/whatif_accuracy.py
-    # "vcpus 2 -> 4" compares medians of several runs).
-    base, _ = runs
-    if base.meta["host"]["cpus"] > 3:
-        pytest.skip(f"four vCPUs do not outnumber this host's {base.meta['host']['cpus']} CPUs")
-    predicted = base.reexecute(vcpus=4)
-    alone = base.reexecute(vcpus=4, cpus=0)
-    p, m, a = (whatif.metrics(x)["exits_per_s"] for x in (predicted, runs4, alone))
-    assert predicted.meta["replay"]["cpu_stretch"] > 1.4
-    assert abs(p - m) <= 0.45 * m, (p, m, a)
+    # would double the guest progress (+100%); with it, single pairs were
+    # off by -8% to +11% in six tries here and by +30% once in CI (the same
+    # 2-vCPU recording repeated varies by 12% either way in exits/s, the
+    # 4-vCPU one by 14%). Medians of three pairs, bound 30%.
+    bases, reals = runs4
+    if bases[0].meta["host"]["cpus"] > 3:
+        pytest.skip(f"four vCPUs do not outnumber this host's {bases[0].meta['host']['cpus']} CPUs")
+    predicted = [b.reexecute(vcpus=4) for b in bases]
+    alone = [b.reexecute(vcpus=4, cpus=0) for b in bases]
+    assert all(x.meta["replay"]["cpu_stretch"] > 1.4 for x in predicted)
+    p, m, a = (median([whatif.metrics(x)["exits_per_s"] for x in xs]) for xs in (predicted, reals, alone))
+    assert abs(p - m) <= 0.3 * m, (p, m, a)
     assert abs(p - m) < abs(a - m)

@@ -573,7 +573,8 @@ def _sleep_handoffs(trace, m):
     if len(vals) + len(others) >= MIN_SLEEP_SAMPLES:
         return Samples(vals + others, 0), "recording's other wake-ups too"
     cal = ((trace.meta or {}).get("host") or {}).get("mutex_wake_ns") or []
-    cal = [int(x) for x in cal if isinstance(x, (int, float)) and 0 < x < 10**9]
+    cal = [int(x) for x in (cal if isinstance(cal, list) else [])
+           if isinstance(x, (int, float)) and 0 < x < 10**9]
     if cal:
         return Samples(vals + others + cal, 0), "host calibration"
     if vals or others:

@@ -317,10 +317,6 @@ def _rank(args, trace):
         title = (f"What to fix first in {args.trace}: each BQL call site's critical section x"
                  f"{args.factor:g}, re-executed (sequence model: no causal links between "
                  "threads)")
-    sw = pred.meta["replay"].get("sleep_wake") or {}
-    if sw.get("source") not in (None, "recording"):
-        title += (f", sleeping waiters' wake-ups: {sw['source']}"
-                  f" ({sw['n']}, median {sw['median_ns'] / 1000:.1f} us)")
     if window:
         title += f", its first {(window['end_ns'] - window['start_ns']) / 1e9:.4f} s"
     head = f"## {title}\n\n" if args.format == "markdown" else title + "\n"

@@ -9,7 +9,7 @@ device the guest uses, and the vCPU count 1 -> 2 (a 1-vCPU baseline) and
 2 -> 4 (more vCPUs than this host's CPUs).
 
     python bench/whatif_accuracy.py [--guests mixed,pio-storm] [--sizes 1us,5us,20us]
-                                    [--repeat N] [--n GUEST=N ...] [--out DIR]
+                                    [--repeat N] [--n GUEST=N ...] [--out DIR [--reuse]]
 
 With ``--repeat N`` every experiment records N baselines and N real runs,
 alternating; the prediction is the median of the N predictions (one from
@@ -44,7 +44,12 @@ SETUPS = {
 FIGURES = ("bql_wait_ns", "contended_pct", "exits_per_s")
 
 
+REUSE = False
+
+
 def record(guest, n, out, vcpus=2, extra=()):
+    if REUSE and os.path.exists(os.path.join(out, "meta.json")):
+        return out
     cmd = [KVMSCOPE, "run", guest, "--vcpus", str(vcpus), "-n", str(n), "--lossless", "-q",
            "--quiet-console", "--force", "-o", out, *extra]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -82,8 +87,15 @@ def main(argv=None):
     p.add_argument("--n", action="append", default=[], metavar="GUEST=N",
                    help="iterations of a guest's runs (default mixed=200, pio-storm=20000)")
     p.add_argument("--out", help="keep the recordings here")
+    p.add_argument("--reuse", action="store_true",
+                   help="with --out: predict from the recordings already there instead of "
+                        "recording again (model versions compared on the same runs)")
     p.add_argument("--json", help="write the rows as JSON to this file")
     a = p.parse_args(argv)
+    if a.reuse and not a.out:
+        p.error("--reuse needs --out DIR")
+    global REUSE
+    REUSE = a.reuse
     from kvmscope.analysis import Trace, whatif
     iters = {g: s["n"] for g, s in SETUPS.items()}
     for item in a.n:

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from kvmscope import cli
+from kvmscope import _core, cli
 from kvmscope.analysis import Trace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,6 +82,17 @@ def test_mixed_runs_the_model_schedules_with_real_causal_links(mixed, capsys):
     assert meta["replay"]["engine"] == "core" and meta["state"] == "complete"
     assert meta["replay"]["describe"] == ["no change"]
     assert not any("exits" == w or "AIO" == w for w in meta["replay"]["left_out"])
+
+
+def test_every_recording_measures_the_host_s_sleeping_hand_off(mixed):
+    # meta.json host.mutex_wake_ns: 200 hand-offs of a pthread mutex to a
+    # thread asleep on it, sorted, each a real futex wake-up (a few us to a
+    # few hundred on any host)
+    cal = mixed["plain"].meta["host"]["mutex_wake_ns"]
+    assert len(cal) == 200 and cal == sorted(cal)
+    assert 500 < cal[100] < 5_000_000
+    with pytest.raises(ValueError, match="hold_ns"):
+        _core.measure_wake_latency(10, hold_ns=10)
 
 
 def test_aio_threads_and_vcpus_change_the_real_threads(mixed):

@@ -27,6 +27,7 @@ def runs(tmp_path_factory):
 
 def test_a_fresh_recording_is_given_back(runs):
     base, _ = runs
+    assert len(base.meta["host"]["mutex_wake_ns"]) == 200
     again = base.reexecute()
     assert (again.locks.groupby("callsite", observed=True).size().to_dict()
             == base.locks.groupby("callsite", observed=True).size().to_dict())

@@ -4,7 +4,7 @@ the prediction with the recording (docs/whatif.md).
 :func:`reexecute` returns the predicted run as a :class:`~kvmscope.analysis.Trace`
 (every command and method works on it), :func:`write` stores it as a trace
 directory, :func:`metrics` and :func:`compare` put figures of two runs side
-by side, :func:`rank` answers "what should we optimise": the gain of halving
+by side (:func:`compare_many`: of one recording and several predictions), :func:`rank` answers "what should we optimise": the gain of halving
 each call site's critical section, or of taking its device off the BQL.
 
 The model and the engine are :mod:`kvmscope.analysis.reexec_model` and
@@ -244,6 +244,51 @@ def compare(recorded, predicted):
     sites["wait_change_ns"] = sites["wait_ns_predicted"] - sites["wait_ns_recorded"]
     sites = sites.sort_values("wait_ns_recorded", ascending=False, kind="stable")
     sites.index.name = "callsite"
+    return runs, sites.reset_index()
+
+
+def compare_many(recorded, predictions):
+    """The recording's figures beside several predictions of one change,
+    typically one per seed (``kvmscope whatif --seeds N``): where the
+    re-execution draws (``seed``), each draw is a possible outcome and the
+    spread of the draws is the prediction's uncertainty.
+
+    Parameters
+    ----------
+    recorded : Trace or str
+    predictions : iterable of Trace or str
+        Taken one at a time (a generator keeps one predicted run in memory).
+
+    Returns
+    -------
+    (DataFrame, DataFrame)
+        As :func:`compare`, with ``predicted`` the median over the
+        predictions, ``predicted_min``, ``predicted_max`` their range and
+        ``runs`` how many; per call site the medians.
+    """
+    rec = _trace(recorded)
+    runs_all, sites_all = [], []
+    for p in predictions:
+        r, s_ = compare(rec, p)
+        runs_all.append(r)
+        sites_all.append(s_)
+    if not runs_all:
+        raise ConfigError("compare_many: no prediction given")
+    pred = np.array([r["predicted"].to_numpy(dtype=float) for r in runs_all])
+    runs = runs_all[0].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)     # all-NaN figures stay NaN
+        runs["predicted"] = np.nanmedian(pred, axis=0)
+        runs["predicted_min"] = np.nanmin(pred, axis=0)
+        runs["predicted_max"] = np.nanmax(pred, axis=0)
+    runs["change"] = runs["predicted"] - runs["recorded"]
+    rec_v = runs["recorded"].to_numpy(dtype=float)
+    runs["change_pct"] = np.where((rec_v != 0) & np.isfinite(rec_v),
+                                  100.0 * runs["change"] / np.where(rec_v == 0, 1, rec_v), np.nan)
+    runs["runs"] = len(runs_all)
+    sites = pd.concat(sites_all).groupby("callsite", sort=False).median(numeric_only=True)
+    sites["wait_change_ns"] = sites["wait_ns_predicted"] - sites["wait_ns_recorded"]
+    sites = sites.sort_values("wait_ns_recorded", ascending=False, kind="stable")
     return runs, sites.reset_index()
 
 

@@ -101,9 +101,15 @@ def _style(args):
     return render.terminal_style(sys.stdout)
 
 
-def _runs_rows(runs):
-    return [[_whatif.LABELS[r.metric], _fmt(r.metric, r.recorded), _fmt(r.metric, r.predicted),
-             _change(r.metric, r.change, r.change_pct)] for r in runs.itertuples()]
+def _runs_rows(runs, ranged=False):
+    rows = []
+    for r in runs.itertuples():
+        row = [_whatif.LABELS[r.metric], _fmt(r.metric, r.recorded), _fmt(r.metric, r.predicted)]
+        if ranged:
+            lo, hi = _fmt(r.metric, r.predicted_min), _fmt(r.metric, r.predicted_max)
+            row.append(lo if lo == hi else f"{lo} .. {hi}")
+        rows.append(row + [_change(r.metric, r.change, r.change_pct)])
+    return rows
 
 
 def _sites_rows(sites):
@@ -233,23 +239,39 @@ def cmd_whatif(args):
     recording, or (``--rank``) what each call site's fix would buy."""
     try:
         trace = Trace.load(args.trace)
+        seeds = getattr(args, "seeds", None)
+        if seeds and args.seed is not None:
+            raise KvmscopeError("give --seed N (one prediction) or --seeds N (several), not both")
         if args.rank:
             if changes_of(args):
                 raise KvmscopeError("--rank tries its own changes: give no other what-if option")
+            if seeds:
+                raise KvmscopeError("--seeds: not with --rank (each fix is one re-execution)")
             return _rank(args, trace)
         ch = changes_of(args)
         if not ch:
             raise KvmscopeError("nothing to change: give --scale-hold, --add-hold, --lockless, "
                                 "--vcpus, --aio-threads or --timer-period-us, or --rank")
-        pred = _warned("whatif", _whatif.reexecute, trace, policy=args.policy, seed=args.seed,
-                       cpus=getattr(args, "cpus", None), **ch)
+        kw = dict(policy=args.policy, cpus=getattr(args, "cpus", None), **ch)
+        pred = _warned("whatif", _whatif.reexecute, trace,
+                       seed=0 if seeds else args.seed, **kw)
+        window = pred.meta["replay"].get("window")
+        recorded = _recorded(trace, window)
+        if seeds:
+            def more():
+                yield pred
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")     # said once already
+                    for k in range(1, seeds):
+                        yield _whatif.reexecute(trace, seed=k, **kw)
+            runs, sites = _whatif.compare_many(recorded, more())
+        else:
+            runs, sites = _whatif.compare(recorded, pred)
     except (TraceError, KvmscopeError, OSError, ValueError) as e:
         return _fail("whatif", e)
-    window = pred.meta["replay"].get("window")
-    runs, sites = _whatif.compare(_recorded(trace, window), pred)
     if args.format == "json":
         out = {"trace": args.trace, "changes": pred.meta["replay"]["changes"],
-               "policy": args.policy, "seed": args.seed,
+               "policy": args.policy, "seed": args.seed, "seeds": seeds,
                "model": pred.meta["replay"].get("model"), "window": window,
                "cpu_stretch": pred.meta["replay"].get("cpu_stretch"),
                "sleep_wake": pred.meta["replay"].get("sleep_wake"),
@@ -261,6 +283,8 @@ def cmd_whatif(args):
         return EXIT_OK
     style = _style(args)
     title = f"What if {_what(pred)}: {args.trace} re-executed ({args.policy} lock)"
+    if seeds:
+        title += f", median of seeds 0 .. {seeds - 1}"
     if _model_note(pred):
         title += ", sequence model: no causal links between threads"
     stretch = pred.meta["replay"].get("cpu_stretch")
@@ -274,8 +298,12 @@ def cmd_whatif(args):
     if window:
         title += f", its first {(window['end_ns'] - window['start_ns']) / 1e9:.4f} s"
     head = f"## {title}\n\n" if args.format == "markdown" else title + "\n"
-    text = head + _table(args, ["figure", "recorded", "predicted", "change"], _runs_rows(runs),
-                         {1, 2, 3}, style)
+    if seeds:
+        text = head + _table(args, ["figure", "recorded", "predicted", "range", "change"],
+                             _runs_rows(runs, ranged=True), {1, 2, 3, 4}, style)
+    else:
+        text = head + _table(args, ["figure", "recorded", "predicted", "change"],
+                             _runs_rows(runs), {1, 2, 3}, style)
     text += ("\n### Per call site\n\n" if args.format == "markdown" else "\nPer call site\n")
     text += _table(args, _SITE_HEADS, _sites_rows(sites), set(range(1, 8)), style)
     render.emit(text, pager=not getattr(args, "no_pager", False))

@@ -954,6 +954,9 @@ def add_whatif_commands(sub, funcs=None):
                  funcs.get("cmd_whatif") or _lazy(".analysis.whatif_cli", "cmd_whatif"))
     p.add_argument("trace", metavar="TRACE", help="recorded trace directory")
     _add_whatif_options(p)
+    p.add_argument("--seeds", type=count("--seeds", 2, 64), metavar="N",
+                   help="re-execute with seeds 0 .. N-1 and print each figure's median over "
+                        "them with its range: the prediction's uncertainty, 2 .. 64")
     p.add_argument("--rank", action="store_true",
                    help="what should we optimise: rank every call site's fixes")
     p.add_argument("--factor", type=_type(lambda t: _factor(t, t), "factor"), default=0.5,

@@ -94,3 +94,39 @@ def test_whatif_names_where_the_wake_ups_came_from(tmp_path, capsys):
     assert json.loads(out)["sleep_wake"]["source"] == "host calibration"
     status, out, _ = run(capsys, "--no-pager", "whatif", MIXED, "--add-hold", f"{SITE}=5us")
     assert "wake-ups" not in out.splitlines()[0]
+
+
+def test_seeds_give_the_median_prediction_and_its_range(tmp_path, capsys):
+    # --seeds 3: seeds 0, 1, 2, each a possible outcome; the table shows the
+    # median of each figure and the range the three spanned
+    t = with_calibration(tmp_path, "cal", [12000 + 60 * i for i in range(200)])
+    status, out, _ = run(capsys, "whatif", t.path, "--add-hold", f"{SITE}=5us", "--seeds", "3",
+                         "--format", "json")
+    assert status == 0
+    doc = json.loads(out)
+    assert doc["seeds"] == 3
+    fig = {f["metric"]: f for f in doc["figures"]}
+    singles = [whatif.metrics(t.reexecute(add_hold={SITE: 5000}, seed=k)) for k in range(3)]
+    for k in ("exits_per_s", "bql_wait_ns", "contended_pct"):
+        values = sorted(m[k] for m in singles)
+        assert fig[k]["predicted"] == pytest.approx(values[1])
+        assert fig[k]["predicted_min"] == pytest.approx(values[0])
+        assert fig[k]["predicted_max"] == pytest.approx(values[2])
+    status, out, _ = run(capsys, "--no-pager", "whatif", t.path, "--add-hold", f"{SITE}=5us",
+                         "--seeds", "3")
+    lines = out.splitlines()
+    assert "median of seeds 0 .. 2" in lines[0]
+    assert lines[1].split()[:5] == ["figure", "recorded", "predicted", "range", "change"]
+    wait = next(line for line in lines if line.strip().startswith("BQL wait"))
+    assert " .. " in wait
+
+
+@pytest.mark.parametrize("extra, word", [(["--seed", "1"], "not both"), (["--rank"], "--rank"),
+                                         (["--seeds", "1"], "--seeds")])
+def test_seeds_refuses_what_it_cannot_do_in_one_line(capsys, extra, word):
+    argv = ["whatif", PIO] + (["--seeds", "3"] if extra[0] != "--seeds" else [])
+    if extra[0] != "--rank":
+        argv += ["--add-hold", f"{SITE}=5us"]
+    status, out, err = run(capsys, *argv, *extra)
+    assert status == 2
+    assert word in err and len(err.strip().splitlines()) == 1

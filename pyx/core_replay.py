@@ -434,7 +434,9 @@ def _record(trace, output, force, compression, clock, tracer, config, callsites,
         "locks": ["bql"], "bottom_halves": list(bh_names), "timers": list(timer_names),
         "replay": replay_meta,
     }
-    meta["host"]["mutex_wake_ns"] = _core.measure_wake_latency()
+    cal = _core.measure_mutex_handoff()
+    meta["host"]["mutex_wake_ns"] = cal["wake_ns"]
+    meta["host"]["mutex_unlock_wake_ns"] = cal["unlock_ns"]
     os.makedirs(output, exist_ok=True)
     writer = TraceWriter(output, meta["devices"], meta["callsites"],
                          bh_names=meta["bottom_halves"], timer_names=meta["timers"],

@@ -16,6 +16,7 @@ cdef struct ks_wakecal:
     int64_t deadline        # CLOCK_MONOTONIC ns: give up after this
     int64_t released        # written under the mutex by the holder
     int64_t *lat
+    int64_t *unlock         # the holder's unlock, which wakes the sleeper
 
 
 cdef inline int wakecal__wait_phase(ks_wakecal *c, int want) noexcept nogil:
@@ -37,12 +38,15 @@ cdef inline void wakecal__spin(int64_t ns) noexcept nogil:
 cdef void *wakecal__holder(void *arg) noexcept nogil:
     cdef ks_wakecal *c = <ks_wakecal *>arg
     cdef int i
+    cdef int64_t t
     for i in range(c.n):
         pthread_mutex_lock(&c.mutex)
         ks_store_release_int(&c.phase, 2 * i + 1)
         wakecal__spin(c.hold_ns)
-        c.released = ks_mono_ns()
+        t = ks_mono_ns()
+        c.released = t
         pthread_mutex_unlock(&c.mutex)
+        c.unlock[i] = ks_mono_ns() - t
         if wakecal__wait_phase(c, 2 * i + 2) < 0:
             return NULL
         wakecal__spin(c.gap_ns)
@@ -65,33 +69,40 @@ cdef void *wakecal__sleeper(void *arg) noexcept nogil:
     return NULL
 
 
-def measure_wake_latency(int n=200, int64_t hold_ns=10000, int64_t gap_ns=5000, double timeout_s=1.0):
-    """Sleeping hand-off latency of a pthread mutex on this host, in ns.
+def measure_mutex_handoff(int n=200, int64_t hold_ns=10000, int64_t gap_ns=5000,
+                          double timeout_s=1.0):
+    """Sleeping hand-offs of a pthread mutex on this host, in ns.
 
     Two threads take turns: the holder takes the mutex and keeps it
     ``hold_ns``; the other asks for it meanwhile (and, with glibc's default
-    mutex, goes to sleep in the kernel); the latency is from the holder's
-    unlock to the moment the sleeper runs with the mutex. The BQL is the
-    same kind of mutex, so this is what a waiter that slept on the BQL pays.
+    mutex, goes to sleep in the kernel). The BQL is the same kind of mutex,
+    so this is what a waiter that slept on the BQL pays, and what waking it
+    costs its owner.
 
     Returns
     -------
-    list of int
-        ``n`` latencies, sorted; empty if a thread could not be started or
-        the rounds did not finish within ``timeout_s`` (a host too busy).
+    dict
+        ``wake_ns``: from the holder's unlock to the moment the sleeper runs
+        with the mutex; ``unlock_ns``: how long that unlock took the holder
+        (a futex wake); ``n`` values each, sorted. Both empty if a thread
+        could not be started or the rounds did not finish within
+        ``timeout_s`` (a host too busy).
     """
     if n < 1 or n > 100000 or hold_ns < 1000 or gap_ns < 0:
-        raise ValueError("measure_wake_latency: n in 1..100000, hold_ns >= 1000, gap_ns >= 0")
+        raise ValueError("measure_mutex_handoff: n in 1..100000, hold_ns >= 1000, gap_ns >= 0")
     cdef ks_wakecal c
     cdef pthread_t th[2]
-    cdef int rc0, rc1
+    cdef int rc0 = 0, rc1 = 0
     memset(&c, 0, sizeof(ks_wakecal))
     c.lat = <int64_t *>calloc(n, sizeof(int64_t))
-    if c.lat == NULL:
+    c.unlock = <int64_t *>calloc(n, sizeof(int64_t))
+    if c.lat == NULL or c.unlock == NULL:
+        free(c.lat)
+        free(c.unlock)
         raise MemoryError()
     try:
         if pthread_mutex_init(&c.mutex, NULL) != 0:
-            return []
+            return {"wake_ns": [], "unlock_ns": []}
         c.n, c.hold_ns, c.gap_ns = n, hold_ns, gap_ns
         c.deadline = ks_mono_ns() + <int64_t>(timeout_s * 1e9)
         with nogil:
@@ -105,7 +116,18 @@ def measure_wake_latency(int n=200, int64_t hold_ns=10000, int64_t gap_ns=5000, 
                     pthread_join(th[1], NULL)
         pthread_mutex_destroy(&c.mutex)
         if rc0 != 0 or rc1 != 0 or c.abort:
-            return []
-        return sorted(c.lat[i] for i in range(n))
+            return {"wake_ns": [], "unlock_ns": []}
+        return {"wake_ns": sorted(c.lat[i] for i in range(n)),
+                "unlock_ns": sorted(c.unlock[i] for i in range(n))}
     finally:
         free(c.lat)
+        free(c.unlock)
+
+
+def measure_wake_latency(int n=200, int64_t hold_ns=10000, int64_t gap_ns=5000,
+                         double timeout_s=1.0):
+    """The ``wake_ns`` of :func:`measure_mutex_handoff`: sorted ns, empty if
+    the calibration could not finish."""
+    if n < 1 or n > 100000 or hold_ns < 1000 or gap_ns < 0:
+        raise ValueError("measure_wake_latency: n in 1..100000, hold_ns >= 1000, gap_ns >= 0")
+    return measure_mutex_handoff(n, hold_ns, gap_ns, timeout_s)["wake_ns"]

@@ -146,7 +146,9 @@ def record(config, progress=None):
         from .traceformat import FORMAT_NAME, FORMAT_VERSION
         meta = _initial_meta(config, machine, clock, FORMAT_NAME, FORMAT_VERSION, temporary_disk,
                              disk_path, disk_sectors, region)
-        meta["host"]["mutex_wake_ns"] = _core.measure_wake_latency()
+        cal = _core.measure_mutex_handoff()
+        meta["host"]["mutex_wake_ns"] = cal["wake_ns"]
+        meta["host"]["mutex_unlock_wake_ns"] = cal["unlock_ns"]
         prepare_output(config)
         writer = TraceWriter(config.output, machine.devices, machine.callsites,
                              bh_names=machine.bh_names, timer_names=machine.timer_names,

@@ -88,11 +88,18 @@ def test_every_recording_measures_the_host_s_sleeping_hand_off(mixed):
     # meta.json host.mutex_wake_ns: 200 hand-offs of a pthread mutex to a
     # thread asleep on it, sorted, each a real futex wake-up (a few us to a
     # few hundred on any host)
-    cal = mixed["plain"].meta["host"]["mutex_wake_ns"]
+    host = mixed["plain"].meta["host"]
+    cal = host["mutex_wake_ns"]
     assert len(cal) == 200 and cal == sorted(cal)
     assert 500 < cal[100] < 5_000_000
+    # and what waking the sleeper cost the unlocking thread: a system call
+    unlock = host["mutex_unlock_wake_ns"]
+    assert len(unlock) == 200 and unlock == sorted(unlock)
+    assert 0 < unlock[100] < 5_000_000
     with pytest.raises(ValueError, match="hold_ns"):
         _core.measure_wake_latency(10, hold_ns=10)
+    with pytest.raises(ValueError, match="n in"):
+        _core.measure_mutex_handoff(0)
 
 
 def test_aio_threads_and_vcpus_change_the_real_threads(mixed):

@@ -102,6 +102,17 @@ def test_every_recording_measures_the_host_s_sleeping_hand_off(mixed):
         _core.measure_mutex_handoff(0)
 
 
+def test_the_calibration_is_skipped_on_one_cpu():
+    # pinned to one CPU the two threads would take turns by time slices:
+    # the calibration gives up at once instead of costing the run a second
+    code = ("import os, time; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from kvmscope import _core; t = time.monotonic(); d = _core.measure_mutex_handoff(); "
+            "print(len(d['wake_ns']), len(d['unlock_ns']), time.monotonic() - t)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    n_wake, n_unlock, took = out.stdout.split()
+    assert (n_wake, n_unlock) == ("0", "0") and float(took) < 0.1
+
+
 def test_aio_threads_and_vcpus_change_the_real_threads(mixed):
     roles = mixed["aio1"].threads
     assert roles[roles["role"] == "aio"]["name"].tolist() == ["aio0"]

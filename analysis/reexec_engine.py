@@ -8,6 +8,7 @@ model, same changes, same seed: the same trace, to the nanosecond.
 """
 
 import bisect
+import collections
 import heapq
 import random
 import re
@@ -1354,6 +1355,55 @@ def tables(eng):
 
 # --------------------------------------------------------------------------
 # from a trace to the predicted trace
+
+# --------------------------------------------------------------------------
+# the plan: what a re-execution runs, for another executor of the schedules
+
+#: One vCPU of a :class:`Plan`: its name, its ``stream`` (the recorded
+#: specs with the changes applied: ``prog``, ``isr`` per vector, ``gate``,
+#: ``gap``, ``gvec``, ``gcnt``, ``start``, and ``src``, the recorded vCPU's
+#: stream it copies) and its ``timers`` (recorded timer index -> index into
+#: ``Plan.timers``).
+PlanVcpu = collections.namedtuple("PlanVcpu", "name stream timers")
+
+#: One timer of a :class:`Plan`: its name, the vCPU that arms it, its
+#: interrupt vector (None: it raises none), the recorded timer it is and
+#: its period in ns (None: one-shot).
+PlanTimer = collections.namedtuple("PlanTimer", "name vcpu vector recorded period")
+
+
+class Plan:
+    """What a re-execution of a model under changes runs, set up but not
+    run: the changes checked and applied, the streams of extra vCPUs
+    copied, one timer per (vCPU, recorded timer it arms).  The model engine
+    runs it itself; ``kvmscope replay --engine core`` runs it on real
+    threads through the compiled core.
+
+    Attributes
+    ----------
+    vcpus : list of PlanVcpu
+    timers : list of PlanTimer
+    workers : int
+        AIO worker threads.
+    """
+
+    def __init__(self, eng):
+        self.vcpus = [PlanVcpu(v.name, v.st, dict(v.timers)) for v in eng.vcpus]
+        self.timers = [PlanTimer(t[0], t[1], t[2], t[3], t[7]) for t in eng.timers]
+        self.workers = int(eng.nworkers)
+        self._lines = dict(eng._lines)
+
+    def irq_line(self, vcpu, vector):
+        """The interrupt line that raises *vector* for *vcpu* (-1: none
+        recorded)."""
+        return self._lines.get((vcpu, vector), -1)
+
+
+def plan(model, changes=None):
+    """The :class:`Plan` of re-executing *model* under *changes*
+    (:class:`Changes`; raises ConfigError for one the model cannot take)."""
+    return Plan(Engine(model, changes or Changes()))
+
 
 def model_of(trace):
     """The re-execution model of *trace* (built once, kept with the trace)."""

@@ -148,10 +148,10 @@ class _Build:
         from .traceformat import EXIT_REASONS, IRQ_KINDS
         self.rm = rm
         ch = rx.Changes.from_kwargs(**changes)
-        # the model engine's own set-up: changes checked and applied (_apply), streams
-        # copied for extra vCPUs, one timer per (vCPU, recorded timer it arms)
-        eng = rx.Engine(model, ch)
-        self.model, self.ch, self.eng, self.rpn = model, ch, eng, rpn
+        # the model engine's own set-up: changes checked and applied, streams copied
+        # for extra vCPUs, one timer per (vCPU, recorded timer it arms)
+        plan = rx.plan(model, ch)
+        self.model, self.ch, self.plan, self.rpn = model, ch, plan, rpn
         if len(model.callsites) > 32:
             raise ConfigError(f"the trace has {len(model.callsites)} call sites: the core takes 32")
         self.dispatch_cs = model.callsites.index("main:dispatch") \
@@ -161,14 +161,14 @@ class _Build:
         self.m_scale = float(ch.scale_hold.get("main:dispatch", 1.0))
         # -- interrupt vectors, as small indices
         vecs = set()
-        for v in eng.vcpus:
-            st = v.st
+        for v in plan.vcpus:
+            st = v.stream
             vecs.update(g for g, k in zip(st.gvec, st.gate) if k == rm.GATE_WAIT)
             vecs.update(st.isr)
             for S in [st.prog] + list(st.isr.values()):
                 vecs.update(w for w in S.wvec if w >= 0)
                 vecs.update(e[2] for f in S.fx if f for e in f if e[1] == rm.FX_RAISE)
-        vecs.update(tm[2] for tm in eng.timers if tm[2] is not None)
+        vecs.update(tm.vector for tm in plan.timers if tm.vector is not None)
         if model.bh.get("vector") is not None:
             vecs.add(model.bh["vector"])
         self.vectors = sorted(int(x) for x in vecs)
@@ -212,9 +212,9 @@ class _Build:
         # -- effects, exits
         self.fx = []
         self.vcpus = []
-        origin = min(v.st.start for v in eng.vcpus)
-        for v in eng.vcpus:
-            st = v.st
+        origin = min(v.stream.start for v in plan.vcpus)
+        for v in plan.vcpus:
+            st = v.stream
             prog = self._exits(st.prog, v, gate=(st.gate, st.gap, st.gvec, st.gcnt),
                                start=st.start - origin)
             isr = {self.vix[vec]: self._exits(S, v) for vec, S in st.isr.items() if len(S.row)}
@@ -222,14 +222,14 @@ class _Build:
         self.fx = np.array(self.fx, np.int64).reshape(-1, 5)
         # -- timers
         self.timers = []
-        for tm in eng.timers:
-            info = model.timers[tm[3]]
+        for tm in plan.timers:
+            info = model.timers[tm.recorded]
             cb = np.asarray(info["cb"], np.float64) * self.m_scale
             roff = np.asarray(info["raise_off"], np.float64) * self.m_scale
-            self.timers.append((int(tm[1]), self.vix[tm[2]] if tm[2] is not None else -1,
+            self.timers.append((int(tm.vcpu), self.vix[tm.vector] if tm.vector is not None else -1,
                                 _ns_raw(cb, rpn, "timer callback"),
                                 _ns_raw(roff, rpn, "timer callback")))
-        self.timer_names = [tm[0] for tm in eng.timers]
+        self.timer_names = [tm.name for tm in plan.timers]
         # -- AIO requests: operation, range, result, service time, completion times
         A, B = model.aio, model.bh
         n = len(A["op"])
@@ -246,9 +246,9 @@ class _Build:
             self.aio[:, 6] = _ns_raw(np.asarray(B["after_raise"], np.float64) * self.m_scale,
                                      rpn, "AIO completion")
         self.aio_vec = self.vix[B["vector"]] if B.get("vector") is not None else -1
-        self.nworkers = int(eng.nworkers)
-        self.lines = np.array([[eng._lines.get((i, vec), -1) for vec in self.vectors]
-                               for i in range(len(eng.vcpus))], np.int64)
+        self.nworkers = plan.workers
+        self.lines = np.array([[plan.irq_line(i, vec) for vec in self.vectors]
+                               for i in range(len(plan.vcpus))], np.int64)
         self.dispatch_add = int(round(float(ch.add_hold.get("main:dispatch", 0)) * rpn))
 
     def _fx(self, e, v):
@@ -263,15 +263,15 @@ class _Build:
             gi = v.timers.get(a)
             if gi is None:
                 return None
-            tm = self.eng.timers[gi]
+            tm = self.plan.timers[gi]
             if kind == rm.FX_ARM_REL:
                 if ch.timer_period_us:
                     # the guest programs the new period, as the model engine has it
-                    rec = self.model.timers[tm[3]]
-                    b = tm[7] + (b - (rec.get("period") or b))
+                    rec = self.model.timers[tm.recorded]
+                    b = tm.period + (b - (rec.get("period") or b))
                 return (off, kind, gi, int(round(max(b, 0) * rpn)), 0)
             if kind == rm.FX_ARM_GRID:
-                per = tm[7] if ch.timer_period_us else b
+                per = tm.period if ch.timer_period_us else b
                 if not per or per <= 0:
                     return None
                 return (off, kind, gi, int(round(per * rpn)), 0)
@@ -329,7 +329,7 @@ class _Build:
             # a program exit's halt counts its interrupt from the previous program exit
             # (the recorded ones in between added): an interrupt that came before the
             # halt must not make it wait for one more
-            out[1:, 10] += self._between(v.st.src.vcpu, S.wvec[1:], rows[:-1], rows[1:])
+            out[1:, 10] += self._between(v.stream.src.vcpu, S.wvec[1:], rows[:-1], rows[1:])
         out[:, 11] = _ns_raw(col("wpre"), rpn, "halt")
         out[:, 12] = _ns_raw(col("wake"), rpn, "halt")
         out[:, 14] = [bool(x) for x in S.last]

@@ -36,3 +36,27 @@ def test_a_run_that_cannot_end_stops_with_one_line(model, monkeypatch):
     with pytest.raises(ConfigError, match=r"did not end after [\d,]+ events") as e:
         reexec_engine.run(model)
     assert "\n" not in str(e.value)
+
+
+def test_the_plan_is_what_the_re_execution_runs(model):
+    # what `replay --engine core` takes from the model engine: three vCPUs
+    # (the third runs vcpu0's stream again), each arming its own copy of its
+    # stream's timers, the worker count asked for, the changes applied
+    p = reexec_engine.plan(model, reexec_engine.Changes(vcpus=3, aio_threads=2,
+                                                        add_hold={"pio:blk": 1000}))
+    assert [v.name for v in p.vcpus] == ["vcpu0", "vcpu1", "vcpu2"]
+    assert p.vcpus[2].stream.src is model.vcpus[0]
+    assert p.workers == 2
+    for i, v in enumerate(p.vcpus):
+        assert all(p.timers[gi].vcpu == i for gi in v.timers.values())
+    assert len(p.timers) == sum(len(v.timers) for v in p.vcpus)
+    blk = model.callsites.index("pio:blk")
+    S, R = p.vcpus[0].stream.prog, model.vcpus[0].prog
+    changed = [k for k, cs in enumerate(R.cs) if cs == blk]
+    assert changed and all(S.hold[k] == R.hold[k] + 1000 for k in changed)
+    # an interrupt the recording raised has its line; one it did not, -1
+    raised = model.irq_rows[model.irq_rows["kind"] == "raise"]
+    vec = int(raised["vector"].iloc[0])
+    assert p.irq_line(0, vec) >= 0 and p.irq_line(0, 255) == -1
+    with pytest.raises(ConfigError, match="no-such"):
+        reexec_engine.plan(model, reexec_engine.Changes(lockless=["no-such"]))

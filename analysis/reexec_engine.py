@@ -1179,6 +1179,15 @@ def cpu_stretch(eng, ncpu):
     return busy / got if got > 0 else 1.0
 
 
+def keep_recorded_stretch(model, eng):
+    """Keep the CPU stretch of *eng*, the unchanged re-execution of *model*
+    (barging lock), for the recording host's CPUs: what :func:`run` compares
+    a changed run's with, so that it need not re-execute unchanged again."""
+    ncpu = host_cpus(model)
+    if ncpu and eng.policy == "barging" and eng.ch.empty() and eng.seed is None:
+        model.__dict__.setdefault("_cpu_stretch", {})[eng.policy, ncpu] = cpu_stretch(eng, ncpu)
+
+
 def host_cpus(model):
     """CPUs of the host the recording was made on (meta.json ``host.cpus``), or None."""
     n = ((model.meta or {}).get("host") or {}).get("cpus")

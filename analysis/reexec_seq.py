@@ -30,6 +30,7 @@ import warnings
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..errors import ConfigError
 from . import reexec_engine as _engine
@@ -572,11 +573,11 @@ def model_kind(trace):
     """Which model re-executes *trace*: ``("causal", None)``, or
     ``("sequence", why)`` for a trace without a causal model (imported from
     a QEMU log), one the causal model cannot take (other locks than the
-    BQL, no vCPU exits...), or the covered part of an incomplete recording
-    whose causal re-execution, unchanged, does not give it back (each
-    vCPU's exits, each call site's acquisitions): it then cannot be trusted
-    with a change either.  Decided once per trace (for a covered part, one
-    unchanged re-execution, kept)."""
+    BQL, no vCPU exits...), or a recording (or the covered part of an
+    incomplete one) whose causal re-execution, unchanged, does not give it
+    back (each vCPU's exits, each
+    call site's acquisitions): it then cannot be trusted with a change
+    either.  Decided once per trace, by one unchanged re-execution, kept."""
     got = trace._cache.get("reexec_kind")
     if got is not None:
         return got
@@ -584,14 +585,18 @@ def model_kind(trace):
     what = "the covered part" if getattr(trace, "_covered_part", False) else "this trace"
     if why is None:
         try:
-            _engine.model_of(trace)
-            if getattr(trace, "_covered_part", False):
-                # a cut recording: checked, the cut must not mislead the model
-                tables, meta = _engine.reexecute_tables(trace)
-                trace._cache["reexec_unchanged"] = (tables, meta)
-                miss = _not_reproduced(trace, tables)
-                if miss:
-                    why = f"the causal model does not reproduce {what} ({miss})"
+            model = _engine.model_of(trace)
+            # checked: a model that does not give the recording back unchanged
+            # cannot be trusted with a change either (a recording of a guest
+            # or a cut it was not built for)
+            eng = _engine.run(model)
+            tables = _engine.tables(eng)
+            trace._cache["reexec_unchanged"] = (tables, _engine.predicted_meta(eng, trace, tables))
+            # the recording's own CPU sharing, which a changed run compares with
+            _engine.keep_recorded_stretch(model, eng)
+            miss = _not_reproduced(trace, tables)
+            if miss:
+                why = f"the causal model does not reproduce {what} ({miss})"
         except (ConfigError, RuntimeError) as e:
             why = f"the causal model cannot take {what} ({e})"
     got = ("sequence", why) if why else ("causal", None)
@@ -604,9 +609,12 @@ def _not_reproduced(trace, tables):
     each vCPU's exits exactly, each call site's acquisitions within one
     (the main loop's stop after a recording cut short)."""
     def counts(t, col):
-        v, c = np.unique(np.asarray(t.column(col).to_pylist(), dtype=object).astype(str),
-                         return_counts=True)
-        return dict(zip(v.tolist(), c.tolist()))
+        c = t.column(col)
+        if pa.types.is_dictionary(c.type):
+            c = c.cast(c.type.value_type)
+        vc = pc.value_counts(c)
+        return {str(v): int(n) for v, n in zip(vc.field("values").to_pylist(),
+                                                 vc.field("counts").to_pylist())}
     rec, pred = counts(trace.arrow("exits"), "thread"), counts(tables["exits"], "thread")
     thr = trace.arrow("threads")
     names = dict(zip(map(str, thr.column("thread").to_pylist()), thr.column("name").to_pylist()))

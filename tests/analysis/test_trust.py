@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -200,19 +199,9 @@ def test_real_lossy_trace_validates_as_incomplete(tmp_path):
 
 @pytest.mark.kvm
 def test_real_killed_trace_validates_as_killed(tmp_path):
+    from kvm.helpers import killed_run
     out = tmp_path / "killed"
-    p = subprocess.Popen([KVMSCOPE, "run", "mixed", "--vcpus", "2", "-n",
-                          "100000000", "-q", "-o", str(out)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        locks = out / "locks.arrows"
-        while not (locks.exists() and locks.stat().st_size > 100_000):
-            assert time.monotonic() < deadline, "no batches flushed"
-            time.sleep(0.05)
-    finally:
-        p.kill()
-        p.wait(timeout=10)
+    killed_run(out, 100_000)
     assert _meta(out)["state"] == "running"
     r = _kvmscope("validate", out)
     assert r.returncode == EXIT_INCOMPLETE, r.stdout + r.stderr

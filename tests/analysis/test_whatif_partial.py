@@ -5,9 +5,6 @@ killed run: only the part the data covers), on copies of the shipped traces
 import json
 import os
 import shutil
-import subprocess
-import sys
-import time
 import warnings
 
 import numpy as np
@@ -27,7 +24,6 @@ MIXED = os.path.join(ROOT, "traces", "mixed-2vcpu")
 DISK = os.path.join(ROOT, "traces", "disk-io-user-irqchip")
 PIO_STORM = os.path.join(ROOT, "traces", "pio-storm-2vcpu")
 SITE = "softmmu/physmem.c:2748"         # the vCPUs' port I/O in QEMU
-KVMSCOPE = shutil.which("kvmscope", path=os.path.dirname(sys.executable)) or "kvmscope"
 
 
 def _close(a, b, tol=0.10):
@@ -334,18 +330,9 @@ def test_a_recording_the_causal_model_does_not_give_back_is_not_trusted(tmp_path
 
 @pytest.mark.kvm
 def test_a_real_killed_run_re_executes_up_to_where_its_data_ends(capsys, tmp_path):
+    from kvm.helpers import killed_run
     out = tmp_path / "killed"
-    p = subprocess.Popen([KVMSCOPE, "run", "mixed", "--vcpus", "2", "-n", "100000000", "-q",
-                          "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        locks = out / "locks.arrows"
-        while not (locks.exists() and locks.stat().st_size > 300_000):
-            assert time.monotonic() < deadline, "no batches flushed"
-            time.sleep(0.05)
-    finally:
-        p.kill()
-        p.wait(timeout=10)
+    killed_run(out, 300_000)
     status, text, err = run(capsys, "replay", out, "-o", tmp_path / "pred", "--format", "json")
     assert status == 0 and len(err.splitlines()) == 1
     assert "warning: the run was killed (state running): data ends at" in err

@@ -42,6 +42,17 @@ def wait_for_rows(trace_dir, table="exits", min_bytes=4096, timeout=20):
     raise AssertionError(f"{path} did not grow past {min_bytes} bytes in {timeout} s")
 
 
+def killed_run(trace_dir, min_lock_bytes, timeout=30):
+    """Record ``mixed`` on 2 vCPUs into *trace_dir* and kill it (SIGKILL) once
+    its lock table has flushed more than *min_lock_bytes*: a real killed run."""
+    p = start("run", "mixed", "--vcpus", 2, "-n", 100000000, "-q", "-o", trace_dir)
+    try:
+        wait_for_rows(trace_dir, "locks", min_lock_bytes, timeout)
+    finally:
+        p.kill()
+        p.wait(timeout=10)
+
+
 def meta(trace_dir):
     with open(os.path.join(trace_dir, "meta.json")) as f:
         return json.load(f)

@@ -393,7 +393,7 @@ def _first_in_group(group, value):
     return first
 
 
-def blockers(trace, lock=None):
+def blockers(trace, lock=None, callsites=None):
     """Who blocks whom: each contended wait attributed to the threads that
     held the lock meanwhile.
 
@@ -401,6 +401,13 @@ def blockers(trace, lock=None):
     wait with each other thread's ownership is that thread's share; what no
     other thread covered (the lock free but not yet taken: wake-up and
     hand-off latency) goes to holder ``-1``, ``"(none)"``.
+
+    Parameters
+    ----------
+    lock : str, optional
+    callsites : list of str, optional
+        Only the waits of acquisitions at these call sites (the waiter's
+        call site; the holders may be anywhere): who blocks *them*.
 
     Returns
     -------
@@ -416,6 +423,11 @@ def blockers(trace, lock=None):
     df = trace.locks
     waits, pw, ph, ov = _pairs(trace)
     cols = ["lock", "waiter", "waiter_name", "holder", "holder_name", "waits", "wait_ns"]
+    if callsites is not None:
+        at = df["callsite"].astype(str).isin(list(callsites)).to_numpy()
+        waits = waits[at[waits]]
+        keep = at[pw]
+        pw, ph, ov = pw[keep], ph[keep], ov[keep]
     thread = df["thread"].to_numpy().astype(np.int64)
     lcode = df["lock"].cat.codes.to_numpy().astype(np.int64)
     req = df["request_ns"].to_numpy()

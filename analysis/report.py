@@ -129,7 +129,7 @@ def _caused(t, threads=None, sites=None):
 
 
 def _blockers(t, threads=None, sites=None):
-    df = t.blockers()
+    df = t.blockers(callsites=sites)
     if threads is not None:
         df = df[df["waiter_name"].astype(str).isin(threads)].reset_index(drop=True)
     return df
@@ -158,7 +158,8 @@ def _lock_section(by):
 
 #: How the thread and call-site filters apply to each section: the blame
 #: sections see every holder and keep the selected threads' waits (and, for
-#: ``caused``, the selected holder call sites); fairness keeps the selected
+#: ``caused``, the selected holder call sites; for ``blockers``, the waits
+#: at the selected call sites); fairness keeps the selected
 #: threads' rows, ping-pong and convoys the ones they took part in; the lock tables count the
 #: acquisitions the selected threads made at the selected call sites; the
 #: others count the rows the selected threads emitted.
@@ -192,7 +193,8 @@ def build(trace, names=None, selection=None):
         Filters: the window cuts the trace first (rows overlapping it); the
         threads and call sites then apply per section: ``caused`` and
         ``blockers`` keep the selected threads' waits (behind any holder),
-        ``caused`` the selected holder call sites; ``locks`` and
+        ``caused`` the selected holder call sites, ``blockers`` the waits
+        at the selected call sites; ``locks`` and
         ``callsites`` count the selected threads' acquisitions at the
         selected call sites; the other sections the rows the selected
         threads emitted (call sites do not apply to them).  The sort key

@@ -413,9 +413,9 @@ class Trace:
         """Main-loop iteration statistics; see :func:`stats.loop_stats`."""
         return _stats.loop_stats(self)
 
-    def blockers(self, lock=None):
+    def blockers(self, lock=None, callsites=None):
         """Who blocks whom, long form; see :func:`blame.blockers`."""
-        return _blame.blockers(self, lock)
+        return _blame.blockers(self, lock, callsites)
 
     def blockers_matrix(self, lock=None):
         """Who blocks whom, waiter x holder; see :func:`blame.blockers_matrix`."""

@@ -143,3 +143,21 @@ def test_window_text_header(mixed):
     cut = report.build(mixed, "locks", select.Selection(window="20ms:21ms"))["locks"]
     assert 0 < cut["acquisitions"].sum() < full
     assert isinstance(cut, pd.DataFrame)
+
+
+def test_blockers_keep_the_waits_at_the_selected_call_sites(mixed):
+    # `--callsite` on "who blocks whom": the waits of acquisitions at those
+    # call sites, behind whichever holder; they add up to those call sites'
+    # total wait, and a waiter that never acquires there has no row.
+    everyone = report.build(mixed, "blockers")["blockers"]
+    for site, waiters in (("main:dispatch", {"main"}), ("pio:*", {"vcpu0", "vcpu1"})):
+        sel = select.Selection(callsites=[site])
+        rows = report.build(mixed, "blockers", sel)["blockers"]
+        sites = report.build(mixed, "callsites", sel)["callsites"]
+        assert set(rows["waiter_name"].astype(str)) == waiters, site
+        assert rows["wait_ns"].sum() == pytest.approx(sites["wait_total_ns"].sum(), abs=len(rows)), site
+        assert len(rows) < len(everyone)
+    # The thread filter and the call-site filter combine.
+    rows = report.build(mixed, "blockers", select.Selection(threads="vcpu0", callsites="pio:blk"))["blockers"]
+    assert set(rows["waiter_name"].astype(str)) == {"vcpu0"}
+    assert 0 < rows["wait_ns"].sum() < everyone[everyone["waiter_name"] == "vcpu0"]["wait_ns"].sum()

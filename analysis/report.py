@@ -44,9 +44,14 @@ SECTIONS = {
     "timers": ("Timers (late = fire - expire)", lambda t: t.timer_stats()),
     "aio": ("AIO latency per stage", lambda t: t.aio_stats()),
     "loop": ("Main loop", lambda t: t.loop_stats()),
+    "cpu": ("CPU per thread, whole run (runq = runnable, waiting for a CPU)", lambda t: t.cpu_stats()),
 }
 
 FORMATS = ("text", "markdown", "json", "csv")
+
+#: What an empty section says, where "no records" would mislead.
+EMPTY = {"cpu": "not in this trace: meta.json has no stats.cpu (recorded before kvmscope "
+                "kept it, or imported)"}
 
 # Columns shown in text and Markdown, which must fit a terminal; JSON and
 # CSV carry every column.
@@ -81,6 +86,8 @@ _SHOWN = {
     "loop": ["thread_name", "iterations", "wakeups_per_s", "timeouts",
              "poll_pct", "poll_mean_ns", "dispatch_pct", "dispatch_mean_ns",
              "dispatch_p99_ns", "dispatch_max_ns"],
+    "cpu": ["thread_name", "cpu_ns", "runq_ns", "runq_pct", "slices", "delay_mean_ns", "voluntary",
+            "involuntary"],
 }
 
 _HEADERS = {"samples_pct": "samples%", "time_pct": "time%",
@@ -91,7 +98,8 @@ _HEADERS = {"samples_pct": "samples%", "time_pct": "time%",
             "reacquired_while_waited": "reacq_waited", "passed_over_max": "passed_over",
             "starved_max_ns": "starved", "handoffs_per_ms": "handoffs/ms",
             "first_holder": "began_by", "first_callsite": "callsite",
-            "acquisitions": "acquired", "contentions": "contended"}
+            "acquisitions": "acquired", "contentions": "contended",
+            "runq_pct": "runq%", "voluntary": "sleeps", "involuntary": "preempted"}
 
 
 #: Sections that are not in a report unless asked for (by name or ``all``):
@@ -177,6 +185,7 @@ _FILTERED = {
     "timers": lambda t, threads=None, sites=None: t.select(threads=threads).timer_stats(),
     "aio": lambda t, threads=None, sites=None: t.select(threads=threads).aio_stats(),
     "loop": lambda t, threads=None, sites=None: t.select(threads=threads).loop_stats(),
+    "cpu": lambda t, threads=None, sites=None: _rows_of(t.cpu_stats(), "thread_name", threads),
 }
 
 
@@ -419,7 +428,7 @@ def render(trace, built=None, fmt="text", top=None, all_columns=False,
             doc.line().line(SECTIONS[name][0], style="bold")
             shown = _shown(name, df, top, all_columns)
             if shown.empty:
-                doc.line("  (no records)")
+                doc.line(f"  ({EMPTY.get(name, 'no records')})")
             else:
                 heads, rows, right, drop = _table(shown, res)
                 doc.table(heads, rows, right, drop=drop)
@@ -434,7 +443,7 @@ def render(trace, built=None, fmt="text", top=None, all_columns=False,
         shown = _shown(name, df, top, all_columns)
         heads, rows, right, _ = _table(shown, res)
         parts.append(markdown_table(heads, rows, right) if rows
-                     else "_no records_\n")
+                     else f"_{EMPTY.get(name, 'no records')}_\n")
         if top and len(df) > top:
             parts.append(f"\n_{len(df) - top} more rows not shown_\n")
     return "".join(parts)

@@ -7,6 +7,8 @@ was measured.  Durations are integer nanoseconds; means and standard
 deviations are floats.
 """
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -414,3 +416,67 @@ def loop_stats(trace):
     })
 
 
+
+
+#: The row of :func:`cpu_stats` for the process's threads the recorder
+#: does not list (the trace writer's compression threads, the interpreter).
+OTHER_THREADS = "(other threads)"
+
+
+def cpu_stats(trace):
+    """What the kernel accounted to each thread of the run while it ran
+    (``meta.json stats.cpu``, written by ``kvmscope run`` and the core
+    replay; empty for traces without it, such as QEMU imports): the
+    figures of ``perf sched latency``, per thread, without tracing the
+    scheduler.
+
+    Returns
+    -------
+    DataFrame
+        ``thread_name``, ``cpu_ns`` (time on a CPU; a vCPU's includes its
+        guest time), ``runq_ns`` (runnable but waiting for a CPU: the host's
+        CPUs were taken by other threads), ``runq_pct`` (of the time it
+        wanted a CPU: ``runq / (cpu + runq)``), ``slices`` (times it was
+        given a CPU), ``delay_mean_ns`` (run-queue wait per slice: how long
+        a wake-up or a preemption waited for a CPU), ``voluntary`` (it
+        slept: a lock, a poll, a halt) and ``involuntary`` context switches
+        (the scheduler took its CPU); last, a row ``(other threads)`` with
+        the rest of the process's CPU time over the run (threads not listed,
+        such as the trace writer's compression threads, and the listed
+        threads' work outside their sampled span).  Missing
+        values (a kernel without run-queue accounting) are <NA>.
+
+    Examples
+    --------
+    >>> trace.cpu_stats()                              # doctest: +SKIP
+      thread_name     cpu_ns    runq_ns  runq_pct  slices  delay_mean_ns  voluntary  involuntary
+    0       vcpu0  224990760  154309759      40.7      92        1677280          4           87
+    """
+    fields = ("cpu_ns", "runq_ns", "slices", "voluntary", "involuntary")
+    cols = ["thread_name", "cpu_ns", "runq_ns", "runq_pct", "slices", "delay_mean_ns",
+            "voluntary", "involuntary"]
+    cpu = ((trace.meta.get("stats") or {}).get("cpu")) or {}
+    threads = cpu.get("threads") if isinstance(cpu, dict) else None
+    rows = []
+    if isinstance(threads, dict):
+        for name, t in threads.items():
+            if isinstance(t, dict):
+                rows.append([str(name)] + [_num(t.get(k)) for k in fields])
+        other = _num(cpu.get("other_cpu_ns"))
+        if rows and not math.isnan(other):
+            rows.append([OTHER_THREADS, other] + [math.nan] * (len(fields) - 1))
+    df = pd.DataFrame(rows, columns=["thread_name", *fields]).astype({f: "float64" for f in fields})
+    want = df["cpu_ns"] + df["runq_ns"]
+    df["runq_pct"] = np.where(want > 0, 100.0 * df["runq_ns"] / want.where(want > 0, 1.0), np.nan)
+    df["delay_mean_ns"] = np.where(df["slices"] > 0, df["runq_ns"] / df["slices"].where(df["slices"] > 0, 1.0),
+                                   np.nan)
+    for c in (*fields, "delay_mean_ns"):
+        df[c] = df[c].round().astype("Int64") if df[c].isna().any() else df[c].round().astype(np.int64)
+    return df[cols]
+
+
+def _num(v):
+    """A non-negative int from meta.json, else NaN."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v < 0:
+        return math.nan
+    return float(v)

@@ -413,6 +413,11 @@ class Trace:
         """Main-loop iteration statistics; see :func:`stats.loop_stats`."""
         return _stats.loop_stats(self)
 
+    def cpu_stats(self):
+        """CPU time, run-queue wait and context switches per thread over the
+        run (kernel accounting); see :func:`stats.cpu_stats`."""
+        return _stats.cpu_stats(self)
+
     def blockers(self, lock=None, callsites=None):
         """Who blocks whom, long form; see :func:`blame.blockers`."""
         return _blame.blockers(self, lock, callsites)

@@ -20,6 +20,7 @@ from kvmscope.traceformat import EXIT_REASONS
 include "errors.pxi"    # errno -> Python exceptions, in one place
 include "board.pxi"     # the board's constants, generated from board.py by setup.py
 include "clock.pxi"     # run clock: TSC calibration against CLOCK_MONOTONIC
+include "threadcpu.pxi"  # per thread: CPU time, run-queue wait, context switches (kernel accounting)
 include "tracer.pxi"    # per-thread trace rings and their drain
 include "lock.pxi"      # instrumented mutex (the BQL)
 include "loop.pxi"      # main loop: fd handlers, timers, bottom halves

@@ -59,6 +59,7 @@ cdef void *aio__worker(void *arg) noexcept nogil:
     sigfillset(&mask)
     pthread_sigmask(SIG_SETMASK, &mask, NULL)
     self.tid = ks_gettid()
+    cpustat__begin(self)
     while True:
         pthread_mutex_lock(&p.mutex)
         while p.q_head == NULL and not p.stop:
@@ -80,6 +81,7 @@ cdef void *aio__worker(void *arg) noexcept nogil:
         p.done_head = req
         pthread_mutex_unlock(&p.mutex)
         write(p.efd, &one, 8)
+    cpustat__end(self)
     return NULL
 
 

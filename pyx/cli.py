@@ -34,7 +34,7 @@ COMPRESSIONS = ("none", "lz4", "zstd")
 REPORT_SORT_KEYS = ("acquired", "contended", "avg_wait", "wait_total", "wait_max", "wait_min", "avg_hold",
                     "hold_total", "hold_max", "hold_min", "handoffs", "caused")
 REPORT_SECTIONS = ("caused", "exits", "addrs", "locks", "callsites", "blockers", "fairness", "pingpong",
-                   "convoys", "bh", "timers", "aio", "loop")
+                   "convoys", "bh", "timers", "aio", "loop", "cpu")
 DIFF_METRICS = ("hold", "wait")
 DIFF_STATS = ("p50", "p90", "p99", "mean", "total")
 DIFF_FORMATS = ("text", "markdown", "html", "json")
@@ -201,6 +201,9 @@ def format_summary(result):
     lines.append(f"  BQL: {bql['acquisitions']} acquisitions (vCPUs {bql['vcpu_acquisitions']}, "
                  f"main loop {bql['main_loop_acquisitions']}), {bql['contended']} contended "
                  f"({share:.1f}%), total wait {units.format_duration(bql['wait_ns'])}")
+    cpu = _cpu_line(st.get("cpu"))
+    if cpu:
+        lines.append(cpu)
     ml, aio = st["main_loop"], st["aio"]
     events = [f"main loop {ml['iterations']} iterations"]
     if aio["submitted"]:
@@ -222,6 +225,25 @@ def format_summary(result):
     for msg in result.messages:
         lines.append(f"  {msg}")
     return "\n".join(lines)
+
+
+def _cpu_line(cpu):
+    """'CPU time (waited for a CPU): vcpu0 225ms (154ms, 41%), ...' from
+    ``stats.cpu``; the threads that used or waited for 1 ms or more."""
+    if not cpu or not cpu.get("threads"):
+        return ""
+    parts = []
+    for name, t in cpu["threads"].items():
+        c, q = t.get("cpu_ns"), t.get("runq_ns")
+        if c is None or max(c, q or 0) < 1_000_000:
+            continue
+        text = f"{name} {units.format_duration(c, sep='')}"
+        if q is not None:
+            text += f" ({units.format_duration(q, sep='')}, {100.0 * q / max(c + q, 1):.0f}%)"
+        parts.append(text)
+    if cpu.get("other_cpu_ns", 0) >= 1_000_000:
+        parts.append(f"other threads {units.format_duration(cpu['other_cpu_ns'], sep='')}")
+    return "  CPU time (waited for a CPU): " + ", ".join(parts) if parts else ""
 
 
 def summary_dict(result):

@@ -419,7 +419,7 @@ def _record(trace, output, force, compression, clock, tracer, config, callsites,
     """Run *go* and write what *tracer* recorded as a trace, as ``kvmscope run`` does."""
     from . import _core
     from .config import prepare_output
-    from .runner import host_info, versions
+    from .runner import CpuAccount, host_info, versions
     from .traceformat import FORMAT_NAME, FORMAT_VERSION
     from .tracewriter import TraceWriter
 
@@ -451,6 +451,7 @@ def _record(trace, output, force, compression, clock, tracer, config, callsites,
         writer.write_records(tracer.drain())
         writer.write_losses(tracer.take_losses(final))
 
+    cpu = CpuAccount(tracer)
     try:
         start_ns, end_ns = go(drain)
     except KvmscopeError:
@@ -458,8 +459,10 @@ def _record(trace, output, force, compression, clock, tracer, config, callsites,
         raise
     drain(True)
     writer.write_threads(tracer.threads_info())
+    st = stats()
+    st["cpu"] = cpu.finish()
     meta.update(state="complete", start_ns=start_ns, end_ns=end_ns, stop_reason="schedule done",
-                messages=[], records=tracer.counts(), tables=dict(writer.counts), stats=stats())
+                messages=[], records=tracer.counts(), tables=dict(writer.counts), stats=st)
     writer.close()
     writer.write_meta(meta)
     writer.finish(meta, convert=True)

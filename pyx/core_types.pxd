@@ -28,6 +28,18 @@ cdef enum:
     KS_IRQ_SOURCES = 2
     KS_CONSOLE_BUF = 4096
 
+# What the kernel accounted to one thread over its run (threadcpu.pxi):
+# CPU time, time runnable but waiting for a CPU, times it was given a CPU,
+# context switches.
+# -1 where the kernel does not say; state 0 not begun, 1 running, 2 ended.
+cdef struct ks_cpustat:
+    int state
+    int64_t cpu_ns
+    int64_t runq_ns
+    int64_t slices
+    int64_t voluntary
+    int64_t involuntary
+
 # One traced thread: its trace ring (NULL when recording is off) and the
 # always-on counters the end-of-run summary reads.
 cdef struct ks_thread:
@@ -38,6 +50,7 @@ cdef struct ks_thread:
     uint64_t lock_contended
     int64_t lock_wait_raw
     int64_t lock_hold_raw
+    ks_cpustat cpu
 
 # Instrumented mutex.  The acquisition fields describe the current holder's
 # acquisition; only the holder touches them, between lock and unlock.

@@ -208,6 +208,7 @@ cdef void *loop__main(void *arg) noexcept nogil:
     # the default 50 us timer slack would make every timer that late
     prctl(PR_SET_TIMERSLACK, <unsigned long>1, 0, 0, 0)
     l.thr.tid = ks_gettid()
+    cpustat__begin(&l.thr)
     last_idle = ks_now()
     lock_acquire(&m.bql, &l.thr, l.dispatch_callsite)
     while not ks_load_acquire_int(&l.stop):
@@ -255,6 +256,7 @@ cdef void *loop__main(void *arg) noexcept nogil:
     lock_release(&m.bql, &l.thr)
     if l.iterations:
         loop__record(l, n, prev_tmo, poll_enter, poll_exit, ks_now(), ns_per_raw)
+    cpustat__end(&l.thr)
     return NULL
 
 

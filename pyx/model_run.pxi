@@ -230,6 +230,7 @@ cdef void *rp__worker(void *arg) noexcept nogil:
     sigfillset(&mask)
     pthread_sigmask(SIG_SETMASK, &mask, NULL)
     self.tid = ks_gettid()
+    cpustat__begin(self)
     while True:
         pthread_mutex_lock(&p.mutex)
         while p.q_head == NULL and not p.stop:
@@ -253,6 +254,7 @@ cdef void *rp__worker(void *arg) noexcept nogil:
         p.done_head = req
         pthread_mutex_unlock(&p.mutex)
         write(p.efd, &one, 8)
+    cpustat__end(self)
     return NULL
 
 
@@ -476,6 +478,7 @@ cdef void *rp__vcpu_main(void *arg) noexcept nogil:
     memset(snap, 0, sizeof(snap))
     while not ks_load_acquire_int(&r.go):
         ks_cpu_relax()
+    cpustat__begin(&v.t)
     v.isr_block = -1
     for j in range(v.n):
         e = &v.prog[j]
@@ -499,6 +502,7 @@ cdef void *rp__vcpu_main(void *arg) noexcept nogil:
         pthread_mutex_unlock(&v.mu)
         if rp__exit(r, v, e, ks_now(), prev[e.wvec] if e.wvec >= 0 else 0):
             break
+    cpustat__end(&v.t)
     pthread_mutex_lock(&v.mu)
     v.done = 1
     pthread_mutex_unlock(&v.mu)

@@ -3,6 +3,7 @@ import dataclasses
 import datetime
 import os
 import platform
+import resource
 import signal
 import socket
 import sys
@@ -164,6 +165,7 @@ def record(config, progress=None):
     stop_reason = "guest exit"
     signals = _StopSignals()
     drain = _Drain(tracer, writer, _core, clock)
+    cpu = CpuAccount(tracer)
     start_ns = _core.now_ns()
     meta["start_ns"] = start_ns
     if writer:
@@ -205,10 +207,42 @@ def record(config, progress=None):
             elapsed = time.monotonic() - t0
             end_ns = _core.now_ns()
             result = _finish(config, guest, machine, tracer, drain, writer, meta, log_fd, stop_reason,
-                             elapsed, end_ns, clock)
+                             elapsed, end_ns, clock, cpu)
         except _Abort:
             _abort(tracer, drain, writer, meta)
     return result
+
+
+class CpuAccount:
+    """What the kernel accounted to the run's threads while it ran
+    (``meta.json stats.cpu``): per thread of the core (vCPUs, main loop, AIO
+    workers; each samples itself at its start and end) and the drain (the
+    thread that moves records to the writer, sampled here), ``cpu_ns``,
+    ``runq_ns`` (runnable but waiting for a CPU), ``voluntary`` and
+    ``involuntary`` context switches; the whole process's CPU time over the
+    run and the rest of it (``other_cpu_ns``: threads not listed, such as
+    the writer's compression threads, and the listed threads' work outside
+    their sampled span)."""
+
+    def __init__(self, tracer):
+        self.tracer = tracer
+        self.drain = "drain" in tracer.names
+        self.t0 = _process_cpu_ns()
+        if self.drain:
+            tracer.cpu_begin("drain")
+
+    def finish(self):
+        if self.drain:
+            self.tracer.cpu_end("drain")
+        process = _process_cpu_ns() - self.t0
+        threads = self.tracer.cpu_stats()
+        listed = sum(t["cpu_ns"] or 0 for t in threads.values())
+        return {"threads": threads, "process_cpu_ns": process, "other_cpu_ns": max(0, process - listed)}
+
+
+def _process_cpu_ns():
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return round((ru.ru_utime + ru.ru_stime) * 1e9)
 
 
 class _Drain:
@@ -297,7 +331,7 @@ def _abort(tracer, drain, writer, meta):
 
 
 def _finish(config, guest, machine, tracer, drain, writer, meta, log_fd, stop_reason, elapsed, end_ns,
-            clock):
+            clock, cpu):
     """After the threads ended: last drain, meta.json, the result."""
     machine.flush_console()
     stats = machine.stats()
@@ -310,6 +344,7 @@ def _finish(config, guest, machine, tracer, drain, writer, meta, log_fd, stop_re
         stop_reason = "guest exit: " + ", ".join(
             f"vcpu{v['vcpu']} status {v['exit_status']}" for v in failed_status)
     drain.once(final=True)
+    stats["cpu"] = cpu.finish()
     if drain.failure:
         messages.append(f"trace: {drain.failure}; {drain.unwritten} records not written"
                         f" (what was written before stays readable)")

@@ -27,6 +27,7 @@ cdef void *sched__main(void *arg) noexcept nogil:
     s.t.tid = ks_gettid()
     while not ks_load_acquire_int(s.go):
         ks_cpu_relax()
+    cpustat__begin(&s.t)
     start = ks_now()
     for i in range(s.n):
         gap = s.gap_raw[i]
@@ -46,6 +47,7 @@ cdef void *sched__main(void *arg) noexcept nogil:
         sched__busy_until(acq + s.hold_raw[i])
         lock_release(s.lock, &s.t)
         start = ks_now()
+    cpustat__end(&s.t)
     return NULL
 
 

@@ -97,6 +97,43 @@ cdef class Tracer:
         """List of ``(thread, tid, name, role)`` for every registered thread."""
         return [(i, self.threads[i].tid, self.names[i], self.roles[i]) for i in range(self.nthreads)]
 
+    def cpu_stats(self):
+        """Per thread name, what the kernel accounted to the thread between
+        the start and the end of its work (``threadcpu.pxi``): ``cpu_ns``,
+        ``runq_ns`` (runnable, waiting for a CPU), ``slices`` (times given a
+        CPU), ``voluntary`` and ``involuntary`` context switches (None where
+        the kernel does not say).  Threads that never started or have not
+        ended are left out."""
+        out = {}
+        cdef int i
+        cdef ks_thread *t
+        for i in range(self.nthreads):
+            t = self.threads[i]
+            if t.cpu.state != 2:
+                continue
+            out[self.names[i]] = {k: (int(v) if v >= 0 else None) for k, v in zip(CPU_FIELDS, (
+                t.cpu.cpu_ns, t.cpu.runq_ns, t.cpu.slices, t.cpu.voluntary, t.cpu.involuntary))}
+        return out
+
+    def cpu_begin(self, name):
+        """The calling thread starts the work of the registered thread *name*
+        (the drain: the Python thread that moves the records)."""
+        cdef ks_thread *t = self.threads[self._index(name)]
+        with nogil:
+            cpustat__begin(t)
+
+    def cpu_end(self, name):
+        """The calling thread ends the work of the registered thread *name*."""
+        cdef ks_thread *t = self.threads[self._index(name)]
+        with nogil:
+            cpustat__end(t)
+
+    def _index(self, name):
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise ValueError(f"no thread {name!r}; threads are {', '.join(self.names)}") from None
+
     def counts(self):
         """Per thread name: records ``written``, ``lost`` and lossless ``stalls``."""
         out = {}

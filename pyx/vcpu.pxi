@@ -120,6 +120,7 @@ cdef void *vcpu__main(void *arg) noexcept nogil:
     run.kvm_valid_regs = KVM_SYNC_X86_REGS
     memset(&ex, 0, sizeof(ex))
     v.first_entry_ns = ks_mono_ns()
+    cpustat__begin(&v.thr)
     while not done:
         if ks_load_acquire_int(&m.stop):
             break
@@ -198,6 +199,7 @@ cdef void *vcpu__main(void *arg) noexcept nogil:
     if pending and ring != NULL:
         trace_exit(ring, v.thr.id, &ex, 0)      # last exit: never re-entered, entry_ns stays null
     v.last_exit_ns = ks_mono_ns()
+    cpustat__end(&v.thr)
     if m.error:
         machine_request_stop(m, v)
     pthread_mutex_lock(&m.done_mutex)

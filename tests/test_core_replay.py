@@ -113,6 +113,36 @@ def test_the_calibration_is_skipped_on_one_cpu():
     assert (n_wake, n_unlock) == ("0", "0") and float(took) < 0.1
 
 
+def test_two_busy_threads_on_one_cpu_wait_for_it_half_the_time(tmp_path, capsys):
+    # The core replay of pio-storm runs its two vCPU threads busy; pinned to
+    # one CPU they take turns, and stats.cpu says each waited for the CPU
+    # about as long as it ran; the report's cpu section shows it.
+    out = tmp_path / "one"
+    code = ("import os, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from kvmscope import cli; sys.exit(cli.main(sys.argv[1:]))")
+    r = subprocess.run([sys.executable, "-c", code, "replay", STORM, "-o", str(out), "--engine", "core"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    trace = Trace.load(str(out))
+    rows = trace.cpu_stats().set_index("thread_name")
+    if rows["runq_ns"].isna().all():
+        pytest.skip("this kernel does not account run-queue time (/proc/thread-self/schedstat)")
+    for name in ("vcpu0", "vcpu1"):
+        assert rows.loc[name, "cpu_ns"] > 10_000_000
+        assert 25 < rows.loc[name, "runq_pct"] < 75, rows
+        assert rows.loc[name, "slices"] >= 2 and rows.loc[name, "delay_mean_ns"] > 0
+    assert rows.index[-1] == "(other threads)"
+    status, text, _ = run(capsys, "report", str(out), "--section", "cpu")
+    assert status == 0 and "runq%" in text and "vcpu1" in text
+
+
+def test_every_core_replay_accounts_its_threads_cpu(mixed):
+    cpu = mixed["plain"].meta["stats"]["cpu"]
+    assert {"vcpu0", "vcpu1", "main", "aio0", "aio1", "drain"} <= set(cpu["threads"])
+    assert all(cpu["threads"][v]["cpu_ns"] > 1_000_000 for v in ("vcpu0", "vcpu1"))
+    assert cpu["other_cpu_ns"] >= 0
+
+
 def test_aio_threads_and_vcpus_change_the_real_threads(mixed):
     roles = mixed["aio1"].threads
     assert roles[roles["role"] == "aio"]["name"].tolist() == ["aio0"]

@@ -65,7 +65,7 @@ def test_report_json_is_raw_and_complete(capsys, small):
     status, out, _ = run(capsys, "report", small, "--format", "json")
     doc = json.loads(out)
     assert set(doc) == {"trace", "caused", "exits", "addrs", "locks", "callsites",
-                        "blockers", "bh", "timers", "aio", "loop"}
+                        "blockers", "bh", "timers", "aio", "loop", "cpu"}
     # The drill-downs come with --section NAME or all.
     _, out, _ = run(capsys, "report", small, "--format", "json", "--section", "all")
     assert {"fairness", "pingpong", "convoys"} <= set(json.loads(out))

@@ -178,3 +178,25 @@ def test_docstring_examples_run():
     for name in ("trace", "stats", "report", "cli", "synth"):
         mod = importlib.import_module("kvmscope.analysis." + name)
         assert doctest.testmod(mod).failed == 0, name
+
+
+def test_cpu_stats_from_the_kernel_accounting_in_meta(tmp_path):
+    # stats.cpu as `kvmscope run` writes it; the kernel's missing figures
+    # (None) and damaged ones (negative, text) become <NA>, never a number
+    cpu = {"threads": {"vcpu0": {"cpu_ns": 300, "runq_ns": 100, "slices": 4, "voluntary": 1, "involuntary": 3},
+                       "main": {"cpu_ns": 50, "runq_ns": None, "slices": None, "voluntary": 7,
+                                "involuntary": 0},
+                       "aio0": {"cpu_ns": -5, "runq_ns": "x", "slices": 0, "voluntary": 1, "involuntary": 0}},
+           "process_cpu_ns": 500, "other_cpu_ns": 150}
+    t = Trace.load(write_trace(tmp_path / "t", meta={"stats": {"cpu": cpu}}, threads=THREADS, locks=LOCKS))
+    df = t.cpu_stats().set_index("thread_name")
+    assert df.index.tolist() == ["vcpu0", "main", "aio0", "(other threads)"]
+    assert df.loc["vcpu0", ["cpu_ns", "runq_ns", "slices", "delay_mean_ns"]].tolist() == [300, 100, 4, 25]
+    assert df.loc["vcpu0", "runq_pct"] == pytest.approx(25.0)
+    assert pd.isna(df.loc["main", "runq_ns"]) and pd.isna(df.loc["main", "runq_pct"])
+    assert pd.isna(df.loc["aio0", "cpu_ns"]) and pd.isna(df.loc["aio0", "runq_ns"])
+    assert pd.isna(df.loc["aio0", "delay_mean_ns"])            # no slice: no mean
+    assert df.loc["(other threads)", "cpu_ns"] == 150
+    # a trace without it (imported, or older) has an empty table with the same columns
+    bare = Trace.load(write_trace(tmp_path / "b", threads=THREADS, locks=LOCKS)).cpu_stats()
+    assert bare.empty and bare.columns.tolist() == df.reset_index().columns.tolist()

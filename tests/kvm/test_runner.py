@@ -83,6 +83,26 @@ def test_trace_metadata_counts_records_per_thread(pio2):
     assert "records written, 0 lost" in proc.stdout
 
 
+def test_every_thread_s_cpu_time_and_wait_for_a_cpu_is_kept(pio2):
+    # meta.json stats.cpu: what the kernel accounted to each thread of the
+    # run; a vCPU that ran the guest for the whole run has spent CPU time
+    # (its guest time included), the main loop slept in poll
+    out, proc, trace = pio2
+    cpu = meta(out)["stats"]["cpu"]
+    assert set(cpu["threads"]) == {"vcpu0", "vcpu1", "main", "aio0", "aio1", "drain"}
+    run_ns = {f"vcpu{v['vcpu']}": v["run_ns"] for v in meta(out)["stats"]["vcpus"]}
+    for name in ("vcpu0", "vcpu1"):
+        t = cpu["threads"][name]
+        assert 0.2 * run_ns[name] < t["cpu_ns"] <= 1.05 * run_ns[name], (name, t, run_ns)
+        if t["runq_ns"] is not None:
+            assert t["cpu_ns"] + t["runq_ns"] <= 1.05 * run_ns[name]
+    assert cpu["threads"]["main"]["voluntary"] >= 1          # asleep in poll
+    assert cpu["process_cpu_ns"] >= sum(t["cpu_ns"] for t in cpu["threads"].values())
+    assert "CPU time (waited for a CPU): vcpu0 " in proc.stdout
+    rows = trace.cpu_stats().set_index("thread_name")
+    assert rows.loc["vcpu0", "cpu_ns"] == cpu["threads"]["vcpu0"]["cpu_ns"]
+
+
 def test_mmio_storm_reads_back_what_it_wrote(tmp_path):
     out = tmp_path / "t"
     kvmscope("run", "mmio-storm", "--vcpus", 2, "-n", 2000, "-o", out, check=0)

@@ -721,7 +721,10 @@ class Engine:
                 self._isr_at(v, vec, t)
             else:
                 v.pending.append(vec)
-                if v.mode == M_GUEST and t < v.until:
+                # not re-entered yet: take it at the re-entry; in an ISR, its
+                # end re-enters and takes it (re-running the entry would drop
+                # the ISR scheduled there and leave the vCPU in it for ever)
+                if v.mode == M_GUEST and t < v.until and not v.in_isr:
                     self._reenter_later(v)
             return
         if v.waiting and v.wvec == vec and v.cnt[vec] >= v.wcnt:
@@ -733,7 +736,7 @@ class Engine:
                 v.since = t
                 v.ver += 1
                 self._sched_prog(v, t + v.left)
-            elif v.mode == M_GUEST and t < v.until:
+            elif v.mode == M_GUEST and t < v.until and not v.in_isr:
                 self._reenter_later(v)
 
     def _deferred(self, v, vec):
@@ -1124,16 +1127,48 @@ CPU_SLEEP_WAIT_NS = 2000
 CPU_ITERATIONS = 3
 
 
+#: Tables whose rows the recorder's drain and writer handle (its CPU cost
+#: per record is taken from the recording's ``stats.cpu``).
+RECORD_TABLES = ("exits", "locks", "bh", "timers", "aio", "loop", "irqs")
+
+
+def recorder_cost(model):
+    """CPU ns the recorder (the drain thread and the writer's threads:
+    ``meta.json stats.cpu``) spent per record of the recording, or 0.0 for
+    a recording without that accounting (and for a replay's trace)."""
+    meta = model.meta or {}
+    if meta.get("replay"):
+        return 0.0
+    cpu = (meta.get("stats") or {}).get("cpu")
+    tables = meta.get("tables")
+    if not isinstance(cpu, dict) or not isinstance(tables, dict):
+        return 0.0
+    drain = ((cpu.get("threads") or {}).get("drain") or {}).get("cpu_ns")
+    other = cpu.get("other_cpu_ns")
+    n = sum(v for k, v in tables.items() if k in RECORD_TABLES and isinstance(v, int) and v > 0)
+    if not n or not all(isinstance(x, (int, float)) and x >= 0 for x in (drain, other)):
+        return 0.0
+    return (drain + other) / n
+
+
+def _records(eng):
+    return (len(eng.ex_row) + len(eng.lk_req) + len(eng.o_loop) + len(eng.o_timers) + len(eng.o_bh)
+            + len(eng.o_irqs) + len(eng.aio_reqs))
+
+
 def cpu_stretch(eng, ncpu):
     """How much the run's threads were slowed by sharing *ncpu* CPUs.
 
     A thread is busy (wants a CPU) from its start to its end except while
     it sleeps: a vCPU halted until an interrupt, a waiter that slept on the
     BQL (waits over :data:`CPU_SLEEP_WAIT_NS`), the main loop in poll, an
-    AIO worker without a request.  With n(t) threads busy and the CPUs
-    shared equally, each runs at min(1, ncpu / n(t)); the result is the
-    busy time over the CPU time it got: integral of n over integral of
-    min(n, ncpu), 1.0 when the threads never outnumbered the CPUs.
+    AIO worker without a request.  The recorder's own threads add a steady
+    load of L CPUs: its CPU time per record in the recording
+    (:func:`recorder_cost`) times the run's records, over the run's span.
+    With n(t) threads busy and the CPUs shared equally, each runs at
+    min(1, ncpu / (n(t) + L)); the result is the busy time over the CPU
+    time it got: integral of n over integral of n * min(1, ncpu / (n + L)),
+    1.0 when the threads never outnumbered the CPUs.
     """
     ts, ds = [], []
 
@@ -1174,8 +1209,10 @@ def cpu_stretch(eng, ncpu):
     t, d = t[o], d[o]
     n = np.maximum(np.cumsum(d)[:-1], 0).astype(np.float64)
     dt = np.diff(t).astype(np.float64)
+    span = float(t[-1] - t[0])
+    load = recorder_cost(eng.m) * _records(eng) / span if span > 0 else 0.0
     busy = float((n * dt).sum())
-    got = float((np.minimum(n, ncpu) * dt).sum())
+    got = float((n * np.minimum(1.0, ncpu / np.maximum(n + load, 1e-9)) * dt).sum())
     return busy / got if got > 0 else 1.0
 
 
@@ -1473,6 +1510,7 @@ def predicted_meta(eng, trace, tables):
         "of": trace.path, "engine": "model", "policy": eng.policy, "seed": eng.seed,
         "changes": ch.as_dict(), "describe": ch.describe() or ["no change"],
         "cpu_stretch": round(eng.cpu, 4),
+        "recorder_ns_per_record": round(recorder_cost(eng.m), 1),
         "sleep_wake": {"source": eng.m.sleep_source, "n": eng.m.lock["sleep"].n,
                        "median_ns": eng.m.lock["sleep"].median},
         "recorded": {"start_ns": int(trace.start_ns), "end_ns": int(trace.end_ns),

@@ -563,6 +563,8 @@ def reexecute_covered(t, window, policy="barging", seed=None, changes=None):
             tables, meta = _engine.reexecute_tables(t, policy=policy, seed=seed, cpus=cpus,
                                                     **changes)
         meta["replay"]["model"] = "causal"
+        # how far the unchanged re-execution was from the recording (None: exact)
+        meta["replay"]["unchanged_off"] = t._cache.get("reexec_near")
     meta.pop("layout", None)        # written as Arrow streams, whatever the recording's
     if window:
         meta["replay"]["window"] = {k: v for k, v in window.items() if k != "warning"}
@@ -594,9 +596,10 @@ def model_kind(trace):
             trace._cache["reexec_unchanged"] = (tables, _engine.predicted_meta(eng, trace, tables))
             # the recording's own CPU sharing, which a changed run compares with
             _engine.keep_recorded_stretch(model, eng)
-            miss = _not_reproduced(trace, tables)
+            miss, near = _not_reproduced(trace, tables, _timed_callsites(model))
             if miss:
                 why = f"the causal model does not reproduce {what} ({miss})"
+            trace._cache["reexec_near"] = near
         except (ConfigError, RuntimeError) as e:
             why = f"the causal model cannot take {what} ({e})"
     got = ("sequence", why) if why else ("causal", None)
@@ -604,10 +607,43 @@ def model_kind(trace):
     return got
 
 
-def _not_reproduced(trace, tables):
-    """What an unchanged causal re-execution did not give back, or None:
-    each vCPU's exits exactly, each call site's acquisitions within one
-    (the main loop's stop after a recording cut short)."""
+#: An unchanged causal re-execution must give back each vCPU's exits and
+#: each call site's acquisitions within this share of the recorded count
+#: (or :data:`REPRODUCE_SLACK` records): a recording taken with more busy
+#: threads than CPUs can differ by a timer tick's interrupt exits (which
+#: sleeper a release woke is not decidable from the timestamps alone: 1 or
+#: 2 of ~4,000 exits per vCPU in 3 of 8 recordings of `mixed` on 2 vCPUs
+#: here).
+REPRODUCE_TOLERANCE = 0.01
+REPRODUCE_SLACK = 2
+
+#: The same for the call sites whose count follows the run's timing: the
+#: main loop's dispatches count its wake-ups (how many events one iteration
+#: took in depends on timing the model approximates: 0.4% to 1.7% off in 4
+#: of those 8 recordings), and an interrupt service routine's exits come
+#: one per interrupt taken (the timer ticks of a run that lasts a little
+#: longer or shorter: up to 4.5% of `mixed`'s `pio:timerdev` acquisitions
+#: in 50 recordings).
+REPRODUCE_TOLERANCE_TIMED = 0.05
+
+
+def _timed_callsites(model):
+    """``main:dispatch`` and the call sites of interrupt service exits."""
+    sites = {"main:dispatch"}
+    for s in model.vcpus:
+        for S in s.isr.values():
+            sites.update(model.callsites[c] for c in set(S.cs) if c is not None and c >= 0)
+    return sites
+
+
+def _not_reproduced(trace, tables, timed=("main:dispatch",)):
+    """What an unchanged causal re-execution did not give back: ``(miss,
+    near)``, *miss* the first count off by more than
+    :data:`REPRODUCE_TOLERANCE` (or None), *near* the largest difference
+    within it (or None when every count is given back; each call site's
+    acquisitions within one counts as given back: the main loop's stop
+    after a recording cut short); call sites in *timed* are allowed
+    :data:`REPRODUCE_TOLERANCE_TIMED`."""
     def counts(t, col):
         c = t.column(col)
         if pa.types.is_dictionary(c.type):
@@ -615,17 +651,24 @@ def _not_reproduced(trace, tables):
         vc = pc.value_counts(c)
         return {str(v): int(n) for v, n in zip(vc.field("values").to_pylist(),
                                                  vc.field("counts").to_pylist())}
-    rec, pred = counts(trace.arrow("exits"), "thread"), counts(tables["exits"], "thread")
     thr = trace.arrow("threads")
     names = dict(zip(map(str, thr.column("thread").to_pylist()), thr.column("name").to_pylist()))
+    offs = []           # (share off, text)
+    rec, pred = counts(trace.arrow("exits"), "thread"), counts(tables["exits"], "thread")
     for th, n in rec.items():
-        if pred.get(th, 0) != n:
-            return f"{pred.get(th, 0):,} of {names.get(th, th)}'s {n:,} exits re-executed"
+        got = pred.get(th, 0)
+        if got != n:
+            offs.append((abs(got - n), n, f"{got:,} of {names.get(th, th)}'s {n:,} exits re-executed",
+                         REPRODUCE_TOLERANCE))
     rec, pred = counts(trace.arrow("locks"), "callsite"), counts(tables["locks"], "callsite")
     for cs, n in rec.items():
-        if abs(pred.get(cs, 0) - n) > 1:
-            return f"{pred.get(cs, 0):,} of {n:,} acquisitions at {cs}"
-    return None
+        got = pred.get(cs, 0)
+        if abs(got - n) > 1:
+            offs.append((abs(got - n), n, f"{got:,} of {n:,} acquisitions at {cs}",
+                         REPRODUCE_TOLERANCE_TIMED if cs in timed else REPRODUCE_TOLERANCE))
+    miss = [text for d, n, text, tol in offs if d > max(REPRODUCE_SLACK, tol * n)]
+    near = "; ".join(o[2] for o in offs) or None
+    return (miss[0] if miss else None), (None if miss else near)
 
 
 def covered(trace):

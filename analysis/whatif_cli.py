@@ -166,8 +166,18 @@ def cmd_replay(args):
     if fig["requests"].recorded or fig["requests"].predicted:
         line += (f", request latency p50 {show('request_p50_ns')}, "
                  f"p99 {show('request_p99_ns')}")
+    off = _unchanged_off(pred)
+    if off:
+        line += "\n  " + off
     render.emit(line + "\n", pager=False)
     return EXIT_OK
+
+
+def _unchanged_off(pred):
+    """One line when the causal model gives the recording back within its
+    tolerance but not exactly, else ''."""
+    off = (pred.meta.get("replay") or {}).get("unchanged_off")
+    return f"note: re-executed unchanged, this recording comes back close but not exact: {off}" if off else ""
 
 
 def _recorded(trace, window):
@@ -275,6 +285,7 @@ def cmd_whatif(args):
                "model": pred.meta["replay"].get("model"), "window": window,
                "cpu_stretch": pred.meta["replay"].get("cpu_stretch"),
                "sleep_wake": pred.meta["replay"].get("sleep_wake"),
+               "unchanged_off": pred.meta["replay"].get("unchanged_off"),
                "figures": [{k: _json_value(v) for k, v in r.items()}
                            for r in runs.to_dict("records")],
                "callsites": [{k: _json_value(v) for k, v in r.items()}
@@ -306,6 +317,8 @@ def cmd_whatif(args):
                              _runs_rows(runs), {1, 2, 3}, style)
     text += ("\n### Per call site\n\n" if args.format == "markdown" else "\nPer call site\n")
     text += _table(args, _SITE_HEADS, _sites_rows(sites), set(range(1, 8)), style)
+    if _unchanged_off(pred):
+        text += "\n" + _unchanged_off(pred) + "\n"
     render.emit(text, pager=not getattr(args, "no_pager", False))
     return EXIT_OK
 

@@ -97,12 +97,14 @@ def main(argv=None):
     global REUSE
     REUSE = a.reuse
     from kvmscope.analysis import Trace, whatif
+    from kvmscope.errors import KvmscopeError
     iters = {g: s["n"] for g, s in SETUPS.items()}
     for item in a.n:
         g, _, v = item.partition("=")
         iters[g] = int(v)
     work = a.out or tempfile.mkdtemp(prefix="whatif-accuracy-")
     rows = []
+    refused = []        # (guest, experiment, repeat, reason): a baseline the model would not take
     try:
         for guest in a.guests.split(","):
             n = iters[guest]
@@ -114,13 +116,21 @@ def main(argv=None):
                     real = record(guest, n, os.path.join(work, tag + "-real"),
                                   change.get("vcpus", base_vcpus), run_opts)
                     bt = Trace.load(base)
-                    mp = whatif.metrics(whatif.reexecute(bt, **change))
-                    m0 = whatif.metrics(whatif.reexecute(bt, cpus=0, **change))
+                    try:
+                        mp = whatif.metrics(whatif.reexecute(bt, **change))
+                        m0 = whatif.metrics(whatif.reexecute(bt, cpus=0, **change))
+                    except KvmscopeError as e:
+                        # a refusal is a result too: counted and shown, not a crash
+                        refused.append((guest, name, k, str(e)))
+                        print(f"{guest:10s} {name:24s} baseline {k} refused: {e}", flush=True)
+                        continue
                     mm = whatif.metrics(Trace.load(real))
                     for f in FIGURES:
                         pred[f].append(mp[f])
                         flat[f].append(m0[f])
                         meas[f].append(mm[f])
+                if not meas[FIGURES[0]]:
+                    continue
                 for f in FIGURES:
                     x, x0, y = (float(np.median(v[f])) for v in (pred, flat, meas))
                     err = (x - y) / y if y else float("nan")
@@ -151,6 +161,8 @@ def main(argv=None):
             e = np.array([abs(r[key]) for r in rows if r["figure"] == f and r[key] == r[key]])
             print(f"  {f:14s} median |error| {100 * np.median(e):.1f}%, "
                   f"largest {100 * e.max():.1f}%")
+    print(f"\n{len(refused)} baselines refused by the model"
+          + "".join(f"\n  {g} {n} #{k}: {why}" for g, n, k, why in refused))
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(rows, fh, indent=1)

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from kvmscope import cli
 from kvmscope.analysis import Trace, whatif
 from kvmscope.analysis.synth import make_trace, write_trace
 from kvmscope.traceformat import SPANS, TABLES
@@ -298,34 +299,57 @@ def test_a_trace_the_causal_model_cannot_take_re_executes_as_sequences(tmp_path)
     assert whatif.metrics(p)["bql_wait_ns"] == whatif.metrics(t)["bql_wait_ns"]
 
 
-def test_a_recording_the_causal_model_does_not_give_back_is_not_trusted(tmp_path, capsys):
-    # A complete recording is checked as a covered part is: one of pio-storm's
-    # vCPUs made to never re-enter the guest after a quarter of its exits
-    # (its later exits cannot follow in the model), the unchanged causal
-    # re-execution gives back half of that vCPU's exits, so predictions take
-    # the sequence model and say why.
+def _never_reentered(tmp_path, name, from_end):
+    """A copy of pio-storm whose vCPU 0 never re-enters the guest after its
+    exit *from_end* exits before its last (its later exits cannot follow in
+    the model)."""
     import pyarrow.ipc as ipc
-    out = tmp_path / "t"
+    out = tmp_path / name
     shutil.copytree(os.path.join(ROOT, "traces", "pio-storm-2vcpu"), out)
     with pa.OSFile(str(out / "exits.arrows")) as f:
         reader = ipc.open_stream(f)
         schema, table = reader.schema, reader.read_all()
     entry = table.column("entry_ns").to_pylist()
     vcpu0 = np.flatnonzero(table.column("vcpu").to_numpy() == 0)
-    entry[int(vcpu0[len(vcpu0) // 2])] = None
+    entry[int(vcpu0[len(vcpu0) - 1 - from_end])] = None
     i = schema.get_field_index("entry_ns")
     table = table.set_column(i, schema.field(i), pa.array(entry, type=schema.field(i).type))
     with pa.OSFile(str(out / "exits.arrows"), "wb") as f:
         writer = ipc.new_stream(f, schema)
         writer.write_table(table)
         writer.close()
-    p = whatif.reexecute(Trace.load(str(out)), add_hold={"pio:debugport": 1000})
+    return Trace.load(str(out))
+
+
+def test_a_recording_the_causal_model_does_not_give_back_is_not_trusted(tmp_path, capsys):
+    # A complete recording is checked as a covered part is: vCPU 0 of
+    # pio-storm made to stop half-way, the unchanged causal re-execution
+    # gives back half of that vCPU's exits, so predictions take the
+    # sequence model and say why.
+    p = whatif.reexecute(_never_reentered(tmp_path, "half", 25_000), add_hold={"pio:debugport": 1000})
     assert p.meta["replay"]["model"] == "sequence"
     assert "the causal model does not reproduce this trace (25,001 of vcpu0's 50,001 exits" \
         in p.meta["replay"]["why"]
     # the shipped recording itself is given back, and keeps the causal model
-    assert whatif.reexecute(PIO_STORM, add_hold={"pio:debugport": 1000}).meta["replay"]["model"] \
-        == "causal"
+    same = whatif.reexecute(PIO_STORM, add_hold={"pio:debugport": 1000})
+    assert same.meta["replay"]["model"] == "causal" and same.meta["replay"]["unchanged_off"] is None
+
+
+def test_a_recording_given_back_within_one_percent_keeps_the_causal_model_and_says_so(tmp_path, capsys):
+    # 100 of vcpu0's 50,001 exits (0.2%) not given back: within the
+    # tolerance (a recording with more busy threads than CPUs differs by a
+    # tick's interrupt exits), so the causal model stays, and the replay and
+    # whatif say how far the unchanged re-execution was; 600 (1.2%) is not
+    t = _never_reentered(tmp_path, "near", 100)
+    p = whatif.reexecute(t, add_hold={"pio:debugport": 1000})
+    assert p.meta["replay"]["model"] == "causal"
+    assert p.meta["replay"]["unchanged_off"] == ("49,901 of vcpu0's 50,001 exits re-executed; "
+                                                 "99,901 of 100,000 acquisitions at pio:debugport")
+    assert cli.main(["replay", str(t.path), "-o", str(tmp_path / "out")]) == 0
+    assert "close but not exact: 49,901 of vcpu0's 50,001 exits" in capsys.readouterr().out
+    far = whatif.reexecute(_never_reentered(tmp_path, "far", 600), add_hold={"pio:debugport": 1000})
+    assert far.meta["replay"]["model"] == "sequence"
+    assert "49,401 of vcpu0's 50,001 exits" in far.meta["replay"]["why"]
 
 
 @pytest.mark.kvm
@@ -339,7 +363,12 @@ def test_a_real_killed_run_re_executes_up_to_where_its_data_ends(capsys, tmp_pat
     doc = json.loads(text)
     part, window = whatif.covered(Trace.load(out))
     assert doc["window"]["end_ns"] == window["end_ns"]
+    # A mixed recording on this 2-CPU host comes back exactly or, more busy
+    # threads than CPUs making which sleeper a release woke undecidable, by
+    # a few exits and dispatches off, which the replay's meta says; its
+    # figures then moved by up to 13% in tries here.
+    off = json.load(open(tmp_path / "pred" / "meta.json"))["replay"].get("unchanged_off")
     for k in ("bql_wait_ns", "contended_pct", "exits_per_s", "request_p50_ns", "request_p99_ns"):
         f = doc["figures"][k]
-        assert _close(f["recorded"], f["predicted"]), (k, f, doc["model"])
+        assert _close(f["recorded"], f["predicted"], 0.25 if off else 0.10), (k, f, doc["model"], off)
     assert run(capsys, "validate", tmp_path / "pred")[0] == 0

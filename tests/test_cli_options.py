@@ -425,3 +425,12 @@ def test_docs_cli_md_describes_every_option():
             for option in action.option_strings:
                 if option.startswith("--") and option != "--help":
                     assert re.search(rf"(?<![\w-]){option}(?![\w-])", doc), (name, option)
+
+
+def test_python_dash_m_kvmscope_is_the_command():
+    from kvmscope import __version__
+    r = subprocess.run([sys.executable, "-m", "kvmscope", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout == f"kvmscope {__version__}\n"
+    r = subprocess.run([sys.executable, "-m", "kvmscope", "report", "--section", "bogus", "x"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "invalid choice: 'bogus'" in r.stderr

@@ -173,6 +173,20 @@ def cmd_replay(args):
     return EXIT_OK
 
 
+#: A recorded vCPU that waited this share of the time it wanted a CPU (or
+#: more) for one is named in the whatif title: the host was oversubscribed,
+#: and predictions lean on the CPU-sharing estimate.
+CPU_WAIT_NOTE_PCT = 10.0
+
+
+def _cpu_waits(trace):
+    """Per recorded vCPU, the share of the time it wanted a CPU that it
+    waited for one (``meta.json stats.cpu``), in percent; {} without it."""
+    df = trace.cpu_stats()
+    df = df[df["thread_name"].astype(str).str.startswith("vcpu") & df["runq_pct"].notna()]
+    return {str(n): round(float(p), 1) for n, p in zip(df["thread_name"], df["runq_pct"])}
+
+
 def _unchanged_off(pred):
     """One line when the causal model gives the recording back within its
     tolerance but not exactly, else ''."""
@@ -286,6 +300,7 @@ def cmd_whatif(args):
                "cpu_stretch": pred.meta["replay"].get("cpu_stretch"),
                "sleep_wake": pred.meta["replay"].get("sleep_wake"),
                "unchanged_off": pred.meta["replay"].get("unchanged_off"),
+               "recorded_cpu_wait_pct": _cpu_waits(trace),
                "figures": [{k: _json_value(v) for k, v in r.items()}
                            for r in runs.to_dict("records")],
                "callsites": [{k: _json_value(v) for k, v in r.items()}
@@ -302,6 +317,10 @@ def cmd_whatif(args):
     if stretch and stretch != 1.0:
         cpus = getattr(args, "cpus", None) or (trace.meta.get("host") or {}).get("cpus")
         title += f", busy times x{stretch:.2f} for sharing {cpus} CPUs"
+    waits = _cpu_waits(trace)
+    if waits and max(waits.values()) >= CPU_WAIT_NOTE_PCT:
+        title += (", the recorded vCPUs waited for a CPU "
+                  + "/".join(f"{p:.0f}" for p in waits.values()) + "% of the time")
     sw = pred.meta["replay"].get("sleep_wake") or {}
     if sw.get("source") not in (None, "recording"):
         title += (f", sleeping waiters' wake-ups: {sw['source']}"

@@ -1,6 +1,7 @@
 """CPU sharing in re-execution (docs/whatif.md, "CPUs"): the threads of a
 predicted run share the recording host's CPUs; a change that makes them
 busier slows them, an unchanged re-execution is untouched."""
+import json
 import os
 
 import pytest
@@ -97,3 +98,23 @@ def test_whatif_says_when_it_stretched_and_cpus_0_turns_it_off(capsys):
 def test_bad_cpus_is_one_line(capsys, tmp_path, argv, message):
     status, _, err = run(capsys, *[a.replace("{tmp}", str(tmp_path / "o")) for a in argv])
     assert status == 2 and message in err and err.count("\n") == 1
+
+
+def test_whatif_names_how_long_the_recorded_vcpus_waited_for_a_cpu(capsys):
+    # traces/mixed-2vcpu-isr carries the kernel's accounting (stats.cpu):
+    # its vCPUs waited for a CPU 18% and 21% of the time they wanted one,
+    # which the whatif title says (predictions then lean on the CPU-sharing
+    # estimate); a trace without the accounting says nothing of it
+    isr = os.path.join(ROOT, "traces", "mixed-2vcpu-isr")
+    rows = Trace.load(isr).cpu_stats().set_index("thread_name")
+    waits = [rows.loc[v, "runq_pct"] for v in ("vcpu0", "vcpu1")]
+    assert all(10 < w < 30 for w in waits)
+    status, out, _ = run(capsys, "--no-pager", "whatif", isr, "--add-hold", "pio:blk=5us")
+    assert status == 0
+    assert f"the recorded vCPUs waited for a CPU {waits[0]:.0f}/{waits[1]:.0f}% of the time" \
+        in out.splitlines()[0]
+    status, out, _ = run(capsys, "whatif", isr, "--add-hold", "pio:blk=5us", "--format", "json")
+    assert json.loads(out)["recorded_cpu_wait_pct"] == {"vcpu0": round(waits[0], 1),
+                                                        "vcpu1": round(waits[1], 1)}
+    status, out, _ = run(capsys, "--no-pager", "whatif", MIXED, "--add-hold", "pio:blk=5us")
+    assert "waited for a CPU" not in out

@@ -89,7 +89,7 @@ def runs4(runs, tmp_path_factory):
 def test_more_vcpus_than_cpus_share_them_as_measured(runs4):
     # Four vCPUs on this 2-core host: without CPU sharing the prediction
     # would double the guest progress (+100% or more); with it, single pairs
-    # were off by -8% to +31% here, and the medians of three pairs by +30.4%
+    # were off by -8% to +34% here, and the medians of three pairs by +30.4%
     # and +30.5% in two CI runs (a 2-vCPU recording repeated varies by 12%
     # either way in exits/s, a 4-vCPU one by 10-14%, and the model leaves out
     # what switching between vCPU threads costs the host). So: the medians

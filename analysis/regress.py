@@ -35,6 +35,7 @@ from scipy import stats
 from .. import units
 from ..errors import ConfigError, KvmscopeError
 from . import history, structdiff
+from . import stats as _stats
 from .trace import Trace
 
 METRICS = ("hold", "wait")
@@ -638,6 +639,15 @@ def _notes(base, new, o):
     if differ:
         notes.append("baseline and candidate differ in config: " + "; ".join(
             f"{k} {b.get(k)!r} -> {n.get(k)!r}" for k in differ))
+    waits = {}
+    for side, runs in (("baseline", base), ("candidate", new)):
+        got = [w for w in (_stats.vcpu_cpu_wait_pct(t) for t in runs) if w is not None]
+        waits[side] = float(np.median(got)) if len(got) == len(runs) else None
+    if None not in waits.values() and \
+            abs(waits["candidate"] - waits["baseline"]) >= _stats.CPU_WAIT_GAP_PCT:
+        notes.append(f"the candidate's vCPUs waited for a CPU {waits['candidate']:.0f}% of the time "
+                     f"they wanted one, the baseline's {waits['baseline']:.0f}% (meta.json stats.cpu): "
+                     "the hosts were not equally busy, and timing differences may be theirs")
     for side, runs in (("baseline", base), ("candidate", new)):
         for t in runs:
             for w in t.warnings:

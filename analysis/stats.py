@@ -475,6 +475,21 @@ def cpu_stats(trace):
     return df[cols]
 
 
+def vcpu_cpu_wait_pct(trace):
+    """The mean over the recorded vCPUs of the share of the time each wanted
+    a CPU that it waited for one (``runq_pct`` of :func:`cpu_stats`), or
+    None for a trace without that accounting."""
+    df = cpu_stats(trace)
+    df = df[df["thread_name"].astype(str).str.startswith("vcpu") & df["runq_pct"].notna()]
+    return float(df["runq_pct"].astype(float).mean()) if len(df) else None
+
+
+#: Recordings whose vCPUs waited for a CPU this many percentage points more
+#: on one side of a comparison than on the other were made on hosts not
+#: equally busy (``kvmscope diff`` says so in its notes).
+CPU_WAIT_GAP_PCT = 10.0
+
+
 def _num(v):
     """A non-negative int from meta.json, else NaN."""
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v < 0:

@@ -449,3 +449,30 @@ def test_store_variation_judges_single_runs(tmp_path):
     r = subprocess.run([sys.executable, "-m", "kvmscope.analysis", "diff", base, same,
                         "--store", str(tmp_path / "nope")], capture_output=True, text=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def _with_cpu_wait(seed, pct):
+    """A synthetic run whose meta.json says its two vCPUs waited for a CPU
+    *pct* percent of the time they wanted one (stats.cpu)."""
+    cpu = {"threads": {f"vcpu{v}": {"cpu_ns": 100 * (100 - pct), "runq_ns": 100 * pct, "slices": 10,
+                                     "voluntary": 1, "involuntary": 9} for v in (0, 1)},
+           "process_cpu_ns": 30_000, "other_cpu_ns": 0}
+    t = run(seed)
+    t.meta["stats"] = {"cpu": cpu}
+    return t
+
+
+def test_diff_says_when_the_runs_hosts_were_not_equally_busy():
+    # the same code measured on a busy host: its vCPUs waited 30% for a CPU
+    # against 2%; the report says so beside whatever it finds
+    res = diff([_with_cpu_wait(s, 2) for s in (1, 2)], [_with_cpu_wait(s, 30) for s in (3, 4)])
+    note = [n for n in res.notes if "waited for a CPU" in n]
+    assert note == ["the candidate's vCPUs waited for a CPU 30% of the time they wanted one, the "
+                    "baseline's 2% (meta.json stats.cpu): the hosts were not equally busy, and timing "
+                    "differences may be theirs"]
+    assert any("waited for a CPU" in line for line in res.render("text").splitlines())
+    # equally busy hosts, or runs without the accounting: no such note
+    same = diff([_with_cpu_wait(s, 2) for s in (1, 2)], [_with_cpu_wait(s, 9) for s in (3, 4)])
+    assert not any("waited for a CPU" in n for n in same.notes)
+    bare = diff(group([1, 2]), [_with_cpu_wait(s, 30) for s in (3, 4)])
+    assert not any("waited for a CPU" in n for n in bare.notes)

@@ -639,8 +639,8 @@ def _timed_callsites(model):
 def _not_reproduced(trace, tables, timed=("main:dispatch",)):
     """What an unchanged causal re-execution did not give back: ``(miss,
     near)``, *miss* the first count off by more than
-    :data:`REPRODUCE_TOLERANCE` (or None), *near* the largest difference
-    within it (or None when every count is given back; each call site's
+    :data:`REPRODUCE_TOLERANCE` (or None), *near* every difference within
+    it, joined (or None when every count is given back; each call site's
     acquisitions within one counts as given back: the main loop's stop
     after a recording cut short); call sites in *timed* are allowed
     :data:`REPRODUCE_TOLERANCE_TIMED`."""
@@ -653,7 +653,7 @@ def _not_reproduced(trace, tables, timed=("main:dispatch",)):
                                                  vc.field("counts").to_pylist())}
     thr = trace.arrow("threads")
     names = dict(zip(map(str, thr.column("thread").to_pylist()), thr.column("name").to_pylist()))
-    offs = []           # (share off, text)
+    offs = []           # (difference, recorded count, text, tolerance)
     rec, pred = counts(trace.arrow("exits"), "thread"), counts(tables["exits"], "thread")
     for th, n in rec.items():
         got = pred.get(th, 0)

@@ -475,13 +475,19 @@ def cpu_stats(trace):
     return df[cols]
 
 
-def vcpu_cpu_wait_pct(trace):
-    """The mean over the recorded vCPUs of the share of the time each wanted
-    a CPU that it waited for one (``runq_pct`` of :func:`cpu_stats`), or
-    None for a trace without that accounting."""
+def vcpu_cpu_waits(trace):
+    """Per recorded vCPU, the share of the time it wanted a CPU that it
+    waited for one (``runq_pct`` of :func:`cpu_stats`), in percent; {} for a
+    trace without that accounting."""
     df = cpu_stats(trace)
     df = df[df["thread_name"].astype(str).str.startswith("vcpu") & df["runq_pct"].notna()]
-    return float(df["runq_pct"].astype(float).mean()) if len(df) else None
+    return {str(n): float(p) for n, p in zip(df["thread_name"], df["runq_pct"])}
+
+
+def vcpu_cpu_wait_pct(trace):
+    """The mean of :func:`vcpu_cpu_waits` over the vCPUs, or None."""
+    waits = vcpu_cpu_waits(trace)
+    return sum(waits.values()) / len(waits) if waits else None
 
 
 #: Recordings whose vCPUs waited for a CPU this many percentage points more
@@ -491,7 +497,7 @@ CPU_WAIT_GAP_PCT = 10.0
 
 
 def _num(v):
-    """A non-negative int from meta.json, else NaN."""
+    """A non-negative number from meta.json as a float, else NaN."""
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v < 0:
         return math.nan
     return float(v)

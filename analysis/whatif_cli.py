@@ -180,11 +180,9 @@ CPU_WAIT_NOTE_PCT = 10.0
 
 
 def _cpu_waits(trace):
-    """Per recorded vCPU, the share of the time it wanted a CPU that it
-    waited for one (``meta.json stats.cpu``), in percent; {} without it."""
-    df = trace.cpu_stats()
-    df = df[df["thread_name"].astype(str).str.startswith("vcpu") & df["runq_pct"].notna()]
-    return {str(n): round(float(p), 1) for n, p in zip(df["thread_name"], df["runq_pct"])}
+    """:func:`stats.vcpu_cpu_waits`, rounded for the output."""
+    from .stats import vcpu_cpu_waits
+    return {n: round(p, 1) for n, p in vcpu_cpu_waits(trace).items()}
 
 
 def _unchanged_off(pred):
@@ -336,8 +334,9 @@ def cmd_whatif(args):
                              _runs_rows(runs), {1, 2, 3}, style)
     text += ("\n### Per call site\n\n" if args.format == "markdown" else "\nPer call site\n")
     text += _table(args, _SITE_HEADS, _sites_rows(sites), set(range(1, 8)), style)
-    if _unchanged_off(pred):
-        text += "\n" + _unchanged_off(pred) + "\n"
+    off = _unchanged_off(pred)
+    if off:
+        text += "\n" + off + "\n"
     render.emit(text, pager=not getattr(args, "no_pager", False))
     return EXIT_OK
 

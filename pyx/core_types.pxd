@@ -28,17 +28,15 @@ cdef enum:
     KS_IRQ_SOURCES = 2
     KS_CONSOLE_BUF = 4096
 
-# What the kernel accounted to one thread over its run (threadcpu.pxi):
-# CPU time, time runnable but waiting for a CPU, times it was given a CPU,
-# context switches.
-# -1 where the kernel does not say; state 0 not begun, 1 running, 2 ended.
+    KS_CPU_FIELDS = 5
+
+# What the kernel accounted to one thread over its run (threadcpu.pxi), in
+# the order of CPU_FIELDS there: CPU time, time runnable but waiting for a
+# CPU, times it was given a CPU, voluntary and involuntary context switches;
+# -1 where the kernel does not say.  state 0 not begun, 1 running, 2 ended.
 cdef struct ks_cpustat:
     int state
-    int64_t cpu_ns
-    int64_t runq_ns
-    int64_t slices
-    int64_t voluntary
-    int64_t involuntary
+    int64_t v[KS_CPU_FIELDS]
 
 # One traced thread: its trace ring (NULL when recording is off) and the
 # always-on counters the end-of-run summary reads.

@@ -218,8 +218,8 @@ class CpuAccount:
     (``meta.json stats.cpu``): per thread of the core (vCPUs, main loop, AIO
     workers; each samples itself at its start and end) and the drain (the
     thread that moves records to the writer, sampled here), ``cpu_ns``,
-    ``runq_ns`` (runnable but waiting for a CPU), ``voluntary`` and
-    ``involuntary`` context switches; the whole process's CPU time over the
+    ``runq_ns`` (runnable but waiting for a CPU), ``slices``, ``voluntary``
+    and ``involuntary`` context switches; the whole process's CPU time over the
     run and the rest of it (``other_cpu_ns``: threads not listed, such as
     the writer's compression threads, and the listed threads' work outside
     their sampled span)."""

@@ -1,9 +1,12 @@
 # What the kernel accounted to each thread of a run: CPU time, time spent
 # runnable but waiting for a CPU (the scheduler's run queue), how many times
-# it was given a CPU, voluntary and involuntary context switches.  Each thread samples itself when it starts
-# its work and when it ends (two reads of /proc/thread-self/schedstat and
-# two getrusage calls per thread, none per exit); the tracer reports the
-# differences for every registered thread.
+# it was given a CPU, voluntary and involuntary context switches.  Each
+# thread samples itself when it starts its work and when it ends (two reads
+# of /proc/thread-self/schedstat and two getrusage calls per thread, none
+# per exit); the tracer reports the differences for every registered thread.
+
+#: The fields of a thread's accounting, in the order of ks_cpustat.v.
+CPU_FIELDS = ("cpu_ns", "runq_ns", "slices", "voluntary", "involuntary")
 
 cdef extern from "<sys/time.h>" nogil:
     struct timeval:
@@ -24,9 +27,9 @@ cdef extern from "<stdlib.h>" nogil:
     long long strtoll(const char *s, char **end, int base)
 
 
-cdef void cpustat__sample(int64_t out[5]) noexcept nogil:
-    """The calling thread's totals so far: CPU ns, run-queue wait ns, times
-    given a CPU, voluntary and involuntary switches (-1 where unknown)."""
+cdef void cpustat__sample(int64_t out[KS_CPU_FIELDS]) noexcept nogil:
+    """The calling thread's totals so far, in the order of CPU_FIELDS (-1
+    where unknown)."""
     cdef char buf[128]
     cdef char *p
     cdef char *end
@@ -34,7 +37,8 @@ cdef void cpustat__sample(int64_t out[5]) noexcept nogil:
     cdef int fd, i
     cdef long long v
     cdef rusage ru
-    out[0] = out[1] = out[2] = out[3] = out[4] = -1
+    for i in range(KS_CPU_FIELDS):
+        out[i] = -1
     fd = open(b"/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC)
     if fd >= 0:
         n = read(fd, buf, sizeof(buf) - 1)
@@ -59,45 +63,18 @@ cdef void cpustat__sample(int64_t out[5]) noexcept nogil:
 
 cdef void cpustat__begin(ks_thread *t) noexcept nogil:
     """The calling thread (*t*) starts its work."""
-    cdef int64_t s[5]
-    cpustat__sample(s)
-    t.cpu.cpu_ns = s[0]
-    t.cpu.runq_ns = s[1]
-    t.cpu.slices = s[2]
-    t.cpu.voluntary = s[3]
-    t.cpu.involuntary = s[4]
+    cpustat__sample(t.cpu.v)
     t.cpu.state = 1
-
-
-cdef inline int64_t cpustat__delta(int64_t a, int64_t b) noexcept nogil:
-    return b - a if a >= 0 and b >= a else -1
 
 
 cdef void cpustat__end(ks_thread *t) noexcept nogil:
     """The calling thread (*t*) ends its work: keep what it used since
     :func:`cpustat__begin`."""
-    cdef int64_t s[5]
+    cdef int64_t now[KS_CPU_FIELDS]
+    cdef int i
     if t.cpu.state != 1:
         return
-    cpustat__sample(s)
-    t.cpu.cpu_ns = cpustat__delta(t.cpu.cpu_ns, s[0])
-    t.cpu.runq_ns = cpustat__delta(t.cpu.runq_ns, s[1])
-    t.cpu.slices = cpustat__delta(t.cpu.slices, s[2])
-    t.cpu.voluntary = cpustat__delta(t.cpu.voluntary, s[3])
-    t.cpu.involuntary = cpustat__delta(t.cpu.involuntary, s[4])
+    cpustat__sample(now)
+    for i in range(KS_CPU_FIELDS):
+        t.cpu.v[i] = now[i] - t.cpu.v[i] if t.cpu.v[i] >= 0 and now[i] >= t.cpu.v[i] else -1
     t.cpu.state = 2
-
-
-def thread_cpu_sample():
-    """The calling thread's kernel accounting so far: ``cpu_ns``,
-    ``runq_ns`` (runnable, waiting for a CPU), ``slices`` (times given a
-    CPU), ``voluntary`` and ``involuntary`` context switches; None where the
-    kernel does not say."""
-    cdef int64_t s[5]
-    with nogil:
-        cpustat__sample(s)
-    return {k: (int(v) if v >= 0 else None) for k, v in zip(CPU_FIELDS, (s[0], s[1], s[2], s[3], s[4]))}
-
-
-#: The fields of a thread's kernel accounting, in the order of ks_cpustat.
-CPU_FIELDS = ("cpu_ns", "runq_ns", "slices", "voluntary", "involuntary")

@@ -111,8 +111,8 @@ cdef class Tracer:
             t = self.threads[i]
             if t.cpu.state != 2:
                 continue
-            out[self.names[i]] = {k: (int(v) if v >= 0 else None) for k, v in zip(CPU_FIELDS, (
-                t.cpu.cpu_ns, t.cpu.runq_ns, t.cpu.slices, t.cpu.voluntary, t.cpu.involuntary))}
+            out[self.names[i]] = {k: (int(t.cpu.v[j]) if t.cpu.v[j] >= 0 else None)
+                                  for j, k in enumerate(CPU_FIELDS)}
         return out
 
     def cpu_begin(self, name):
